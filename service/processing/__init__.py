@@ -1,0 +1,20 @@
+"""Pure numpy + OpenCV pre/post-processing for YOLOR inference (never imports torch)."""
+
+from service.processing.boxes import box_iou, xywh_to_xyxy
+from service.processing.letterbox import Letterbox, letterbox, letterbox_boxes, scale_boxes, to_input_tensor
+from service.processing.nms import Detections, batched_nms, decode_raw_predictions, nms, select_detections
+
+__all__ = [
+    "Detections",
+    "Letterbox",
+    "batched_nms",
+    "box_iou",
+    "decode_raw_predictions",
+    "letterbox",
+    "letterbox_boxes",
+    "nms",
+    "scale_boxes",
+    "select_detections",
+    "to_input_tensor",
+    "xywh_to_xyxy",
+]
