@@ -1,0 +1,73 @@
+"""fuse_model: BatchNorm and implicit knowledge folded, outputs unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import yolor
+from yolor.archs.specs import ARCHS
+from yolor.fuse import fold_implicit
+from yolor.layers import ImplicitA, ImplicitM
+
+pytestmark = pytest.mark.model
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """BatchNorm statistics far from identity and non-trivial implicit vectors."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.3)
+                m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.2)
+            elif isinstance(m, ImplicitA):
+                m.implicit.copy_(torch.randn(m.implicit.shape, generator=gen) * 0.5)
+            elif isinstance(m, ImplicitM):
+                m.implicit.copy_(1 + torch.randn(m.implicit.shape, generator=gen) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_fused_equals_unfused(arch):
+    model = randomize(yolor.build_model(arch, nc=5, depth=0.33, width=0.25))
+    fused = yolor.fuse_model(model)
+    s = model.max_stride
+    x = torch.rand(2, 3, 2 * s, s)
+    with torch.no_grad():
+        want, got = model(x), fused(x)
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    kinds = {type(m) for m in fused.modules()}
+    assert not kinds & {nn.BatchNorm2d, nn.SyncBatchNorm, ImplicitA, ImplicitM}
+    # The input model is untouched.
+    assert any(isinstance(m, ImplicitA) for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(x), want)
+
+
+def test_fold_implicit_formula():
+    gen = torch.Generator().manual_seed(1)
+    conv = nn.Conv2d(6, 4, 1)
+    ia, im = ImplicitA(6), ImplicitM(4)
+    with torch.no_grad():
+        ia.implicit.copy_(torch.randn(1, 6, 1, 1, generator=gen))
+        im.implicit.copy_(torch.randn(1, 4, 1, 1, generator=gen))
+    x = torch.randn(3, 6, 5, 5, generator=gen)
+    with torch.no_grad():
+        want = im(conv(ia(x)))
+        w, b, a, m = conv.weight[:, :, 0, 0], conv.bias, ia.implicit.flatten(), im.implicit.flatten()
+        w_expected, b_expected = m[:, None] * w, m * (b + w @ a)
+        fold_implicit(conv, ia, im)
+        got = conv(x)
+    torch.testing.assert_close(conv.weight[:, :, 0, 0], w_expected)
+    torch.testing.assert_close(conv.bias, b_expected)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_implicit_rejects_spatial_conv():
+    with pytest.raises(ValueError, match="1x1"):
+        fold_implicit(nn.Conv2d(2, 2, 3), ImplicitA(2), ImplicitM(2))

@@ -1,0 +1,234 @@
+"""Load YOLOR checkpoints (official main branch, official paper branch, ours) and save ours.
+
+Conversion from official layouts: both official branches and our modules register parameters in the
+same order (each of our blocks mirrors the official registration order), so official entries, sorted by
+their top-level layer index, pair one-to-one with our state-dict entries. Every pair is checked for
+shape, and the arch is detected as the registered net whose shape sequence matches the checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from yolor.archs.specs import ARCHS, ArchSpec, Scaling, get_spec
+from yolor.model import YOLOR
+from yolor.official_pickle import inert_state_dict, is_inert, load_checkpoint_object
+
+FORMAT = "yolor-serving/1"
+_ANCHOR_SUFFIXES = (".anchors", ".anchor_grid")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, is refused, or matches no known YOLOR net."""
+
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+def _read(path: str | os.PathLike[str]) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        return load_checkpoint_object(str(p))
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if not found:  # not a pickle we can parse at all
+            raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({e})".split("\n")[0]) from None
+        what = found.group(1)
+        raise CheckpointError(
+            f"{p}: refused to load: it references {what}, which is neither tensor data nor an official "
+            "YOLOR module. Nothing in it was executed."
+        ) from None
+    except Exception as e:  # corrupt zip, truncated file, not a torch file at all
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _layer_index(key: str) -> int:
+    return int(key.split(".")[1])
+
+
+def _official_entries(sd: StateDict) -> list[tuple[str, torch.Tensor]]:
+    """Official entries minus anchors, in layer order (stable within a layer)."""
+    items = [(k, v) for k, v in sd.items() if not k.endswith(_ANCHOR_SUFFIXES)]
+    return sorted(items, key=lambda kv: _layer_index(kv[0]))
+
+
+def _our_entries(model: YOLOR) -> list[tuple[str, torch.Tensor]]:
+    return [(k, v) for k, v in model.state_dict().items() if k != "anchors"]
+
+
+def _shapes_match(model: YOLOR, official: list[tuple[str, torch.Tensor]]) -> bool:
+    ours = _our_entries(model)
+    return len(ours) == len(official) and all(
+        o.shape == t.shape for (_, o), (_, t) in zip(ours, official, strict=True)
+    )
+
+
+def _infer_nc(official: list[tuple[str, torch.Tensor]], num_anchors: int = 3) -> int:
+    """Classes from the last prediction conv (the only convs with a bias): na * (5 + nc) outputs."""
+    weights = dict(official)
+    biases = [v for k, v in official if k.endswith(".bias") and weights.get(k[:-4] + "weight", v).ndim == 4]
+    if not biases:
+        raise CheckpointError("no detection head found in checkpoint")
+    n = biases[-1].numel()
+    if n % num_anchors or n // num_anchors <= 5:
+        raise CheckpointError(f"detection head has {n} outputs, not {num_anchors} x (5 + nc)")
+    return n // num_anchors - 5
+
+
+def _official_anchors(sd: StateDict, spec: ArchSpec) -> torch.Tensor:
+    """Paper checkpoints keep (possibly auto-anchor-evolved) anchors in the state dict; main ones don't."""
+    shape = (spec.num_levels, spec.num_anchors, 2)
+    for key, value in sd.items():
+        if key.endswith(".anchor_grid"):
+            return value.float().reshape(shape)
+    for key, value in sd.items():
+        if key.endswith(".anchors"):  # stored divided by stride
+            strides = torch.tensor(spec.strides, dtype=torch.float32).view(-1, 1, 1)
+            return value.float().reshape(shape) * strides
+    return torch.tensor(spec.anchors, dtype=torch.float32)
+
+
+def _match_arch(
+    official: list[tuple[str, torch.Tensor]],
+    branch: str,
+    nc: int,
+    arch: str | None,
+    yaml_scaling: Scaling | None,
+) -> tuple[ArchSpec, Scaling]:
+    names = [arch] if arch else [n for n, s in ARCHS.items() if s.branch == branch]
+    for name in names:
+        spec = get_spec(name)
+        # A paper yaml states absolute multipliers; ours are relative to the arch's own.
+        sc = (
+            Scaling(yaml_scaling.depth, yaml_scaling.width / spec.width_multiple)
+            if yaml_scaling
+            else Scaling()
+        )
+        with torch.device("meta"):
+            candidate = YOLOR(spec, nc, sc)
+        if _shapes_match(candidate, official):
+            return spec, sc
+    what = f"arch {arch!r}" if arch else f"any {branch}-branch arch ({', '.join(names)})"
+    raise CheckpointError(f"checkpoint tensors (nc={nc}) do not match {what}")
+
+
+def _from_official(
+    sd: StateDict, branch: str, arch: str | None, names: list[str] | None, yaml_scaling: Scaling | None
+) -> YOLOR:
+    official = _official_entries(sd)
+    nc = _infer_nc(official)
+    spec, sc = _match_arch(official, branch, nc, arch, yaml_scaling)
+    if names is not None and len(names) != nc:
+        names = None
+    anchors = _official_anchors(sd, spec)
+    with torch.device("meta"):  # weights come from the checkpoint: skip the random init
+        model = YOLOR(spec, nc, sc, class_names=names, anchors=anchors)
+    converted = OrderedDict(
+        (ours, t.float() if t.is_floating_point() else t)
+        for (ours, _), (_, t) in zip(_our_entries(model), official, strict=True)
+    )
+    converted["anchors"] = anchors
+    model.load_state_dict(converted, strict=True, assign=True)
+    return model.eval()
+
+
+def _paper_scaling(model_obj: Any) -> Scaling | None:
+    """Absolute multipliers from the pickled model's yaml dict, if it has one."""
+    cfg = getattr(model_obj, "yaml", None)
+    if isinstance(cfg, dict) and "width_multiple" in cfg:
+        return Scaling(float(cfg.get("depth_multiple", 1.0)), float(cfg["width_multiple"]))
+    return None
+
+
+def _names(obj: Any) -> list[str] | None:
+    names = obj.get("names") if isinstance(obj, dict) else getattr(obj, "names", None)
+    if isinstance(names, dict):  # {id: name}
+        names = [names[k] for k in sorted(names)]
+    return [str(n) for n in names] if isinstance(names, (list, tuple)) else None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def _from_ours(ckpt: Mapping[str, Any], arch: str | None) -> YOLOR:
+    spec = get_spec(arch or ckpt["arch"])
+    sd = ckpt["state_dict"]
+    model = YOLOR(
+        spec,
+        int(ckpt["nc"]),
+        Scaling(ckpt["depth"], ckpt["width"]),
+        ckpt["class_names"],
+        anchors=sd["anchors"],
+    )
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint does not fit arch {spec.name!r}: {e}") from None
+    model.input_size = int(ckpt.get("input_size") or spec.input_size)
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike[str], arch: str | None = None) -> YOLOR:
+    """Load an eval-mode YOLOR from any supported checkpoint; `arch` overrides detection.
+
+    Accepts: our checkpoints (`save_checkpoint`); official main-branch checkpoints (dict whose `model`
+    is a `module_list.N.*` state dict); official paper-branch checkpoints (dict whose `model` is a
+    pickled `models.yolo.Model`, read inertly, fp16 or SyncBatchNorm included) or their state dicts
+    (`model.N.*`). Class names come from the checkpoint when present, else COCO-80 for 80 classes.
+    Sets `model.input_size` (the checkpoint's, else the arch's default).
+    """
+    obj = _read(path)
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        return _from_ours(obj, arch)
+    inner = obj.get("model", obj) if isinstance(obj, Mapping) else obj
+    if inner is None and isinstance(obj, Mapping):
+        inner = obj.get("ema")
+    if is_inert(inner):
+        names = _names(inner) or _names(obj)
+        model = _from_official(inert_state_dict(inner), "paper", arch, names, _paper_scaling(inner))
+    elif _is_state_dict(inner):
+        first = next(iter(inner))
+        if first.startswith("module_list."):
+            model = _from_official(inner, "main", arch, _names(obj), None)
+        elif first.startswith("model."):
+            model = _from_official(inner, "paper", arch, _names(obj), None)
+        else:
+            raise CheckpointError(
+                f"{path}: state dict keys ({first!r}, ...) are not an official YOLOR layout"
+            )
+    else:
+        raise CheckpointError(f"{path}: no YOLOR model found (expected a state dict or official model)")
+    return model
+
+
+def save_checkpoint(
+    model: YOLOR, path: str | os.PathLike[str], input_size: int | None = None, **extra: Any
+) -> None:
+    """Write our format: plain tensors and data only, loadable with `torch.load(weights_only=True)`."""
+    ckpt = {
+        "format": FORMAT,
+        "arch": model.arch,
+        "nc": model.nc,
+        "depth": model.scaling.depth,
+        "width": model.scaling.width,
+        "class_names": list(model.class_names),
+        "input_size": int(input_size or model.input_size),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    torch.save(ckpt, Path(path))

@@ -1,0 +1,70 @@
+"""`yolor` command line. Subcommands import torch lazily so `yolor --help` stays light."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger("yolor")
+
+
+def _cmd_archs(args: argparse.Namespace) -> int:
+    from yolor.archs.specs import ARCHS
+
+    for name, spec in ARCHS.items():
+        sys.stdout.write(
+            f"{name:12s} branch={spec.branch:5s} strides={list(spec.strides)} input={spec.input_size}\n"
+        )
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from yolor.checkpoint import load_model
+
+    model = load_model(args.checkpoint, arch=args.arch)
+    info = {
+        "arch": model.arch,
+        "branch": model.spec.branch,
+        "nc": model.nc,
+        "depth": model.scaling.depth,
+        "width": model.scaling.width,
+        "input_size": model.input_size,
+        "strides": list(model.strides),
+        "anchors": model.anchors.tolist(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "class_names": model.class_names,
+    }
+    sys.stdout.write(json.dumps(info, indent=2) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="yolor", description="YOLOR detection: model, export, serving")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("archs", help="list the registered YOLOR architectures")
+    p.set_defaults(func=_cmd_archs)
+    p = sub.add_parser("info", help="load a checkpoint (official or ours) and describe it")
+    p.add_argument("checkpoint")
+    p.add_argument("--arch", default=None, help="override arch detection")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    from yolor.checkpoint import CheckpointError
+
+    try:
+        return int(args.func(args))
+    except (CheckpointError, ValueError) as e:
+        log.error("error: %s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
