@@ -1,0 +1,142 @@
+"""load_model / save_checkpoint: every accepted format, arch detection, and clear refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import yolor
+from tests.model.parity_fixtures import FIXTURES, fixture_meta, reference_input, relative_error
+from yolor import CheckpointError
+
+pytestmark = pytest.mark.model
+
+
+def outputs(model: yolor.YOLOR, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)
+
+
+def test_our_checkpoint_round_trips_and_loads_weights_only(tmp_path):
+    model = yolor.build_model("yolor-w6", nc=3, depth=0.33, width=0.125, class_names=["a", "b", "c"])
+    path = tmp_path / "ours.pt"
+    yolor.save_checkpoint(model, path, input_size=320, epoch=7)
+    raw = torch.load(path, weights_only=True)  # no pickled code needed
+    assert raw["arch"] == "yolor-w6" and raw["epoch"] == 7
+    loaded = yolor.load_model(path)
+    assert (loaded.arch, loaded.nc, loaded.class_names, loaded.input_size) == (
+        "yolor-w6",
+        3,
+        ["a", "b", "c"],
+        320,
+    )
+    assert (loaded.scaling.depth, loaded.scaling.width) == (0.33, 0.125)
+    x = torch.rand(1, 3, 128, 64)
+    assert torch.equal(outputs(loaded, x), outputs(model, x))
+
+
+def test_our_checkpoint_with_wrong_arch_override(tmp_path):
+    path = tmp_path / "ours.pt"
+    yolor.save_checkpoint(yolor.build_model("yolor-p6", nc=2, depth=0.33, width=0.125), path)
+    with pytest.raises(CheckpointError, match="does not fit arch 'yolor-w6'"):
+        yolor.load_model(path, arch="yolor-w6")
+
+
+def _official_layout(model: yolor.YOLOR, arch_for_names: str) -> OrderedDict[str, torch.Tensor]:
+    """Our weights under the official key names (names taken from the official-code fixture)."""
+    meta = fixture_meta(arch_for_names)
+    names = [k for k, _ in meta["keys"] if not k.endswith(("anchors", "anchor_grid"))]
+    ours = [v for k, v in model.state_dict().items() if k != "anchors"]
+    assert len(names) == len(ours)
+    sd = OrderedDict(zip(names, ours, strict=True))
+    for key in meta["fixed"]:  # paper checkpoints carry anchors: use distinctive ones
+        shape = np.asarray(meta["fixed"][key]).shape
+        grid = model.anchors.view(shape) if key.endswith("anchor_grid") else torch.zeros(shape)
+        sd[key] = grid
+    return sd
+
+
+@pytest.mark.parametrize("arch", ["yolor_csp", "yolor-p6"])
+def test_official_layout_with_other_class_count(tmp_path, arch):
+    """nc is read from the head; arch from the tensor shapes; class names default to class0.."""
+    model = yolor.build_model(arch, nc=3)
+    paper = arch.startswith("yolor-")
+    if paper:  # paper checkpoints carry (possibly evolved) anchors: they must be used
+        with torch.no_grad():
+            model.anchors.mul_(1.5)
+    path = tmp_path / "official.pt"
+    torch.save({"epoch": 3, "model": _official_layout(model, arch), "optimizer": None}, path)
+    loaded = yolor.load_model(path)
+    assert (loaded.arch, loaded.nc, loaded.class_names) == (arch, 3, ["class0", "class1", "class2"])
+    assert torch.equal(loaded.anchors, model.anchors)
+    x = torch.rand(1, 3, 64, 128)
+    assert torch.equal(outputs(loaded, x), outputs(model, x))
+
+
+def test_official_paper_pickle_loads_inertly():
+    """A genuine paper-branch training checkpoint (fp16 pickled Model) made by the official code."""
+    meta = json.loads((FIXTURES / "tiny_paper_official.json").read_text())
+    model = yolor.load_model(FIXTURES / "tiny_paper_official.pt")
+    assert model.arch == "yolor-p6"
+    assert (model.scaling.depth, model.scaling.width) == (meta["depth_multiple"], meta["width_multiple"])
+    assert model.class_names == meta["names"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with np.load(FIXTURES / "tiny_paper_official.npz") as ref:
+        assert relative_error(outputs(model, reference_input()).numpy(), ref["decoded"]) <= 1e-5
+
+
+def test_explicit_arch_that_does_not_fit_official(tmp_path):
+    path = tmp_path / "official.pt"
+    model = yolor.build_model("yolor_csp", nc=80)
+    torch.save({"model": _official_layout(model, "yolor_csp")}, path)
+    with pytest.raises(CheckpointError, match="do not match arch 'yolor_p6'"):
+        yolor.load_model(path, arch="yolor_p6")
+    with pytest.raises(ValueError, match="unknown YOLOR arch"):
+        yolor.load_model(path, arch="nope")
+
+
+class _Payload:
+    """Unpickling this would create a directory: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.marker),))
+
+
+def test_pickled_code_is_refused_and_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match=r"references os\.makedirs.*Nothing in it was executed"):
+        yolor.load_model(path)
+    assert not marker.exists()
+
+
+def test_missing_corrupt_truncated_and_foreign_files(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        yolor.load_model(tmp_path / "absent.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        yolor.load_model(junk)
+    real = (FIXTURES / "tiny_paper_official.pt").read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(real[: len(real) // 2])
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        yolor.load_model(cut)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": {"backbone.conv.weight": torch.zeros(1)}}, foreign)
+    with pytest.raises(CheckpointError, match="not an official YOLOR layout"):
+        yolor.load_model(foreign)
+    empty = tmp_path / "empty.pt"
+    torch.save({"epoch": 1}, empty)
+    with pytest.raises(CheckpointError, match="no YOLOR model found"):
+        yolor.load_model(empty)
