@@ -168,17 +168,17 @@ def _is_state_dict(obj: Any) -> bool:
 def _from_ours(ckpt: Mapping[str, Any], arch: str | None) -> YOLOR:
     spec = get_spec(arch or ckpt["arch"])
     sd = ckpt["state_dict"]
-    model = YOLOR(
-        spec,
-        int(ckpt["nc"]),
-        Scaling(ckpt["depth"], ckpt["width"]),
-        ckpt["class_names"],
-        anchors=sd["anchors"],
-    )
     try:
+        model = YOLOR(
+            spec,
+            int(ckpt["nc"]),
+            Scaling(ckpt["depth"], ckpt["width"]),
+            ckpt["class_names"],
+            anchors=sd["anchors"],
+        )
         model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint does not fit arch {spec.name!r}: {e}") from None
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint of {ckpt['arch']} does not fit arch {spec.name!r}: {e}") from None
     model.input_size = int(ckpt.get("input_size") or spec.input_size)
     return model.eval()
 

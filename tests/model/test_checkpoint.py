@@ -44,7 +44,7 @@ def test_our_checkpoint_round_trips_and_loads_weights_only(tmp_path):
 def test_our_checkpoint_with_wrong_arch_override(tmp_path):
     path = tmp_path / "ours.pt"
     yolor.save_checkpoint(yolor.build_model("yolor-p6", nc=2, depth=0.33, width=0.125), path)
-    with pytest.raises(CheckpointError, match="does not fit arch 'yolor-w6'"):
+    with pytest.raises(CheckpointError, match="checkpoint of yolor-p6 does not fit arch 'yolor-w6'"):
         yolor.load_model(path, arch="yolor-w6")
 
 

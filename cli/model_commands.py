@@ -1,14 +1,10 @@
-"""`yolor` command line. Subcommands import torch lazily so `yolor --help` stays light."""
+"""`yolor archs` and `yolor info`: model inspection (needs torch, imported lazily)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-from collections.abc import Sequence
-
-log = logging.getLogger("yolor")
 
 
 def _cmd_archs(args: argparse.Namespace) -> int:
@@ -41,30 +37,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="yolor", description="YOLOR detection: model, export, serving")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("archs", help="list the registered YOLOR architectures")
     p.set_defaults(func=_cmd_archs)
     p = sub.add_parser("info", help="load a checkpoint (official or ours) and describe it")
     p.add_argument("checkpoint")
     p.add_argument("--arch", default=None, help="override arch detection")
     p.set_defaults(func=_cmd_info)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    from yolor.checkpoint import CheckpointError
-
-    try:
-        return int(args.func(args))
-    except (CheckpointError, ValueError) as e:
-        log.error("error: %s", e)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

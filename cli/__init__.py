@@ -1,0 +1,44 @@
+"""The `yolor` command line, above the three packages (yolor <- export -> service).
+
+Each subcommand module registers its parsers and imports its heavy dependencies (torch, onnx,
+uvicorn) only when it runs, so `yolor serve` works in an image without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from cli import export_command, model_commands
+
+log = logging.getLogger("yolor")
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed without a traceback, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="yolor", description="YOLOR detection: model, export, serving")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (model_commands, export_command):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not args.verbose:  # the ONNX toolchain logs every graph rewrite at INFO
+        for noisy in ("onnxscript", "onnx_ir", "onnxslim", "torch.onnx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except (CommandError, ValueError, FileNotFoundError) as e:  # CheckpointError, ManifestError, ...
+        log.error("error: %s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
