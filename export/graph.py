@@ -1,0 +1,63 @@
+"""The module that is traced into ONNX: fused net + decode + output head.
+
+Heads:
+- `raw`: (B, N, 5 + nc), the official inference layout (cx, cy, w, h, obj, class scores);
+- `topk`: (B, K, 6) x1, y1, x2, y2 (input pixels), score = obj * best class score, class id; the K best
+  candidates per image sorted by score. Thresholds and NMS stay on the host, per request.
+
+With fp16 the net runs in half precision and its raw maps are cast back to float32 before the decode
+and the top-K, so the graph's input and output stay float32 and box coordinates keep full precision.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+from torch import nn
+
+from yolor.heads import decode
+from yolor.model import YOLOR
+
+Head = Literal["topk", "raw"]
+
+
+def topk_candidates(pred: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, N, 5 + nc) decoded predictions -> (B, k, 6) best-class boxes sorted by score.
+
+    score = obj * max class score, class = argmax (first on ties), box = xywh -> xyxy.
+    """
+    cls_scores, cls_ids = pred[..., 5:].max(-1)
+    scores = pred[..., 4] * cls_scores
+    top_scores, idx = scores.topk(k, dim=1, largest=True, sorted=True)
+    xy, wh = pred[..., 0:2], pred[..., 2:4]
+    boxes = torch.cat([xy - wh / 2, xy + wh / 2], -1)
+    top_boxes = boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4))
+    top_cls = cls_ids.gather(1, idx).to(pred.dtype)
+    return torch.cat([top_boxes, top_scores.unsqueeze(-1), top_cls.unsqueeze(-1)], -1)
+
+
+class ExportGraph(nn.Module):
+    """images float32 (B, 3, S, S) RGB in [0, 1] -> the chosen head's output (float32)."""
+
+    anchors: torch.Tensor
+
+    def __init__(self, fused: YOLOR, head: Head, top_k: int | None = None, fp16: bool = False) -> None:
+        super().__init__()
+        if head == "topk" and (top_k is None or top_k < 1):
+            raise ValueError("the topk head needs top_k >= 1")
+        self.model = copy.deepcopy(fused).eval()
+        self.dtype = torch.float16 if fp16 else torch.float32
+        self.model.to(self.dtype)
+        self.register_buffer("anchors", fused.anchors.detach().float().clone())
+        self.strides = fused.strides
+        self.head, self.top_k = head, top_k
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        raw = [r.float() for r in self.model.raw_outputs(images.to(self.dtype))]
+        pred = decode(raw, self.anchors, self.strides)
+        if self.head == "raw":
+            return pred
+        assert self.top_k is not None
+        return topk_candidates(pred, min(self.top_k, pred.shape[1]))

@@ -1,0 +1,218 @@
+"""`yolor export`: checkpoint -> fused model -> ONNX (FP32, optional FP16) -> optional TensorRT engine.
+
+Every artifact is written into a private staging folder next to the output folder and moved in only
+after every step (validation included) succeeded, so a failed export leaves no half-written artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+
+import yolor
+from export.graph import ExportGraph, Head
+from export.onnx_export import INPUT_NAME, OUTPUT_NAMES, output_shape, to_onnx
+from export.validate import PostprocessParams, validate_onnx
+from service.manifest import MANIFEST_NAME, TOPK_COLUMNS, Artifact, ModelManifest, OutputSpec
+
+log = logging.getLogger(__name__)
+
+ONNX_NAME, ONNX_FP16_NAME = "model.onnx", "model.fp16.onnx"
+ENGINE_NAME, ENGINE_MANIFEST_NAME = "model.engine", "model.engine.json"
+ALL_ARTIFACTS = (ONNX_NAME, ONNX_FP16_NAME, ENGINE_NAME, ENGINE_MANIFEST_NAME, MANIFEST_NAME)
+
+
+class ExportError(RuntimeError):
+    """A failed export; nothing was written to the output folder."""
+
+
+@dataclass
+class ExportOptions:
+    checkpoint: Path
+    out_dir: Path
+    arch: str | None = None
+    img_size: int | None = None
+    head: Head = "topk"
+    top_k: int = 1000
+    fp16: bool = False
+    engine: bool = False
+    max_batch: int = 16
+    opt_batch: int | None = None
+    workspace_mb: int = 4096
+    timing_cache: Path | None = None
+    opset: int = 18
+    postprocess: PostprocessParams = field(default_factory=PostprocessParams)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Progress:
+    """Numbered step log with timings: the slow steps say what they are doing while they do it."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.index = total, 0
+
+    @contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        self.index += 1
+        log.info("[%d/%d] %s ...", self.index, self.total, what)
+        start = time.perf_counter()
+        yield
+        log.info("[%d/%d] %s done in %.1fs", self.index, self.total, what, time.perf_counter() - start)
+
+
+def _versions(opset: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"opset": opset}
+    for dist in ("yolor-serving", "torch", "onnx", "onnxruntime", "onnxslim", "onnxscript"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _artifact(path: Path, precision: Literal["fp32", "fp16"]) -> Artifact:
+    return Artifact(file=path.name, sha256=sha256_file(path), bytes=path.stat().st_size, precision=precision)
+
+
+def _check_options(opts: ExportOptions, model: yolor.YOLOR) -> int:
+    img_size = opts.img_size or model.input_size
+    if img_size % model.max_stride or img_size < model.max_stride:
+        raise ExportError(
+            f"--img-size {img_size} must be a positive multiple of {model.max_stride} for {model.arch}"
+        )
+    if opts.head not in OUTPUT_NAMES:
+        raise ExportError(f"unknown head {opts.head!r}; choose topk or raw")
+    if opts.top_k < 1 or opts.max_batch < 1:
+        raise ExportError("--top-k and --max-batch must be >= 1")
+    return img_size
+
+
+def _ensure_engine_possible() -> None:
+    from service.backends.tensorrt_build import TensorRTUnavailable, require_tensorrt
+
+    try:
+        require_tensorrt()
+    except TensorRTUnavailable as e:
+        raise ExportError(f"--engine: {e}") from None
+
+
+def run_export(opts: ExportOptions) -> ModelManifest:
+    """Run the whole export; returns the manifest written to `opts.out_dir/model.json`."""
+    if opts.engine:
+        _ensure_engine_possible()  # fail before minutes of work, not after
+    progress = Progress(5 + opts.fp16 * 2 + opts.engine)
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=opts.out_dir))
+    try:
+        manifest = _export_into(staging, opts, progress)
+        _commit(staging, opts.out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote %s", ", ".join(sorted(a.file for a in manifest.artifacts.values())))
+    return manifest
+
+
+def _export_into(staging: Path, opts: ExportOptions, progress: Progress) -> ModelManifest:
+    with progress.step(f"load {opts.checkpoint}"):
+        model = yolor.load_model(opts.checkpoint, arch=opts.arch)
+        source = {"checkpoint": opts.checkpoint.name, "sha256": sha256_file(opts.checkpoint)}
+    img_size = _check_options(opts, model)
+    with progress.step("fuse BatchNorm and implicit knowledge"):
+        fused = yolor.fuse_model(model)
+    artifacts: dict[str, Artifact] = {}
+    validation: dict[str, Any] = {}
+    precisions: list[Literal["fp32", "fp16"]] = ["fp32", "fp16"] if opts.fp16 else ["fp32"]
+    shape: list[int | str] = []
+    for precision in precisions:
+        graph = ExportGraph(fused, opts.head, opts.top_k, fp16=precision == "fp16")
+        path = staging / (ONNX_NAME if precision == "fp32" else ONNX_FP16_NAME)
+        with progress.step(f"export + simplify {precision} ONNX (opset {opts.opset})"):
+            proto = to_onnx(graph, img_size, opts.opset)
+            onnx.save(proto, path)
+            shape = output_shape(proto)
+        with progress.step(f"validate {precision} ONNX with ONNX Runtime"):
+            validation[precision] = validate_onnx(
+                str(path), model, graph, img_size, precision, opts.postprocess
+            )
+        artifacts["onnx" if precision == "fp32" else "onnx_fp16"] = _artifact(path, precision)
+    manifest = ModelManifest(
+        arch=model.arch,
+        branch=model.spec.branch,
+        nc=model.nc,
+        class_names=model.class_names,
+        depth=model.scaling.depth,
+        width=model.scaling.width,
+        input_size=img_size,
+        strides=list(model.strides),
+        anchors=model.anchors.tolist(),
+        head=opts.head,
+        top_k=int(shape[1]) if opts.head == "topk" else None,
+        output=OutputSpec(
+            name=OUTPUT_NAMES[opts.head],
+            shape=shape,
+            columns=TOPK_COLUMNS
+            if opts.head == "topk"
+            else ["cx", "cy", "w", "h", "obj", *model.class_names],
+        ),
+        max_batch=opts.max_batch,
+        artifacts=artifacts,
+        source=source,
+        versions=_versions(opts.opset),
+        exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        validation=validation,
+    )
+    if opts.engine:
+        with progress.step("build TensorRT engine"):
+            artifacts["engine"] = _build_engine(
+                staging, opts, artifacts["onnx_fp16" if opts.fp16 else "onnx"]
+            )
+        manifest = manifest.model_copy(update={"artifacts": artifacts})
+    with progress.step("write manifest"):
+        (staging / MANIFEST_NAME).write_text(manifest.to_json())
+    return manifest
+
+
+def _build_engine(staging: Path, opts: ExportOptions, source: Artifact) -> Artifact:
+    from service.backends.tensorrt_build import EngineOptions, build_engine, write_engine_manifest
+
+    options = EngineOptions(opts.max_batch, opts.opt_batch, opts.workspace_mb, opts.timing_cache)
+    engine_path = staging / ENGINE_NAME
+    manifest = build_engine(
+        staging / source.file, engine_path, options, onnx_sha256=source.sha256, precision=source.precision
+    )
+    write_engine_manifest(manifest, staging / ENGINE_MANIFEST_NAME)
+    return _artifact(engine_path, source.precision)
+
+
+def _commit(staging: Path, out_dir: Path) -> None:
+    """Move the new artifacts in; drop artifacts of an earlier export that this one did not make
+    (a stale model.engine must not sit next to a new model.onnx)."""
+    produced = {p.name for p in staging.iterdir()}
+    for name in ALL_ARTIFACTS:
+        if name not in produced and (out_dir / name).exists():
+            (out_dir / name).unlink()
+    for name in [*sorted(produced - {MANIFEST_NAME}), MANIFEST_NAME]:  # manifest last
+        os.replace(staging / name, out_dir / name)
+
+
+__all__ = ["INPUT_NAME", "ExportError", "ExportOptions", "run_export"]

@@ -1,0 +1,232 @@
+"""Automatic numerical validation of an exported ONNX model against the unfused PyTorch model.
+
+Runs the ONNX file with ONNX Runtime (CPU) at batch sizes other than the traced one, on real photos
+(scikit-image's bundled samples, letterboxed by the serving code) and on random inputs, and compares:
+- raw head: max abs / relative error of the predictions;
+- topk head: relative error of the sorted candidate scores, and detection agreement after the
+  serving post-processing (threshold + NMS): a reference detection counts as kept when the exported
+  model has one of the same class with IoU >= 0.9.
+FP32 must stay within 1e-4 of max|output| (relative); FP16 must keep >= 99% of detections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.graph import ExportGraph, Head, topk_candidates
+from service.processing import (
+    Detections,
+    box_iou,
+    decode_raw_predictions,
+    letterbox,
+    select_detections,
+    to_input_tensor,
+)
+from yolor.model import YOLOR
+
+PHOTOS = ("astronaut", "coffee", "chelsea")  # scikit-image data bundled offline; 3 = not the trace batch
+FP32_MAX_REL_ERROR = 1e-4
+MIN_AGREEMENT = 0.99  # both precisions; FP32 is also held to the error bound
+MATCH_IOU = 0.9
+
+
+class ValidationFailed(RuntimeError):
+    """The exported model is out of tolerance; the export must not be used."""
+
+
+@dataclass(frozen=True)
+class PostprocessParams:
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 300
+
+
+def photo_batch(img_size: int) -> np.ndarray:
+    """The sample photos letterboxed exactly as the server does it: (3, 3, S, S) float32."""
+    from skimage import data
+
+    images = [letterbox(np.ascontiguousarray(getattr(data, name)()), img_size)[0] for name in PHOTOS]
+    return to_input_tensor(images)
+
+
+def random_batch(img_size: int, batch: int = 1, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((batch, 3, img_size, img_size), dtype=np.float32)
+
+
+def reference_output(model: YOLOR, batch: np.ndarray, head: Head, top_k: int | None) -> np.ndarray:
+    """The unfused PyTorch model in float32 through the same head semantics."""
+    with torch.no_grad():
+        pred = model.eval()(torch.from_numpy(batch))
+        assert isinstance(pred, torch.Tensor)
+        if head == "topk":
+            assert top_k is not None
+            pred = topk_candidates(pred, min(top_k, pred.shape[1]))
+    return pred.numpy()
+
+
+def candidates(model: YOLOR, img_size: int) -> int:
+    """Rows of the decoded output for a square input (anchors x cells over all levels)."""
+    return model.spec.num_anchors * sum((img_size // s) ** 2 for s in model.strides)
+
+
+def run_onnx(path: str, batch: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: batch})
+    return out, session.get_providers()
+
+
+def count_matches(ref: Detections, cand: Detections, iou_min: float = MATCH_IOU) -> int:
+    """Greedy one-to-one matching in reference score order: same class and IoU >= iou_min."""
+    if len(ref) == 0 or len(cand) == 0:
+        return 0
+    iou = box_iou(ref.boxes, cand.boxes)
+    iou[ref.class_ids[:, None] != cand.class_ids[None, :]] = 0.0
+    used = np.zeros(len(cand), dtype=bool)
+    matched = 0
+    for i in np.argsort(-ref.scores, kind="stable"):
+        row = np.where(used, 0.0, iou[i])
+        j = int(row.argmax())
+        if row[j] >= iou_min:
+            used[j] = True
+            matched += 1
+    return matched
+
+
+def _candidates(img: np.ndarray, head: Head, conf: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes xyxy, scores, class ids) of one image's output scoring above `conf`, either head."""
+    if head == "raw":
+        return decode_raw_predictions(img, conf)
+    keep = img[:, 4] > conf
+    return img[keep, :4], img[keep, 4], img[keep, 5].astype(np.int64)
+
+
+def _detections(out: np.ndarray, head: Head, post: PostprocessParams, floors: np.ndarray) -> list[Detections]:
+    """The serving post-processing of each image (threshold + NMS) on candidates scoring above the
+    image's floor, in a canonical order (score, class, box) so that NMS among equal scores makes the
+    same choice whatever order the backend returned them in."""
+    dets = []
+    for img, floor in zip(out, floors, strict=True):
+        boxes, scores, class_ids = _candidates(img, head, max(post.conf, float(floor)))
+        scores = np.round(scores, 6)  # equal up to float noise = equal
+        rounded = np.round(boxes, 2)
+        order = np.lexsort((rounded[:, 3], rounded[:, 2], rounded[:, 1], rounded[:, 0], class_ids, -scores))
+        dets.append(
+            select_detections(
+                boxes[order],
+                scores[order],
+                class_ids[order],
+                conf=post.conf,
+                iou=post.iou,
+                max_det=post.max_det,
+            )
+        )
+    return dets
+
+
+def compare(
+    ref: np.ndarray, got: np.ndarray, head: Head, post: PostprocessParams, truncated: bool
+) -> dict[str, Any]:
+    """Error statistics of one batch (see module docstring).
+
+    Detection agreement: each reference detection (after threshold + NMS) is *kept* when the exported
+    model still produces a candidate of the same class with IoU >= 0.9 scoring above the threshold
+    (less 2% for rounding). Matching before NMS keeps the measure meaningful where NMS has to choose
+    among overlapping candidates of near-equal score, a choice float noise may flip.
+    `agreement_after_nms` (reported, not gated) matches against the exported model's NMS output.
+
+    `truncated`: the topk head kept fewer rows than there are candidates. Candidates tied with the
+    last kept score are then in or out by the backend's tie order, not by the model, so reference
+    detections are only those scoring clearly above that boundary (real models score ~0 there;
+    constant image regions such as letterbox padding produce exact ties).
+    """
+    if ref.shape != got.shape:
+        return {"shape_mismatch": [list(ref.shape), list(got.shape)]}
+    stats: dict[str, Any]
+    if head == "raw":
+        err = float(np.abs(ref - got).max())
+        stats = {"max_abs_error": err, "max_rel_error": err / (float(np.abs(ref).max()) or 1.0)}
+    else:  # rows may swap between equal or near-equal scores: compare the sorted score lists
+        scores_ref, scores_got = np.sort(ref[..., 4], axis=1), np.sort(got[..., 4], axis=1)
+        err = float(np.abs(scores_ref - scores_got).max())
+        stats = {"score_max_abs_error": err, "max_rel_error": err / (float(np.abs(scores_ref).max()) or 1.0)}
+    none = np.full(len(ref), -np.inf)
+    # The boundary tie group can straddle the last kept score by a few ulps: a margin excludes it whole.
+    floors = ref[:, -1, 4] * (1 + 1e-5) + 1e-7 if head == "topk" and truncated else none
+    ref_dets, got_dets = _detections(ref, head, post, floors), _detections(got, head, post, none)
+    kept = 0
+    for r, img in zip(ref_dets, got, strict=True):
+        boxes, scores, class_ids = _candidates(img, head, post.conf * 0.98)
+        kept += count_matches(r, Detections(boxes.astype(np.float32), scores.astype(np.float32), class_ids))
+    stats["boundary_score"] = [float(f) for f in floors] if head == "topk" and truncated else None
+    stats["detections_reference"] = sum(len(d) for d in ref_dets)
+    stats["detections_matched"] = kept
+    stats["detections_matched_after_nms"] = sum(
+        count_matches(r, g) for r, g in zip(ref_dets, got_dets, strict=True)
+    )
+    return stats
+
+
+def validate_onnx(
+    path: str,
+    model: YOLOR,
+    graph: ExportGraph,
+    img_size: int,
+    precision: str,
+    post: PostprocessParams | None = None,
+) -> dict[str, Any]:
+    """Validate one ONNX file; returns the record stored in the manifest, raises ValidationFailed."""
+    post = post or PostprocessParams()
+    batches = {"photos": photo_batch(img_size), "random": random_batch(img_size)}
+    per_batch: dict[str, dict[str, Any]] = {}
+    providers: list[str] = []
+    for name, batch in batches.items():
+        got, providers = run_onnx(path, batch)
+        ref = reference_output(model, batch, graph.head, graph.top_k)
+        truncated = graph.top_k is not None and graph.top_k < candidates(model, img_size)
+        per_batch[name] = {
+            "batch_size": int(batch.shape[0]),
+            **compare(ref, got, graph.head, post, truncated),
+        }
+    record = _summarise(per_batch, graph.head, precision, post)
+    record["providers"] = providers
+    if not record["passed"]:
+        raise ValidationFailed(f"{precision} ONNX out of tolerance: {record['failure']}")
+    return record
+
+
+def _summarise(
+    per_batch: dict[str, dict[str, Any]], head: Head, precision: str, post: PostprocessParams
+) -> dict[str, Any]:
+    rec: dict[str, Any] = {"precision": precision, "head": head, "batches": per_batch, "photos": list(PHOTOS)}
+    mismatched = [n for n, b in per_batch.items() if "shape_mismatch" in b]
+    if mismatched:
+        return {**rec, "passed": False, "failure": f"output shape differs on batch {mismatched}"}
+    total = sum(b["detections_reference"] for b in per_batch.values())
+    matched = sum(b["detections_matched"] for b in per_batch.values())
+    after_nms = sum(b["detections_matched_after_nms"] for b in per_batch.values())
+    rec.update(
+        agreement_after_nms=after_nms / total if total else 1.0,
+        max_rel_error=max(b["max_rel_error"] for b in per_batch.values()),
+        detections_reference=total,
+        detections_matched=matched,
+        agreement=matched / total if total else 1.0,
+        postprocess={"conf": post.conf, "iou": post.iou, "max_det": post.max_det, "match_iou": MATCH_IOU},
+        tolerance={"fp32_max_rel_error": FP32_MAX_REL_ERROR, "min_agreement": MIN_AGREEMENT},
+    )
+    failures = []
+    if rec["agreement"] < MIN_AGREEMENT:
+        failures.append(f"detection agreement {rec['agreement']:.4f} < {MIN_AGREEMENT}")
+    if precision == "fp32" and rec["max_rel_error"] > FP32_MAX_REL_ERROR:
+        failures.append(f"max relative error {rec['max_rel_error']:.2e} > {FP32_MAX_REL_ERROR:.0e}")
+    rec["passed"] = not failures
+    if failures:
+        rec["failure"] = "; ".join(failures)
+    return rec

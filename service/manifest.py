@@ -1,0 +1,100 @@
+"""The model manifest (`model.json`): what export writes and the server trusts.
+
+It describes the exported graph (input, head, output layout), the model (arch, classes, strides,
+anchors), where it came from (checkpoint sha256, versions) and how it was validated. The server reads
+it, checks it against the backend it loads, and refuses what does not fit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MANIFEST_FORMAT = "yolor-serving/model/1"
+MANIFEST_NAME = "model.json"
+TOPK_COLUMNS = ["x1", "y1", "x2", "y2", "score", "class_id"]
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, unreadable or inconsistent."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    name: str = "images"
+    dtype: Literal["float32"] = "float32"
+    layout: Literal["NCHW"] = "NCHW"
+    color: Literal["RGB"] = "RGB"
+    value_range: tuple[float, float] = (0.0, 1.0)
+    letterbox_pad: int = 114
+
+
+class OutputSpec(_Strict):
+    name: str
+    shape: list[int | str]  # "batch" for the dynamic axis
+    columns: list[str]
+
+
+class Artifact(_Strict):
+    file: str
+    sha256: str
+    bytes: int = Field(ge=0)
+    precision: Literal["fp32", "fp16"]
+
+
+class ModelManifest(_Strict):
+    format: Literal["yolor-serving/model/1"] = "yolor-serving/model/1"
+    arch: str
+    branch: Literal["main", "paper"]
+    nc: int = Field(ge=1)
+    class_names: list[str]
+    depth: float = 1.0
+    width: float = 1.0
+    input_size: int = Field(ge=32)
+    strides: list[int]
+    anchors: list[list[list[float]]]
+    head: Literal["topk", "raw"]
+    top_k: int | None = Field(default=None, ge=1)
+    input: InputSpec = InputSpec()
+    output: OutputSpec
+    max_batch: int = Field(ge=1)
+    artifacts: dict[str, Artifact]
+    source: dict[str, Any] = {}
+    versions: dict[str, Any] = {}
+    exported_at: str = ""
+    validation: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelManifest:
+        if len(self.class_names) != self.nc:
+            raise ValueError(f"{len(self.class_names)} class names for nc={self.nc}")
+        if self.input_size % max(self.strides):
+            raise ValueError(f"input_size {self.input_size} is not a multiple of stride {max(self.strides)}")
+        if self.head == "topk":
+            if self.top_k is None or self.output.shape[1:] != [self.top_k, 6]:
+                raise ValueError("topk head needs top_k and output shape [batch, top_k, 6]")
+        elif self.output.shape[2:] != [5 + self.nc]:
+            raise ValueError(f"raw head output must end in 5 + nc = {5 + self.nc}")
+        if "onnx" not in self.artifacts:
+            raise ValueError("manifest lists no 'onnx' artifact")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+
+
+def load_manifest(model_dir: str | Path) -> ModelManifest:
+    """Read and validate `model_dir/model.json`."""
+    path = Path(model_dir) / MANIFEST_NAME
+    try:
+        return ModelManifest.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise ManifestError(f"no {MANIFEST_NAME} in {Path(model_dir)}: export the model first") from None
+    except ValidationError as e:
+        raise ManifestError(f"{path}: invalid manifest: {e}") from None
