@@ -1,0 +1,354 @@
+"""Build a TensorRT engine from an exported ONNX graph, and describe it with a manifest.
+
+This is the offline builder only; deserializing and running an engine is the serving backend's job.
+`tensorrt` is imported inside functions, so this module imports (and its pure helpers work) on
+machines without TensorRT or a GPU.
+
+Engines are built from a *strongly typed* network: layer precisions come from the ONNX graph itself
+(an FP16 ONNX gives an FP16 engine) instead of builder precision flags, which TensorRT 11 removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from service.backends.gpu_info import gpu_identity
+
+__all__ = [
+    "ENGINE_MANIFEST_FORMAT", "EngineOptions", "TensorRTUnavailable", "build_engine",
+    "default_timing_cache_path", "engine_matches", "make_engine_manifest", "profile_shapes",
+    "require_tensorrt", "tensorrt_version", "write_engine_manifest",
+]  # fmt: skip
+
+_log = logging.getLogger(__name__)
+
+ENGINE_MANIFEST_FORMAT = "yolor-serving/engine/1"
+MIN_TENSORRT_MAJOR = 10
+NOT_INSTALLED = (
+    "TensorRT is not installed in this environment (pip install tensorrt, needs an NVIDIA GPU and driver); "
+    "ONNX artifacts are unaffected"
+)
+NO_GPU = (
+    "TensorRT is installed but no CUDA GPU is visible (nvidia-smi is missing or reports no GPU); "
+    "engines can only be built on the GPU model that will run them"
+)
+
+Shape4 = tuple[int, int, int, int]
+
+
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT (or a GPU for it) is not available here; ONNX export and serving are unaffected."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to build an engine. `opt_batch` defaults to half of `max_batch` (at least 1)."""
+
+    max_batch: int = 16
+    opt_batch: int | None = None
+    workspace_mb: int = 4096
+    timing_cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.opt_batch is None:
+            object.__setattr__(self, "opt_batch", max(1, self.max_batch // 2))
+        elif not 1 <= self.opt_batch <= self.max_batch:
+            raise ValueError(f"opt_batch must be in [1, max_batch={self.max_batch}], got {self.opt_batch}")
+        if self.workspace_mb <= 0:
+            raise ValueError(f"workspace_mb must be > 0, got {self.workspace_mb}")
+        if self.timing_cache is not None:
+            object.__setattr__(self, "timing_cache", Path(self.timing_cache))
+
+
+def profile_shapes(input_chw: tuple[int, int, int], options: EngineOptions) -> tuple[Shape4, Shape4, Shape4]:
+    """(min, opt, max) NCHW shapes of the single optimization profile: batch 1, opt and max."""
+    c, h, w = input_chw
+    if min(c, h, w) < 1:
+        raise ValueError(f"C, H, W must be positive, got {input_chw}")
+    opt = options.opt_batch if options.opt_batch is not None else max(1, options.max_batch // 2)
+    return (1, c, h, w), (opt, c, h, w), (options.max_batch, c, h, w)
+
+
+def _safe(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", part.strip()).strip("_") or "unknown"
+
+
+def default_timing_cache_path(
+    trt_version: str, gpu_name: str, compute_capability: str, cache_dir: Path | None = None
+) -> Path:
+    """Where the timing cache for this (TensorRT version, GPU) lives; the file may not exist yet.
+
+    Directory: `cache_dir`, else `$YOLOR_CACHE_DIR/tensorrt`, else `~/.cache/yolor/tensorrt`.
+    Name, e.g.: `timing-10.13.0-NVIDIA_H200-sm90.cache`.
+    """
+    if not re.fullmatch(r"\d+\.\d+", compute_capability):
+        raise ValueError(f"compute capability must look like '9.0', got {compute_capability!r}")
+    if cache_dir is None:
+        root = os.environ.get("YOLOR_CACHE_DIR")
+        cache_dir = Path(root) / "tensorrt" if root else Path.home() / ".cache" / "yolor" / "tensorrt"
+    sm = compute_capability.replace(".", "")
+    return Path(cache_dir) / f"timing-{_safe(trt_version)}-{_safe(gpu_name)}-sm{sm}.cache"
+
+
+def tensorrt_version() -> str | None:
+    """The installed TensorRT version, or None when `tensorrt` cannot be imported."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return None
+    return str(trt.__version__)
+
+
+def _tensorrt_and_gpu() -> tuple[Any, str, str]:
+    """(tensorrt module, GPU name, compute capability); raises TensorRTUnavailable."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTUnavailable(NOT_INSTALLED) from exc
+    version = str(trt.__version__)
+    major = re.match(r"\d+", version)
+    if major is None or int(major.group()) < MIN_TENSORRT_MAJOR:
+        raise TensorRTUnavailable(f"TensorRT {version} is too old: building engines needs TensorRT >= 10")
+    identity = gpu_identity()
+    if identity is None:
+        raise TensorRTUnavailable(NO_GPU)
+    return trt, identity[0], identity[1]
+
+
+def require_tensorrt() -> str:
+    """Fail fast, before minutes of export work: the TensorRT version if an engine can be built here.
+
+    Raises TensorRTUnavailable when TensorRT >= 10 is not importable or no GPU is visible.
+    """
+    trt, _, _ = _tensorrt_and_gpu()
+    return str(trt.__version__)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_engine_manifest(manifest: dict[str, Any], path: Path) -> None:
+    """Write the engine manifest as JSON, atomically."""
+    _atomic_write(Path(path), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+def make_engine_manifest(
+    *,
+    tensorrt_version: str,
+    gpu_name: str,
+    compute_capability: str,
+    input_name: str,
+    shapes: tuple[Shape4, Shape4, Shape4],
+    workspace_mb: int,
+    precision: str,
+    onnx_sha256: str,
+    engine_sha256: str,
+    build_seconds: float,
+    timing_cache: Path,
+) -> dict[str, Any]:
+    """The manifest dict `build_engine` returns and `engine_matches` checks."""
+    lo, opt, hi = shapes
+    return {
+        "format": ENGINE_MANIFEST_FORMAT,
+        "tensorrt_version": tensorrt_version,
+        "gpu_name": gpu_name,
+        "compute_capability": compute_capability,
+        "profile": {"input": input_name, "min": list(lo), "opt": list(opt), "max": list(hi)},
+        "workspace_mb": workspace_mb,
+        "precision": precision,
+        "onnx_sha256": onnx_sha256,
+        "engine_sha256": engine_sha256,
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(build_seconds, 3),
+        "timing_cache": str(timing_cache),
+    }
+
+
+def engine_matches(
+    manifest: dict[str, Any],
+    *,
+    onnx_sha256: str,
+    tensorrt_version: str,
+    gpu_name: str,
+    compute_capability: str,
+    max_batch: int,
+) -> tuple[bool, str]:
+    """Whether an existing engine can be reused; otherwise (False, why it must be rebuilt)."""
+    if manifest.get("format") != ENGINE_MANIFEST_FORMAT:
+        return False, f"engine manifest format is {manifest.get('format')!r}, not {ENGINE_MANIFEST_FORMAT!r}"
+    wanted = {
+        "onnx_sha256": onnx_sha256,
+        "tensorrt_version": tensorrt_version,
+        "gpu_name": gpu_name,
+        "compute_capability": compute_capability,
+    }
+    for key, value in wanted.items():
+        if manifest.get(key) != value:
+            return False, f"engine was built for {key} {manifest.get(key)!r}, but {value!r} is needed"
+    try:
+        built_max = int(manifest["profile"]["max"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return False, "engine manifest has no usable profile max shape"
+    if built_max < max_batch:
+        return False, f"engine profile allows batches up to {built_max}, {max_batch} is required"
+    return True, "engine matches"
+
+
+def _tensorrt_logger(trt: Any) -> Any:
+    """A TensorRT logger that forwards to Python logging instead of printing to stderr."""
+    sev = trt.ILogger.Severity
+    levels = {
+        sev.INTERNAL_ERROR: logging.CRITICAL,
+        sev.ERROR: logging.ERROR,
+        sev.WARNING: logging.WARNING,
+        sev.INFO: logging.INFO,
+        sev.VERBOSE: logging.DEBUG,
+    }
+
+    class _ToLogging(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: Any, msg: str) -> None:
+            level = levels.get(severity, logging.DEBUG)
+            if _log.isEnabledFor(level):
+                _log.log(level, "TensorRT: %s", msg)
+
+    return _ToLogging()
+
+
+def _input_shapes(name: str, shape: tuple[int, ...], options: EngineOptions) -> tuple[Shape4, Shape4, Shape4]:
+    """Profile shapes for the network input; refuses inputs without a dynamic batch axis."""
+    if len(shape) != 4:
+        raise ValueError(f"network input {name!r} has shape {shape}; an NCHW (4-D) input is required")
+    if shape[0] != -1:
+        raise ValueError(
+            f"network input {name!r} has a fixed batch size {shape[0]} (shape {shape}); "
+            "re-export the ONNX with a dynamic batch axis"
+        )
+    if min(shape[1:]) < 1:
+        raise ValueError(f"network input {name!r} has a dynamic C, H or W (shape {shape}); only N may be")
+    return profile_shapes((shape[1], shape[2], shape[3]), options)
+
+
+def _attach_timing_cache(config: Any, path: Path) -> Any:
+    """Load the timing cache at `path` if usable, else start an empty one; attach it to `config`."""
+    if path.is_file():
+        try:
+            cache = config.create_timing_cache(path.read_bytes())
+            if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+                _log.info("using timing cache %s", path)
+                return cache
+        except (RuntimeError, TypeError, ValueError) as exc:
+            _log.warning("timing cache %s is unreadable: %s", path, exc)
+        _log.warning("ignoring timing cache %s (built by another TensorRT/GPU or corrupt)", path)
+    cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    options: EngineOptions,
+    *,
+    onnx_sha256: str,
+    precision: Literal["fp32", "fp16"],
+) -> dict[str, Any]:
+    """Build a TensorRT engine from `onnx_path`, write it atomically to `engine_path`, return its manifest.
+
+    `precision` records what the ONNX holds; it does not change the build (the network is strongly
+    typed). The timing cache is read before and rewritten after the build. Raises
+    TensorRTUnavailable (no TensorRT >= 10 or no GPU), FileNotFoundError, ValueError (not exactly one
+    input, or one without a dynamic batch axis) and RuntimeError (parse or build failure).
+    """
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"ONNX file not found: {onnx_path}")
+    trt, gpu_name, capability = _tensorrt_and_gpu()
+    version = str(trt.__version__)
+    cache_path = options.timing_cache or default_timing_cache_path(version, gpu_name, capability)
+
+    start = time.perf_counter()
+    data, input_name, shapes, cache_data = _build_serialized(trt, onnx_path, options, cache_path)
+    seconds = time.perf_counter() - start
+    _atomic_write(engine_path, data)
+    try:
+        _atomic_write(cache_path, cache_data)
+    except OSError as exc:  # a lost cache only slows the next build down
+        _log.warning("could not write timing cache %s: %s", cache_path, exc)
+    _log.info("wrote %s (%.1f MB) in %.1f s", engine_path, len(data) / 1e6, seconds)
+    return make_engine_manifest(
+        tensorrt_version=version,
+        gpu_name=gpu_name,
+        compute_capability=capability,
+        input_name=input_name,
+        shapes=shapes,
+        workspace_mb=options.workspace_mb,
+        precision=precision,
+        onnx_sha256=onnx_sha256,
+        engine_sha256=hashlib.sha256(data).hexdigest(),
+        build_seconds=seconds,
+        timing_cache=cache_path,
+    )
+
+
+def _build_serialized(
+    trt: Any, onnx_path: Path, options: EngineOptions, cache_path: Path
+) -> tuple[bytes, str, tuple[Shape4, Shape4, Shape4], bytes]:
+    """Parse and build; returns (engine bytes, input name, profile shapes, updated timing cache bytes)."""
+    # The logger must outlive every TensorRT object, and the parser owns the weights the network
+    # points at, so both stay referenced until the build is done.
+    logger = _tensorrt_logger(trt)
+    try:
+        builder = trt.Builder(logger)
+    except (RuntimeError, TypeError) as exc:  # pybind reports a failed CUDA init as TypeError
+        raise TensorRTUnavailable(f"{NO_GPU} ({exc})") from exc
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "\n".join(f"  {parser.get_error(i)}" for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}:\n{errors}")
+    if network.num_inputs != 1:
+        raise ValueError(f"{onnx_path} has {network.num_inputs} inputs; exactly one is supported")
+    tensor = network.get_input(0)
+    shapes = _input_shapes(tensor.name, tuple(tensor.shape), options)
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+    timing_cache = _attach_timing_cache(config, cache_path)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(tensor.name, *shapes)
+    config.add_optimization_profile(profile)
+
+    _log.info("building a TensorRT %s engine from %s, profile %s", trt.__version__, onnx_path, shapes)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log)")
+    return bytes(serialized), str(tensor.name), shapes, bytes(timing_cache.serialize())
