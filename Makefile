@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Re-install when the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test test-fast lint
+.PHONY: install test test-fast lint serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+serve: install
+	$(BIN)/yolor serve
 
 lint: install
 	$(BIN)/ruff check .

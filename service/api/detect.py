@@ -1,0 +1,116 @@
+"""`POST /detect` (multipart), `/detect/json` (base64) and `/detect/annotated` (JPEG out)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import DetectorDep, require_api_key, require_multipart
+from service.detector import DetectOutcome, DetectParams
+from service.drawing import draw_detections, encode_jpeg
+from service.errors import InvalidBase64, InvalidParameter
+from service.schemas import (
+    DEFAULT_CONF,
+    DEFAULT_IOU,
+    DEFAULT_MAX_DET,
+    DetectResponse,
+    ErrorBody,
+    JsonDetectRequest,
+)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 403, 413, 415, 422, 500, 503, 504)
+}
+router = APIRouter(tags=["detect"], dependencies=[Depends(require_api_key)], responses=ERRORS)
+
+
+ConfQuery = Annotated[float, Query(ge=0.0, le=1.0, description="keep detections with score > conf")]
+IouQuery = Annotated[float, Query(ge=0.0, le=1.0, description="NMS IoU threshold")]
+MaxDetQuery = Annotated[int, Query(ge=1, le=10_000, description="most detections per image")]
+ClassesQuery = Annotated[
+    list[str] | None, Query(description="class ids or names to keep; repeat or comma-separate")
+]
+AgnosticQuery = Annotated[bool, Query(description="NMS across classes")]
+
+
+def detect_params(
+    detector: DetectorDep,
+    conf: ConfQuery = DEFAULT_CONF,
+    iou: IouQuery = DEFAULT_IOU,
+    max_det: MaxDetQuery = DEFAULT_MAX_DET,
+    classes: ClassesQuery = None,
+    agnostic: AgnosticQuery = False,
+) -> DetectParams:
+    return detector.params(conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic)
+
+
+ParamsDep = Annotated[DetectParams, Depends(detect_params)]
+ImagesField = Annotated[list[UploadFile] | None, File(description="one or more image files")]
+ImageField = Annotated[UploadFile | None, File(description="a single image file (alternative to images)")]
+
+
+async def _read_uploads(images: list[UploadFile] | None, image: UploadFile | None) -> list[bytes]:
+    uploads = [*(images or []), *([image] if image is not None else [])]
+    return [await upload.read() for upload in uploads]
+
+
+def _decode_base64(text: str, index: int) -> bytes:
+    if text.startswith("data:"):  # a data URL, as browsers' FileReader produces
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidBase64(f"images[{index}] is not valid base64") from None
+
+
+@router.post("/detect", response_model=DetectResponse, dependencies=[Depends(require_multipart)])
+async def detect(
+    detector: DetectorDep, params: ParamsDep, images: ImagesField = None, image: ImageField = None
+) -> dict[str, Any]:
+    """Detect objects in one or more uploaded images; one result per image, in upload order."""
+    started = time.monotonic()
+    outcome = await detector.detect(await _read_uploads(images, image), params, started=started)
+    return detector.to_response(outcome)
+
+
+@router.post("/detect/json", response_model=DetectResponse)
+async def detect_json(detector: DetectorDep, body: JsonDetectRequest) -> dict[str, Any]:
+    """The same as `/detect` for clients that cannot send multipart: base64 images in JSON."""
+    started = time.monotonic()
+    params = detector.params(
+        conf=body.conf, iou=body.iou, max_det=body.max_det, classes=body.classes, agnostic=body.agnostic
+    )
+    files = [_decode_base64(text, i) for i, text in enumerate(body.images)]
+    return detector.to_response(await detector.detect(files, params, started=started))
+
+
+def _render(outcome: DetectOutcome, class_names: list[str]) -> bytes:
+    result = outcome.images[0]
+    assert result.image is not None
+    return encode_jpeg(draw_detections(result.image, result.detections, class_names))
+
+
+@router.post(
+    "/detect/annotated",
+    response_class=Response,
+    dependencies=[Depends(require_multipart)],
+    responses={200: {"content": {"image/jpeg": {}}, "description": "the image with boxes and labels"}},
+)
+async def detect_annotated(
+    detector: DetectorDep, params: ParamsDep, images: ImagesField = None, image: ImageField = None
+) -> Response:
+    """One uploaded image back as JPEG with its detections drawn (header X-Detections: count)."""
+    started = time.monotonic()
+    files = await _read_uploads(images, image)
+    if len(files) > 1:
+        raise InvalidParameter(f"/detect/annotated takes exactly one image, got {len(files)}")
+    outcome = await detector.detect(files, params, started=started, keep_images=True)
+    jpeg = await run_in_threadpool(_render, outcome, detector.manifest.class_names)
+    count = len(outcome.images[0].detections)
+    return Response(jpeg, media_type="image/jpeg", headers={"X-Detections": str(count)})

@@ -1,0 +1,66 @@
+"""Health, readiness, metrics, the model description, and the drop-an-image page at `/`."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import HTMLResponse, Response
+
+from service.api.deps import StateDep, require_api_key
+from service.errors import NotReady
+from service.metrics import CONTENT_TYPE_LATEST
+from service.schemas import ErrorBody, ModelInfo, Status
+
+router = APIRouter(tags=["system"])
+
+
+@cache
+def _page() -> str:
+    return resources.files("service").joinpath("web/index.html").read_text(encoding="utf-8")
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> HTMLResponse:
+    """A self-contained page: drop an image, see the boxes (it calls POST /detect)."""
+    return HTMLResponse(_page())
+
+
+@router.get("/healthz", response_model=Status)
+async def healthz() -> Status:
+    """The process is alive (says nothing about the model)."""
+    return Status(status="ok")
+
+
+@router.get("/readyz", response_model=Status, responses={503: {"model": ErrorBody}})
+async def readyz(state: StateDep) -> Status:
+    """200 once the backend is loaded and warmed up; 503 before and while shutting down."""
+    state.raise_unless_ready()
+    return Status(status="ready")
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(state: StateDep) -> Response:
+    """Prometheus text exposition of the yolor_* metrics."""
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/model",
+    response_model=ModelInfo,
+    dependencies=[Depends(require_api_key)],
+    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+async def model(state: StateDep) -> ModelInfo:
+    """The model manifest plus how it is served (backend, precision, device, batching)."""
+    if state.manifest is None or state.backend is None or state.batcher is None:
+        raise NotReady(f"not ready: {state.not_ready_reason}")
+    return ModelInfo(
+        **state.manifest.model_dump(),
+        backend=state.backend.name,
+        precision=state.backend.precision,
+        device=state.backend.device,
+        max_batch_size=state.batcher.max_batch_size,
+        max_delay_ms=state.batcher.max_delay_s * 1000,
+    )

@@ -1,0 +1,185 @@
+"""The application factory: `create_app(settings)`; `app_factory()` for `uvicorn --factory`.
+
+Start-up (lifespan): read the manifest, load the backend, check it against the manifest (refusing a
+mismatch), start the batcher, then warm up in the background: `/healthz` answers at once, `/readyz`
+and the detect routes turn ready after warm-up. Shutdown: refuse new requests (503), let accepted
+ones finish, drain the batch queue, release the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service.api import detect, system
+from service.auth import ApiKeys
+from service.backends import Backend, BackendError, check_backend, create_backend
+from service.batcher import DynamicBatcher
+from service.detector import Detector
+from service.errors import install_error_handlers
+from service.logs import configure_logging
+from service.manifest import ModelManifest, load_manifest
+from service.metrics import Metrics
+from service.middleware import BodySizeLimit, RequestMetrics, UnexpectedErrors
+from service.settings import Settings, unknown_variables
+from service.state import ServiceState
+
+log = logging.getLogger(__name__)
+
+BackendFactory = Callable[[Settings, ModelManifest], Backend]
+
+
+def warm_up(backend: Backend, max_batch_size: int, stop: threading.Event | None = None) -> None:
+    """Run every batch size the batcher can form (1..max), checking each output's batch dimension.
+
+    Returns early once `stop` is set (shutdown during warm-up waits for one batch, not all of them).
+    """
+    for size in range(1, max_batch_size + 1):
+        if stop is not None and stop.is_set():
+            return
+        out = backend.infer(np.zeros((size, *backend.input_shape), dtype=np.float32))
+        if out.shape[0] != size:
+            raise BackendError(f"warm-up: batch of {size} gave output shape {out.shape}")
+
+
+async def _load(settings: Settings, backend_factory: BackendFactory) -> tuple[ModelManifest, Backend, int]:
+    """The manifest, the backend checked against it, and the largest batch to form."""
+    manifest = load_manifest(settings.model_dir)
+    backend = await asyncio.to_thread(backend_factory, settings, manifest)
+    max_batch = settings.max_batch_size or min(manifest.max_batch, backend.max_batch_size)
+    try:
+        check_backend(backend, manifest, max_batch)
+    except BackendError:
+        backend.close()
+        raise
+    log.info("serving %s with %r, batches up to %d", manifest.arch, backend, max_batch)
+    return manifest, backend, max_batch
+
+
+async def _start(state: ServiceState, backend_factory: BackendFactory) -> None:
+    settings = state.settings
+    state.not_ready_reason = "loading the backend"
+    manifest, backend, max_batch = await _load(settings, backend_factory)
+    state.manifest, state.backend = manifest, backend
+    state.metrics.set_model(
+        arch=manifest.arch, backend=backend.name, precision=backend.precision, max_batch=max_batch
+    )
+    state.pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="yolor-pre")
+    state.batcher = DynamicBatcher(
+        backend.infer,
+        max_batch_size=max_batch,
+        max_delay_s=settings.max_delay_ms / 1000,
+        queue_size=settings.queue_size,
+        metrics=state.metrics,
+    )
+    await state.batcher.start()
+    state.detector = Detector(
+        manifest,
+        backend,
+        state.batcher,
+        state.pool,
+        state.metrics,
+        max_images=settings.max_images_per_request,
+        max_pixels=settings.max_image_pixels,
+        timeout_s=settings.request_timeout_s,
+    )
+    if settings.warmup:
+        state.not_ready_reason = "warming up"
+        state.warmup_task = asyncio.create_task(_warm_up(state, backend, max_batch), name="yolor-warmup")
+    else:
+        _mark_ready(state)
+
+
+def _mark_ready(state: ServiceState) -> None:
+    state.ready, state.not_ready_reason = True, ""
+    state.metrics.ready.set(1)
+
+
+async def _warm_up(state: ServiceState, backend: Backend, max_batch: int) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        await asyncio.to_thread(warm_up, backend, max_batch, state.stop_warmup)
+    except Exception as e:
+        log.exception("warm-up failed; the server stays not ready")
+        state.not_ready_reason = f"warm-up failed: {e}"
+        return
+    log.info("warmed up batch sizes 1..%d in %.2f s; ready", max_batch, loop.time() - started)
+    _mark_ready(state)
+
+
+async def _stop(state: ServiceState) -> None:
+    settings = state.settings
+    state.ready, state.shutting_down = False, True
+    state.metrics.ready.set(0)
+    if state.warmup_task is not None:  # not cancelled: its thread must be done before close()
+        state.stop_warmup.set()
+        await asyncio.gather(state.warmup_task, return_exceptions=True)
+    if state.detector is not None and not await state.detector.drain(settings.request_timeout_s):
+        log.warning("requests still running after %.1f s; shutting down anyway", settings.request_timeout_s)
+    if state.batcher is not None:
+        await state.batcher.stop(timeout_s=settings.request_timeout_s)
+    if state.pool is not None:
+        state.pool.shutdown(wait=False, cancel_futures=True)
+    if state.backend is not None:
+        state.backend.close()
+    log.info("stopped")
+
+
+def create_app(settings: Settings | None = None, *, backend_factory: BackendFactory | None = None) -> FastAPI:
+    """The app for `settings` (default: read from `YOLOR_*` env vars). Nothing is loaded until start-up.
+
+    `backend_factory(settings, manifest)` replaces `create_backend`, e.g. with a FakeBackend in tests.
+    """
+    settings = settings if settings is not None else Settings()
+    metrics = Metrics()
+    state = ServiceState(settings=settings, metrics=metrics, api_keys=ApiKeys(settings.api_keys))
+    factory = backend_factory or create_backend
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await _start(state, factory)
+            yield
+        finally:
+            await _stop(state)
+
+    app = FastAPI(
+        title="YOLOR detection service",
+        summary="Object detection with YOLOR: dynamic batching, ONNX Runtime / TensorRT / PyTorch backends",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    install_error_handlers(app, retry_after_s=settings.retry_after_s, on_reject=metrics.reject)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, on_reject=metrics.reject)
+    app.add_middleware(UnexpectedErrors)
+    paths = [route.path for router in (system.router, detect.router) for route in router.routes]  # type: ignore[attr-defined]
+    app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["Retry-After", "X-Detections"],
+        )
+    app.include_router(system.router)
+    app.include_router(detect.router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """For `uvicorn --factory service.app:app_factory`: settings from the environment, logging set up."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if unknown := unknown_variables():
+        log.warning("ignoring environment variables that name no setting: %s", ", ".join(unknown))
+    return create_app(settings)

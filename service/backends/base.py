@@ -1,0 +1,109 @@
+"""The backend interface: a model that maps an image batch to the manifest's output layout.
+
+As in Polygraphy's runners, the public `infer` validates what goes in and comes out and a private
+`_infer` does the work, so every backend is held to the same contract. Heavy imports (onnxruntime,
+tensorrt, torch) live only in the module of the backend that needs them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+Head = Literal["topk", "raw"]
+FloatBatch = npt.NDArray[np.float32]
+
+
+class BackendError(RuntimeError):
+    """A backend failed to load or to run a batch."""
+
+
+class BackendUnavailable(BackendError):
+    """This backend cannot run on this host (package missing, no GPU, no engine)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the server needs from a model runtime.
+
+    `input_shape` is one image, `(3, S, S)`; `output_shape` is one image's output, e.g. `(K, 6)` for
+    the top-K head or `(N, 5 + nc)` for the raw head (None for a dimension only known at run time).
+    `head` names that layout. `device` says where it runs, in words (providers, GPU).
+    """
+
+    name: str
+    precision: str
+    device: str
+    head: Head
+    max_batch_size: int
+    input_name: str
+    input_shape: tuple[int, int, int]
+    output_shape: tuple[int | None, ...]
+
+    def infer(self, batch: FloatBatch) -> FloatBatch:
+        """(B, 3, S, S) float32 RGB in [0, 1], 1 <= B <= max_batch_size -> (B, *output_shape) float32."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class BaseBackend(ABC):
+    """Implements the validated `infer` around a subclass's `_infer`."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        precision: str,
+        device: str,
+        head: Head,
+        max_batch_size: int,
+        input_name: str,
+        input_shape: tuple[int, int, int],
+        output_shape: tuple[int | None, ...],
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.name, self.precision, self.device, self.head = name, precision, device, head
+        self.max_batch_size = max_batch_size
+        self.input_name = input_name
+        self.input_shape = input_shape
+        self.output_shape = output_shape
+
+    def infer(self, batch: FloatBatch) -> FloatBatch:
+        if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
+            raise TypeError(f"batch must be a float32 ndarray, got {getattr(batch, 'dtype', type(batch))}")
+        if batch.ndim != 4 or batch.shape[1:] != self.input_shape:
+            raise ValueError(
+                f"batch must have shape (B, {', '.join(map(str, self.input_shape))}), got {batch.shape}"
+            )
+        if not 1 <= batch.shape[0] <= self.max_batch_size:
+            raise ValueError(f"batch size {batch.shape[0]} is outside [1, {self.max_batch_size}]")
+        out = self._infer(np.ascontiguousarray(batch))
+        self._check_output(out, batch.shape[0])
+        return out
+
+    def _check_output(self, out: object, batch_size: int) -> None:
+        if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+            raise BackendError(
+                f"{self.name} returned {type(out).__name__} {getattr(out, 'dtype', '')}, not float32"
+            )
+        expected = (batch_size, *self.output_shape)
+        if out.ndim != len(expected) or any(
+            e is not None and e != o for e, o in zip(expected, out.shape, strict=True)
+        ):
+            raise BackendError(f"{self.name} returned shape {out.shape}, expected {expected}")
+
+    @abstractmethod
+    def _infer(self, batch: FloatBatch) -> FloatBatch:
+        """Run a validated, C-contiguous batch."""
+
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing that needs releasing
+        """Release the runtime's resources; the backend is unusable afterwards."""
+
+    def __repr__(self) -> str:
+        limit = f"max batch {self.max_batch_size}"
+        return f"<{type(self).__name__} {self.name} {self.precision} on {self.device}, {limit}>"

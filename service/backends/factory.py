@@ -1,0 +1,122 @@
+"""Choose and load the backend the settings ask for, and check it against the manifest.
+
+`auto`: TensorRT when TensorRT, cuda-python and a GPU are there and an engine exists or can be
+built; otherwise ONNX Runtime (with its GPU providers if they really activate). Backend modules are
+imported here lazily so that a host pays only for the runtime it uses.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from service.backends.artifacts import resolve_artifact
+from service.backends.base import Backend, BackendError, BackendUnavailable
+from service.manifest import ModelManifest
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class BackendMismatch(BackendError):
+    """The loaded backend does not fit the manifest (or the settings): refuse to serve it."""
+
+
+def _wants_fp16(settings: Settings, on_gpu: bool) -> bool:
+    return settings.precision == "fp16" or (settings.precision == "auto" and on_gpu)
+
+
+def _onnxruntime(settings: Settings, manifest: ModelManifest) -> Backend:
+    from service.backends.onnx_runtime import GPU_PROVIDERS, OnnxRuntimeBackend, gpu_providers_available
+
+    # An explicit cuda device must get a GPU provider or fail; auto uses one only if this build has one.
+    on_gpu = settings.device.startswith("cuda") or (settings.device == "auto" and gpu_providers_available())
+    key = "onnx_fp16" if _wants_fp16(settings, on_gpu) and "onnx_fp16" in manifest.artifacts else "onnx"
+    backend = OnnxRuntimeBackend(
+        resolve_artifact(settings.model_dir, manifest, key),
+        head=manifest.head,
+        max_batch_size=settings.max_batch_size or manifest.max_batch,
+        profile=(manifest.input.name, manifest.input_size),
+        device=settings.device if on_gpu else "cpu",
+        intra_op_threads=settings.intra_op_threads,
+        fp16=_wants_fp16(settings, on_gpu),
+        cache_dir=settings.engine_dir or settings.model_dir,
+    )
+    if key == "onnx_fp16" and not any(p in backend.providers for p in GPU_PROVIDERS):
+        log.warning("no GPU provider activated; reloading the fp32 model for the CPU")
+        backend.close()
+        return _onnxruntime(settings.model_copy(update={"device": "cpu"}), manifest)
+    return backend
+
+
+def _tensorrt(settings: Settings, manifest: ModelManifest) -> Backend:
+    from service.backends.tensorrt_runtime import load_tensorrt_backend
+
+    return load_tensorrt_backend(settings, manifest, want_fp16=_wants_fp16(settings, on_gpu=True))
+
+
+def _torch(settings: Settings, manifest: ModelManifest) -> Backend:
+    from service.backends.torch_cuda import TorchCudaBackend
+
+    if settings.checkpoint is not None:
+        checkpoint = settings.checkpoint
+    else:
+        checkpoint = resolve_artifact(settings.model_dir, manifest, "checkpoint", verify=False)
+    return TorchCudaBackend(
+        checkpoint,
+        input_size=manifest.input_size,
+        max_batch_size=settings.max_batch_size or manifest.max_batch,
+        device=settings.device if settings.device.startswith("cuda:") else "cuda:0",
+    )
+
+
+LOADERS = {"onnxruntime": _onnxruntime, "tensorrt": _tensorrt, "torch": _torch}
+
+
+def create_backend(settings: Settings, manifest: ModelManifest) -> Backend:
+    """The backend named by `settings.backend` ("auto": TensorRT, else ONNX Runtime).
+
+    Raises BackendUnavailable (an explicitly chosen backend cannot run here), BackendError,
+    ManifestError (artifact missing or not matching its checksum).
+    """
+    if settings.backend != "auto":
+        return LOADERS[settings.backend](settings, manifest)
+    if settings.device != "cpu":
+        try:
+            return _tensorrt(settings, manifest)
+        except BackendUnavailable as e:
+            log.info("TensorRT backend not used: %s", e)
+    return _onnxruntime(settings, manifest)
+
+
+def check_backend(backend: Backend, manifest: ModelManifest, max_batch_size: int) -> None:
+    """Refuse a backend whose input, output or batch limit does not fit the manifest.
+
+    `max_batch_size` is the largest batch the server will form. Raises BackendMismatch.
+    """
+    problems = []
+    expected_input = (3, manifest.input_size, manifest.input_size)
+    if tuple(backend.input_shape) != expected_input:
+        problems.append(f"input shape {tuple(backend.input_shape)} != manifest {expected_input}")
+    if backend.head == manifest.head:
+        expected_output = tuple(d if isinstance(d, int) else None for d in manifest.output.shape[1:])
+    elif backend.head == "raw":  # the torch backend runs the net itself, without the exported head
+        expected_output = (None, 5 + manifest.nc)
+    else:
+        expected_output = ()
+        problems.append(f"backend head {backend.head!r} cannot serve a {manifest.head!r} model")
+    actual = tuple(backend.output_shape)
+    if expected_output and (
+        len(actual) != len(expected_output)
+        or any(
+            a is not None and e is not None and a != e for a, e in zip(actual, expected_output, strict=True)
+        )
+    ):
+        problems.append(f"output shape {actual} != manifest {expected_output}")
+    if max_batch_size > manifest.max_batch:
+        problems.append(f"max batch {max_batch_size} > manifest max_batch {manifest.max_batch}")
+    if max_batch_size > backend.max_batch_size:
+        problems.append(
+            f"max batch {max_batch_size} > what the {backend.name} backend allows ({backend.max_batch_size})"
+        )
+    if problems:
+        raise BackendMismatch(f"{backend.name} backend does not fit model.json: " + "; ".join(problems))

@@ -1,0 +1,66 @@
+"""A backend that is a plain function, for tests (like httpx's `MockTransport`)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from service.backends.base import BaseBackend, FloatBatch, Head
+from service.manifest import ModelManifest
+
+InferFn = Callable[[FloatBatch], FloatBatch]
+
+
+class FakeBackend(BaseBackend):
+    """`infer(batch)` is `fn(batch)`, validated like any backend. Records the batch sizes it saw."""
+
+    def __init__(
+        self,
+        fn: InferFn,
+        *,
+        input_size: int,
+        output_shape: tuple[int | None, ...],
+        max_batch_size: int = 8,
+        head: Head = "topk",
+        input_name: str = "images",
+        precision: str = "fp32",
+    ) -> None:
+        super().__init__(
+            name="fake",
+            precision=precision,
+            device="cpu (python function)",
+            head=head,
+            max_batch_size=max_batch_size,
+            input_name=input_name,
+            input_shape=(3, input_size, input_size),
+            output_shape=output_shape,
+        )
+        self._fn = fn
+        self._lock = threading.Lock()
+        self.batch_sizes: list[int] = []
+        self.closed = False
+
+    @classmethod
+    def for_manifest(
+        cls, manifest: ModelManifest, fn: InferFn, *, max_batch_size: int | None = None
+    ) -> FakeBackend:
+        """A fake whose input and output shapes are the manifest's."""
+        out = tuple(int(d) if isinstance(d, int) else None for d in manifest.output.shape[1:])
+        return cls(
+            fn,
+            input_size=manifest.input_size,
+            output_shape=out,
+            max_batch_size=max_batch_size or manifest.max_batch,
+            head=manifest.head,
+            input_name=manifest.input.name,
+        )
+
+    def _infer(self, batch: FloatBatch) -> FloatBatch:
+        with self._lock:
+            self.batch_sizes.append(int(batch.shape[0]))
+        return np.asarray(self._fn(batch))
+
+    def close(self) -> None:
+        self.closed = True

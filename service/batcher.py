@@ -1,0 +1,180 @@
+"""Dynamic batching: images from concurrent requests grouped into one backend call.
+
+After Ray Serve's `batching.py`: a bounded `asyncio.Queue` of items (tensor, future, deadline); the
+future exists before the item is queued; one task takes up to `max_batch_size` items within
+`max_delay_s` of the first, drops the expired ones (LitServe's `collate_requests`), runs the batch in
+a single worker thread (one batch in flight per backend, the event loop never blocks) and fans the
+copied outputs out. A failing batch fails exactly its own futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, ServiceError, ShuttingDown
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+InferFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """One image's share of a batch: its output row and how it got there."""
+
+    output: np.ndarray
+    queue_s: float
+    inference_s: float
+    batch_size: int
+
+
+@dataclass(eq=False)
+class _Item:
+    tensor: np.ndarray
+    future: asyncio.Future[BatchOutput]
+    deadline: float  # time.monotonic() seconds
+    queued_at: float
+
+
+class DynamicBatcher:
+    """`submit` images, await their futures; `start` before and `stop` after (graceful drain)."""
+
+    def __init__(
+        self, infer: InferFn, *, max_batch_size: int, max_delay_s: float, queue_size: int, metrics: Metrics
+    ) -> None:
+        if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0:
+            raise ValueError("need max_batch_size >= 1, queue_size >= 1, max_delay_s >= 0")
+        self._infer = infer
+        self.max_batch_size, self.max_delay_s = max_batch_size, max_delay_s
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
+        self._metrics = metrics
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="yolor-infer")
+        self._task: asyncio.Task[None] | None = None
+        self._running: list[_Item] = []
+        self._accepting = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="yolor-batcher")
+        self._accepting = True
+
+    def submit(self, tensors: Sequence[np.ndarray], deadline: float) -> list[asyncio.Future[BatchOutput]]:
+        """Queue one request's images (all or none); raise ShuttingDown or Overloaded (queue full)."""
+        if not self._accepting:
+            raise ShuttingDown("the server is shutting down")
+        if self._queue.maxsize - self._queue.qsize() < len(tensors):
+            raise Overloaded(f"batch queue full ({self._queue.qsize()}/{self._queue.maxsize} images waiting)")
+        loop, now = asyncio.get_running_loop(), time.monotonic()
+        futures = []
+        for tensor in tensors:
+            future: asyncio.Future[BatchOutput] = loop.create_future()
+            self._queue.put_nowait(_Item(tensor, future, deadline, now))
+            futures.append(future)
+        self._metrics.queue_depth.set(self._queue.qsize())
+        return futures
+
+    async def stop(self, timeout_s: float) -> None:
+        """Refuse new work, finish what was accepted (up to `timeout_s`), then fail what is left."""
+        self._accepting = False
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout_s)
+        except asyncio.TimeoutError:  # not the builtin before Python 3.11
+            log.warning(
+                "batch queue not drained after %.1f s; failing %d images", timeout_s, self._queue.qsize()
+            )
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        leftover = self._running + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        for item in leftover:
+            self._fail(item, ShuttingDown("the server shut down before this image was run"))
+        self._executor.shutdown(wait=False)
+        self._metrics.queue_depth.set(0)
+
+    async def _loop(self) -> None:
+        while True:
+            items = await self._collect()
+            self._metrics.queue_depth.set(self._queue.qsize())
+            try:
+                live = self._drop_finished(items)
+                if live:
+                    await self._run(live)
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+
+    async def _collect(self) -> list[_Item]:
+        """The first item, then whatever arrives until the batch is full or `max_delay_s` has passed."""
+        items = [await self._queue.get()]
+        flush_at = time.monotonic() + self.max_delay_s
+        while len(items) < self.max_batch_size:
+            if not self._queue.empty():
+                items.append(self._queue.get_nowait())
+                continue
+            remaining = flush_at - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                items.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except asyncio.TimeoutError:  # not the builtin before Python 3.11
+                break
+        return items
+
+    def _drop_finished(self, items: list[_Item]) -> list[_Item]:
+        """Items still worth running: not abandoned by their caller and not past their deadline."""
+        now, live = time.monotonic(), []
+        for item in items:
+            if item.future.done():  # the request was cancelled or timed out
+                continue
+            if now >= item.deadline:
+                self._fail(item, DeadlineExceeded("request deadline passed while queued"))
+                continue
+            live.append(item)
+        return live
+
+    async def _run(self, items: list[_Item]) -> None:
+        self._running = items
+        started = time.monotonic()
+        self._metrics.inflight_batches.inc()
+        try:
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._executor, self._infer_copy, [i.tensor for i in items])
+        except Exception as e:
+            self._metrics.inference_errors.inc()
+            log.exception("batch of %d failed", len(items))
+            error = (
+                e if isinstance(e, ServiceError) else InferenceFailed(f"inference failed: {type(e).__name__}")
+            )
+            for item in items:
+                self._fail(item, error)
+            self._running = []
+            return
+        finally:  # on cancellation (stop) `_running` stays set: stop() fails those futures
+            self._metrics.inflight_batches.dec()
+        self._running = []
+        elapsed = time.monotonic() - started
+        self._metrics.inference.observe(elapsed)
+        self._metrics.batch_size.observe(len(items))
+        for item, output in zip(items, outputs, strict=True):
+            self._metrics.queue_wait.observe(started - item.queued_at)
+            if not item.future.done():
+                item.future.set_result(BatchOutput(output, started - item.queued_at, elapsed, len(items)))
+
+    def _infer_copy(self, tensors: list[np.ndarray]) -> np.ndarray:
+        """Worker thread: stack, infer, check one output per input, copy (backends reuse buffers)."""
+        outputs = self._infer(np.stack(tensors))
+        if len(outputs) != len(tensors):
+            raise InferenceFailed(f"backend returned {len(outputs)} outputs for a batch of {len(tensors)}")
+        return np.array(outputs, copy=True)
+
+    @staticmethod
+    def _fail(item: _Item, error: BaseException) -> None:
+        if not item.future.done():
+            item.future.set_exception(error)

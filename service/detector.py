@@ -1,0 +1,254 @@
+"""One detection request end to end: decode + letterbox (thread pool), batch inference, post-processing.
+
+Decoding and letterboxing run in a thread pool, so they overlap with the batch the backend is
+running; post-processing is vectorised numpy (`service.processing`), also off the event loop. Boxes
+come back in original-image pixels through the exact inverse of the letterbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.backends.base import Backend
+from service.batcher import BatchOutput, DynamicBatcher
+from service.errors import DeadlineExceeded, InvalidParameter, NoImages, TooManyImages
+from service.images import decode_image
+from service.manifest import ModelManifest
+from service.metrics import Metrics
+from service.processing import (
+    Detections,
+    Letterbox,
+    decode_raw_predictions,
+    letterbox,
+    scale_boxes,
+    select_detections,
+    to_input_tensor,
+)
+from service.schemas import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    """Per-request post-processing parameters; `classes` are resolved ids (None: all)."""
+
+    conf: float = DEFAULT_CONF
+    iou: float = DEFAULT_IOU
+    max_det: int = DEFAULT_MAX_DET
+    classes: tuple[int, ...] | None = None
+    agnostic: bool = False
+
+
+def resolve_classes(values: Sequence[int | str] | None, class_names: Sequence[str]) -> tuple[int, ...] | None:
+    """Class ids from ids and/or names (a string may hold several, comma-separated: "person,2").
+
+    Raises InvalidParameter for an unknown name or an id outside [0, nc).
+    """
+    if not values:
+        return None
+    index = {name: i for i, name in enumerate(class_names)}
+    ids: list[int] = []
+    for value in values:
+        parts = [value] if isinstance(value, int) else [p.strip() for p in value.split(",") if p.strip()]
+        for part in parts:
+            if isinstance(part, str) and part in index:
+                ids.append(index[part])
+            elif isinstance(part, int) or part.lstrip("-").isdigit():
+                class_id = int(part)
+                if not 0 <= class_id < len(class_names):
+                    raise InvalidParameter(f"class id {class_id} is outside [0, {len(class_names)})")
+                ids.append(class_id)
+            else:
+                raise InvalidParameter(f"unknown class {part!r}")
+    return tuple(sorted(set(ids))) or None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    tensor: np.ndarray  # (3, S, S) float32
+    lb: Letterbox
+    image: np.ndarray | None  # RGB original, kept only when it will be drawn on
+
+
+@dataclass(frozen=True)
+class ImageDetections:
+    width: int
+    height: int
+    detections: Detections  # original-image pixels
+    image: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class DetectOutcome:
+    images: list[ImageDetections]
+    timing_ms: dict[str, float]
+
+
+class Detector:
+    """Turns uploaded files into detections through the shared batcher."""
+
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        backend: Backend,
+        batcher: DynamicBatcher,
+        pool: Executor,
+        metrics: Metrics,
+        *,
+        max_images: int,
+        max_pixels: int,
+        timeout_s: float,
+    ) -> None:
+        self.manifest, self.backend, self.batcher = manifest, backend, batcher
+        self._pool, self._metrics = pool, metrics
+        self.max_images, self.max_pixels, self.timeout_s = max_images, max_pixels, timeout_s
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until no request is in `detect` (True), or `timeout_s` passed (False)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except asyncio.TimeoutError:  # not the builtin before Python 3.11
+            return False
+        return True
+
+    def params(self, *, classes: Sequence[int | str] | None = None, **values: Any) -> DetectParams:
+        return DetectParams(classes=resolve_classes(classes, self.manifest.class_names), **values)
+
+    async def detect(
+        self, files: Sequence[bytes], params: DetectParams, *, started: float, keep_images: bool = False
+    ) -> DetectOutcome:
+        """Detections for each file, in order. `started` is the request's time.monotonic() start.
+
+        Raises NoImages, TooManyImages, InvalidImage, TooManyPixels, Overloaded, ShuttingDown,
+        DeadlineExceeded and InferenceFailed (all ServiceError).
+        """
+        self._active += 1
+        self._idle.clear()
+        try:
+            return await self._detect(files, params, started, keep_images)
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    async def _detect(
+        self, files: Sequence[bytes], params: DetectParams, started: float, keep_images: bool
+    ) -> DetectOutcome:
+        if not files:
+            raise NoImages("send at least one image")
+        if len(files) > self.max_images:
+            raise TooManyImages(f"{len(files)} images; at most {self.max_images} per request")
+        deadline = started + self.timeout_s
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        done = await asyncio.gather(
+            *(loop.run_in_executor(self._pool, self._prepare, f, keep_images) for f in files),
+            return_exceptions=True,
+        )
+        prepared = [result for result in done if isinstance(result, Prepared)]
+        if len(prepared) < len(done):  # the first bad image, in request order, answers for the request
+            raise next(result for result in done if isinstance(result, BaseException))
+        t1 = time.monotonic()
+        outputs = await self._infer([p.tensor for p in prepared], deadline)
+        t2 = time.monotonic()
+        images = await loop.run_in_executor(self._pool, self._postprocess_all, prepared, outputs, params)
+        t3 = time.monotonic()
+        self._metrics.images.inc(len(images))
+        self._metrics.detections.inc(sum(len(i.detections) for i in images))
+        timing = {
+            "preprocess": t1 - t0,
+            "queue": max(o.queue_s for o in outputs),
+            "inference": max(o.inference_s for o in outputs),
+            "postprocess": t3 - t2,
+            "total": t3 - started,
+        }
+        return DetectOutcome(images, {k: round(v * 1000, 3) for k, v in timing.items()})
+
+    def _prepare(self, data: bytes, keep_image: bool) -> Prepared:
+        start = time.monotonic()
+        image = decode_image(data, self.max_pixels)
+        boxed, lb = letterbox(image, self.manifest.input_size, color=self.manifest.input.letterbox_pad)
+        tensor = to_input_tensor([boxed])[0]
+        self._metrics.preprocess.observe(time.monotonic() - start)
+        return Prepared(tensor, lb, image if keep_image else None)
+
+    async def _infer(self, tensors: list[np.ndarray], deadline: float) -> list[BatchOutput]:
+        futures = self.batcher.submit(tensors, deadline)
+        try:
+            return await asyncio.wait_for(asyncio.gather(*futures), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:  # not the builtin before Python 3.11
+            raise DeadlineExceeded(f"no result within the {self.timeout_s:g} s request deadline") from None
+        finally:
+            for future in futures:  # after a failure: the batcher skips abandoned images
+                future.cancel()
+
+    def _postprocess_all(
+        self, prepared: list[Prepared], outputs: list[BatchOutput], params: DetectParams
+    ) -> list[ImageDetections]:
+        results = []
+        for item, out in zip(prepared, outputs, strict=True):
+            start = time.monotonic()
+            detections = self._postprocess(out.output, item.lb, params)
+            self._metrics.postprocess.observe(time.monotonic() - start)
+            height, width = item.lb.source_hw
+            results.append(ImageDetections(width, height, detections, item.image))
+        return results
+
+    def _postprocess(self, output: np.ndarray, lb: Letterbox, params: DetectParams) -> Detections:
+        """One image's backend output -> thresholded, NMS'd detections in original pixels."""
+        if self.backend.head == "topk":  # rows: x1, y1, x2, y2, score, class id (input pixels)
+            boxes, scores, class_ids = output[:, :4], output[:, 4], np.rint(output[:, 5]).astype(np.int64)
+        else:
+            boxes, scores, class_ids = decode_raw_predictions(output, params.conf)
+        kept = select_detections(
+            boxes,
+            scores,
+            class_ids,
+            conf=params.conf,
+            iou=params.iou,
+            max_det=params.max_det,
+            classes=params.classes,
+            agnostic=params.agnostic,
+        )
+        return Detections(scale_boxes(kept.boxes, lb), kept.scores, kept.class_ids)
+
+    def to_response(self, outcome: DetectOutcome) -> dict[str, Any]:
+        """The `DetectResponse` body: boxes rounded to 0.01 px, scores to 1e-5."""
+        names = self.manifest.class_names
+        results = []
+        for image in outcome.images:
+            det = image.detections
+            boxes = np.round(det.boxes.astype(np.float64), 2).tolist()
+            scores = np.round(det.scores.astype(np.float64), 5).tolist()
+            ids = det.class_ids.tolist()
+            results.append(
+                {
+                    "width": image.width,
+                    "height": image.height,
+                    "detections": [
+                        {
+                            "box": b,
+                            "score": s,
+                            "class_id": c,
+                            "class_name": names[c] if 0 <= c < len(names) else str(c),
+                        }
+                        for b, s, c in zip(boxes, scores, ids, strict=True)
+                    ],
+                }
+            )
+        model = {
+            "arch": self.manifest.arch,
+            "backend": self.backend.name,
+            "precision": self.backend.precision,
+            "input_size": self.manifest.input_size,
+        }
+        return {"model": model, "results": results, "timing_ms": outcome.timing_ms}

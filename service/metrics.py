@@ -1,0 +1,91 @@
+"""Every Prometheus metric of the service, in one registry per app (tests build many apps).
+
+The names are what the Grafana dashboard charts; `service/README.md` documents each one. Stage
+timings follow Triton's breakdown: queue wait, preprocess (decode + letterbox), inference
+(backend call for a whole batch) and postprocess (threshold + NMS + box scaling).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+
+
+class Metrics:
+    """The service's metrics, registered in their own `CollectorRegistry`."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "yolor_requests",
+            "HTTP requests by route template and status code",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "yolor_request_duration_seconds",
+            "End-to-end HTTP request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "yolor_queue_wait_seconds",
+            "Time an image waited in the batch queue",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.preprocess = Histogram(
+            "yolor_preprocess_seconds",
+            "Decode + letterbox time per image",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inference = Histogram(
+            "yolor_inference_seconds", "Backend time per batch", buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.postprocess = Histogram(
+            "yolor_postprocess_seconds",
+            "Threshold + NMS + box scaling time per image",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "yolor_batch_size", "Images per backend call", buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.queue_depth = Gauge("yolor_queue_depth", "Images waiting in the batch queue", registry=registry)
+        self.inflight_batches = Gauge(
+            "yolor_inflight_batches", "Batches being run by the backend (0 or 1)", registry=registry
+        )
+        self.images = Counter("yolor_images", "Images run through the model", registry=registry)
+        self.detections = Counter("yolor_detections", "Detections returned", registry=registry)
+        self.rejected = Counter(
+            "yolor_rejected", "Requests refused, by reason (the error code)", ["reason"], registry=registry
+        )
+        self.inference_errors = Counter(
+            "yolor_inference_errors", "Batches whose backend call failed", registry=registry
+        )
+        self.ready = Gauge("yolor_ready", "1 once the backend is loaded and warmed up", registry=registry)
+        self.model_info = Gauge(
+            "yolor_model_info",
+            "The served model (value 1)",
+            ["arch", "backend", "precision", "max_batch"],
+            registry=registry,
+        )
+
+    def set_model(self, *, arch: str, backend: str, precision: str, max_batch: int) -> None:
+        self.model_info.clear()
+        self.model_info.labels(arch=arch, backend=backend, precision=precision, max_batch=str(max_batch)).set(
+            1
+        )
+
+    def reject(self, reason: str) -> None:
+        self.rejected.labels(reason=reason).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

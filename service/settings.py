@@ -1,0 +1,118 @@
+"""Service settings: one class, read from `YOLOR_*` environment variables (or passed explicitly).
+
+Nothing is read at import time: `Settings()` reads the environment when called (the ASGI factory
+and `yolor serve` do), tests pass values directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
+
+
+def host_cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# Read by the TensorRT builder (timing cache location), not a Settings field.
+OTHER_VARIABLES = frozenset({"YOLOR_CACHE_DIR"})
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """YOLOR_* environment variables that name no setting (a typo would otherwise pass unnoticed)."""
+    known = {f"YOLOR_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    names = os.environ if environ is None else environ
+    return sorted(name for name in names if name.startswith("YOLOR_") and name not in known)
+
+
+class Settings(BaseSettings):
+    """Everything configurable; each field is also the env var `YOLOR_<FIELD NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="YOLOR_", frozen=True, extra="forbid")
+
+    model_dir: Path = Field(default=DEMO_MODEL_DIR, description="directory with model.json and artifacts")
+    backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
+    device: str = Field(
+        default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda, cuda:N"
+    )
+    precision: Literal["auto", "fp32", "fp16"] = Field(
+        default="auto", description="auto: fp16 on a GPU when the model has it, else fp32"
+    )
+    max_batch_size: int | None = Field(default=None, ge=1, le=1024, description="default: manifest max_batch")
+    max_delay_ms: float = Field(default=2.0, ge=0, le=1000, description="longest wait to fill a batch")
+    queue_size: int = Field(default=256, ge=1, le=100_000, description="images waiting for inference")
+    request_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="per-request deadline")
+    max_body_bytes: int = Field(default=32 << 20, ge=1024, le=1 << 30)
+    max_images_per_request: int = Field(default=16, ge=1, le=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=1, le=1 << 30, description="width * height")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="comma-separated or JSON list; empty: no auth"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    onnx_intra_op_threads: int = Field(default=0, ge=0, le=1024, description="0: one per usable CPU")
+    preprocess_threads: int = Field(default=0, ge=0, le=256, description="decode/letterbox threads; 0: auto")
+    warmup: bool = True
+    retry_after_s: int = Field(default=1, ge=1, le=3600, description="Retry-After of 503 answers")
+    engine_dir: Path | None = Field(default=None, description="TensorRT engine location; default model_dir")
+    checkpoint: Path | None = Field(default=None, description="checkpoint for the torch backend")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_not_blank(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        if any(len(k.get_secret_value()) < 8 for k in keys):
+            raise ValueError("API keys must be at least 8 characters long")
+        return keys
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.queue_size < self.max_images_per_request:
+            raise ValueError(
+                f"queue_size ({self.queue_size}) must hold one full request "
+                f"(max_images_per_request={self.max_images_per_request})"
+            )
+        if self.max_batch_size is not None and self.queue_size < self.max_batch_size:
+            raise ValueError(f"queue_size ({self.queue_size}) < max_batch_size ({self.max_batch_size})")
+        if self.max_delay_ms / 1000 >= self.request_timeout_s:
+            raise ValueError("max_delay_ms must be well below request_timeout_s")
+        if self.backend in ("tensorrt", "torch") and self.device == "cpu":
+            raise ValueError(f"backend {self.backend!r} needs a CUDA device, not device='cpu'")
+        return self
+
+    @property
+    def intra_op_threads(self) -> int:
+        return self.onnx_intra_op_threads or host_cpu_count()
+
+    @property
+    def preprocess_workers(self) -> int:
+        return self.preprocess_threads or min(8, host_cpu_count() + 2)

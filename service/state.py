@@ -1,0 +1,41 @@
+"""What the app holds while it serves (`app.state.service`): settings, metrics, and the loaded model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from service.auth import ApiKeys
+from service.backends.base import Backend
+from service.batcher import DynamicBatcher
+from service.detector import Detector
+from service.errors import NotReady, ShuttingDown
+from service.manifest import ModelManifest
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+@dataclass(eq=False)
+class ServiceState:
+    settings: Settings
+    metrics: Metrics
+    api_keys: ApiKeys
+    manifest: ModelManifest | None = None
+    backend: Backend | None = None
+    batcher: DynamicBatcher | None = None
+    pool: ThreadPoolExecutor | None = None
+    detector: Detector | None = None
+    warmup_task: asyncio.Task[None] | None = None
+    stop_warmup: threading.Event = field(default_factory=threading.Event)
+    ready: bool = False
+    shutting_down: bool = False
+    not_ready_reason: str = "starting"
+
+    def raise_unless_ready(self) -> None:
+        """503: ShuttingDown once shutdown began, else NotReady until warm-up is done."""
+        if self.shutting_down:
+            raise ShuttingDown("the server is shutting down")
+        if not self.ready:
+            raise NotReady(f"not ready: {self.not_ready_reason}")

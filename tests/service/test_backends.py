@@ -1,0 +1,270 @@
+"""Backends: the validated interface, ONNX Runtime on a tiny model, selection, manifest checks, the
+TensorRT engine cache decisions (with TensorRT itself stubbed: it cannot run here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from service.backends import (
+    BackendError,
+    BackendMismatch,
+    BackendUnavailable,
+    FakeBackend,
+    check_backend,
+    create_backend,
+)
+from service.backends import tensorrt_runtime as trt_runtime
+from service.backends.onnx_runtime import CPU, CUDA, TENSORRT, requested_providers
+from service.manifest import ManifestError
+from service.settings import Settings
+from tests.service.model_files import MAX_BATCH, TOP_K, tiny_reference, write_model_dir
+
+pytestmark = pytest.mark.unit
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def zeros_fn(batch: np.ndarray) -> np.ndarray:
+    return np.zeros((len(batch), TOP_K, 6), np.float32)
+
+
+def fake(fn=zeros_fn, **kwargs) -> FakeBackend:
+    return FakeBackend(fn, input_size=64, output_shape=(TOP_K, 6), max_batch_size=4, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("batch", "error"),
+    [
+        (np.zeros((1, 3, 64, 64), np.float64), TypeError),
+        (np.zeros((1, 3, 64, 64), np.uint8), TypeError),
+        ([[0.0]], TypeError),
+        (np.zeros((1, 3, 32, 64), np.float32), ValueError),
+        (np.zeros((3, 64, 64), np.float32), ValueError),
+        (np.zeros((0, 3, 64, 64), np.float32), ValueError),
+        (np.zeros((5, 3, 64, 64), np.float32), ValueError),  # over max_batch_size
+    ],
+)
+def test_infer_validates_its_input(batch, error):
+    with pytest.raises(error):
+        fake().infer(batch)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda b: np.zeros((len(b), TOP_K, 6), np.float64),
+        lambda b: np.zeros((len(b), TOP_K + 1, 6), np.float32),
+        lambda b: np.zeros((len(b) + 1, TOP_K, 6), np.float32),
+        lambda b: np.zeros((len(b), TOP_K * 6), np.float32),
+        lambda b: [[0.0] * 6] * TOP_K,
+    ],
+)
+def test_infer_validates_the_output(fn):
+    with pytest.raises(BackendError):
+        fake(fn).infer(np.zeros((1, 3, 64, 64), np.float32))
+
+
+def test_fake_backend_runs_its_function_and_records_batches():
+    backend = fake(lambda b: np.full((len(b), TOP_K, 6), b.mean(), np.float32))
+    out = backend.infer(np.full((3, 3, 64, 64), 0.5, np.float32))
+    assert out.shape == (3, TOP_K, 6) and np.all(out == 0.5)
+    assert backend.batch_sizes == [3]
+    backend.close()
+    assert backend.closed
+
+
+def test_onnxruntime_backend_on_the_tiny_model(tmp_path):
+    pytest.importorskip("onnx")
+    manifest = write_model_dir(tmp_path, onnx=True)
+    settings = Settings(model_dir=tmp_path, backend="onnxruntime", device="cpu", onnx_intra_op_threads=2)
+    backend = create_backend(settings, manifest)
+    batch = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)
+    try:
+        out = backend.infer(batch)
+    finally:
+        backend.close()
+    assert (backend.name, backend.precision, backend.head) == ("onnxruntime", "fp32", "topk")
+    assert backend.input_name == "images" and backend.input_shape == (3, 64, 64)
+    assert backend.output_shape == (TOP_K, 6)
+    assert backend.max_batch_size == MAX_BATCH  # the graph's batch axis is dynamic: the manifest's limit
+    assert backend.device == "CPUExecutionProvider (2 intra-op threads)"
+    np.testing.assert_allclose(out, tiny_reference(batch), atol=1e-6)
+    check_backend(backend, manifest, MAX_BATCH)
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed: auto would pick it")
+def test_auto_falls_back_to_onnxruntime_without_tensorrt(tmp_path):
+    pytest.importorskip("onnx")
+    manifest = write_model_dir(tmp_path, onnx=True)
+    backend = create_backend(Settings(model_dir=tmp_path), manifest)
+    backend.close()
+    assert backend.name == "onnxruntime"
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
+def test_explicit_tensorrt_without_tensorrt_is_unavailable(tmp_path):
+    manifest = write_model_dir(tmp_path)
+    with pytest.raises(BackendUnavailable, match="tensorrt is not installed"):
+        create_backend(Settings(model_dir=tmp_path, backend="tensorrt"), manifest)
+
+
+def test_torch_backend_needs_a_checkpoint_and_a_gpu(tmp_path):
+    manifest = write_model_dir(tmp_path)
+    with pytest.raises(ManifestError, match="'checkpoint'"):
+        create_backend(Settings(model_dir=tmp_path, backend="torch"), manifest)
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA GPU is present")
+    with pytest.raises(BackendUnavailable):
+        create_backend(Settings(model_dir=tmp_path, backend="torch", checkpoint=tmp_path / "x.pt"), manifest)
+
+
+def test_cuda_device_without_a_gpu_provider_is_unavailable(tmp_path):
+    pytest.importorskip("onnx")
+    import onnxruntime
+
+    if any(p in onnxruntime.get_available_providers() for p in (CUDA, TENSORRT)):
+        pytest.skip("this onnxruntime has GPU providers")
+    manifest = write_model_dir(tmp_path, onnx=True)
+    with pytest.raises(BackendUnavailable, match="onnxruntime-gpu"):
+        create_backend(Settings(model_dir=tmp_path, backend="onnxruntime", device="cuda"), manifest)
+
+
+def test_an_artifact_that_does_not_match_the_manifest_is_refused(tmp_path):
+    pytest.importorskip("onnx")
+    manifest = write_model_dir(tmp_path, onnx=True)
+    with open(tmp_path / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ManifestError, match="bytes"):
+        create_backend(Settings(model_dir=tmp_path, backend="onnxruntime"), manifest)
+    data = (tmp_path / "model.onnx").read_bytes()[:-1]
+    (tmp_path / "model.onnx").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, other content
+    with pytest.raises(ManifestError, match="sha256"):
+        create_backend(Settings(model_dir=tmp_path, backend="onnxruntime"), manifest)
+
+
+def test_providers_requested():
+    kwargs = {"input_name": "images", "input_size": 64, "max_batch": 8, "fp16": True, "cache_dir": None}
+    assert requested_providers("cpu", [TENSORRT, CUDA, CPU], **kwargs) == [CPU]
+    assert requested_providers("auto", [CPU], **kwargs) == [CPU]
+    with pytest.raises(BackendUnavailable):
+        requested_providers("cuda", [CPU], **kwargs)
+    providers = requested_providers("cuda:1", [TENSORRT, CUDA, CPU], **kwargs)
+    assert [p[0] if isinstance(p, tuple) else p for p in providers] == [TENSORRT, CUDA, CPU]
+    trt_options, cuda_options = providers[0][1], providers[1][1]
+    assert cuda_options == {"device_id": 1}
+    assert trt_options["trt_profile_max_shapes"] == "images:8x3x64x64"
+    assert trt_options["trt_profile_min_shapes"] == "images:1x3x64x64"
+    assert trt_options["trt_fp16_enable"] is True
+
+
+@pytest.mark.parametrize(
+    ("backend_kwargs", "max_batch", "problem"),
+    [
+        ({"input_size": 32}, 4, "input shape"),
+        ({"output_shape": (TOP_K + 1, 6)}, 4, "output shape"),
+        ({"output_shape": (TOP_K, 6, 1)}, 4, "output shape"),
+        ({}, 8, "manifest max_batch"),
+        ({"max_batch_size": 2}, 4, "allows (2)"),
+        ({"head": "raw", "output_shape": (None, 9)}, 4, "output shape"),  # 5 + nc is 8
+    ],
+)
+def test_check_backend_refuses_what_does_not_fit(tmp_path, backend_kwargs, max_batch, problem):
+    manifest = write_model_dir(tmp_path)
+    options = {"input_size": 64, "output_shape": (TOP_K, 6), "max_batch_size": 8, **backend_kwargs}
+    backend = FakeBackend(zeros_fn, **options)
+    with pytest.raises(BackendMismatch, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        check_backend(backend, manifest, max_batch)
+
+
+def test_check_backend_accepts_a_raw_backend_for_a_topk_model(tmp_path):
+    """The torch backend runs the net without the exported top-K head: raw rows of 5 + nc."""
+    manifest = write_model_dir(tmp_path)
+    check_backend(FakeBackend(zeros_fn, input_size=64, output_shape=(None, 8), head="raw"), manifest, 4)
+
+
+class TensorRTStub:
+    """Stands in for TensorRT, the GPU and the engine builder, recording builds."""
+
+    def __init__(self, monkeypatch, gpu=("NVIDIA H200", "9.0"), version="10.13.0"):
+        from service.backends import gpu_info
+        from service.backends import tensorrt_build as builder
+
+        self.builds: list[dict] = []
+        self.gpu, self.version = gpu, version
+        monkeypatch.setattr(builder, "tensorrt_version", lambda: self.version)
+        monkeypatch.setattr(gpu_info, "gpu_identity", lambda index=0: self.gpu)
+        monkeypatch.setattr(builder, "build_engine", self.build)
+        monkeypatch.setattr(trt_runtime, "TensorRTBackend", self.backend)
+
+    def build(self, onnx_path, engine_path, options, *, onnx_sha256, precision):
+        from service.backends.tensorrt_build import make_engine_manifest, profile_shapes
+
+        self.builds.append({"onnx": onnx_path.name, "max_batch": options.max_batch, "precision": precision})
+        engine_path.write_bytes(b"engine")
+        return make_engine_manifest(
+            tensorrt_version=self.version,
+            gpu_name=self.gpu[0],
+            compute_capability=self.gpu[1],
+            input_name="images",
+            shapes=profile_shapes((3, 64, 64), options),
+            workspace_mb=1,
+            precision=precision,
+            onnx_sha256=onnx_sha256,
+            engine_sha256="0" * 64,
+            build_seconds=0.0,
+            timing_cache=engine_path.with_suffix(".cache"),
+        )
+
+    @staticmethod
+    def backend(engine_path, *, head, precision, device_index):
+        return FakeBackend(zeros_fn, input_size=64, output_shape=(TOP_K, 6), head=head, precision=precision)
+
+
+def test_tensorrt_engine_is_built_once_and_rebuilt_for_another_gpu(tmp_path, monkeypatch):
+    manifest = write_model_dir(tmp_path / "model")
+    stub = TensorRTStub(monkeypatch)
+    settings = Settings(model_dir=tmp_path / "model", engine_dir=tmp_path / "engines", backend="tensorrt")
+
+    first = create_backend(settings, manifest)
+    assert stub.builds == [{"onnx": "model.onnx", "max_batch": MAX_BATCH, "precision": "fp32"}]
+    meta = json.loads((tmp_path / "engines" / "model.engine.json").read_text())
+    assert meta["gpu_name"] == "NVIDIA H200" and meta["onnx_sha256"] == manifest.artifacts["onnx"].sha256
+    assert (first.name, first.precision) == ("fake", "fp32")
+
+    create_backend(settings, manifest)
+    assert len(stub.builds) == 1  # the cached engine matches: reused
+
+    stub.gpu = ("NVIDIA L4", "8.9")
+    create_backend(settings, manifest)
+    assert len(stub.builds) == 2
+    create_backend(settings.model_copy(update={"max_batch_size": 4}), manifest)
+    assert len(stub.builds) == 2  # the profile already covers batch 4
+
+
+def test_tensorrt_unavailable_without_a_gpu(tmp_path, monkeypatch):
+    manifest = write_model_dir(tmp_path)
+    stub = TensorRTStub(monkeypatch)
+    stub.gpu = None
+    with pytest.raises(BackendUnavailable, match="no CUDA GPU"):
+        create_backend(Settings(model_dir=tmp_path, backend="tensorrt"), manifest)
+    assert stub.builds == []
+
+
+def test_tensorrt_engine_from_the_export_is_reused(tmp_path, monkeypatch):
+    manifest = write_model_dir(tmp_path / "model")
+    stub = TensorRTStub(monkeypatch)
+    create_backend(Settings(model_dir=tmp_path / "model", backend="tensorrt"), manifest)  # as export does
+    assert (tmp_path / "model" / "model.engine").is_file() and len(stub.builds) == 1
+    create_backend(
+        Settings(model_dir=tmp_path / "model", engine_dir=tmp_path / "cache", backend="tensorrt"), manifest
+    )
+    assert len(stub.builds) == 1
+    assert not (tmp_path / "cache").exists()

@@ -1,0 +1,243 @@
+"""DynamicBatcher with plain-function models: batching, order, bounds, deadlines, failures, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batcher import DynamicBatcher
+from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
+from service.metrics import Metrics
+
+pytestmark = [pytest.mark.unit, pytest.mark.anyio]
+
+TIMEOUT = 5.0  # every await in these tests is bounded: a hang fails instead of blocking the suite
+
+
+def item(value: float) -> np.ndarray:
+    return np.full((1, 2, 2), value, np.float32)
+
+
+class Model:
+    """Output row = 10 * the input's value; records batch sizes; optionally held by a gate."""
+
+    def __init__(self, *, gated: bool = False, fail_on: float | None = None) -> None:
+        self.sizes: list[int] = []
+        self.entered, self.release = threading.Event(), threading.Event()
+        if not gated:
+            self.release.set()
+        self.fail_on = fail_on
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(batch))
+        self.entered.set()
+        assert self.release.wait(TIMEOUT)
+        values = batch[:, 0, 0, 0]
+        if self.fail_on is not None and np.any(values == self.fail_on):
+            raise RuntimeError("bad input in this batch")
+        return values[:, None] * 10
+
+
+async def started(model, *, max_batch_size=4, max_delay_s=0.02, queue_size=64) -> DynamicBatcher:
+    batcher = DynamicBatcher(
+        model,
+        max_batch_size=max_batch_size,
+        max_delay_s=max_delay_s,
+        queue_size=queue_size,
+        metrics=Metrics(),
+    )
+    await batcher.start()
+    return batcher
+
+
+def later(seconds: float = TIMEOUT) -> float:
+    return time.monotonic() + seconds
+
+
+async def results(futures) -> list:
+    return await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), TIMEOUT)
+
+
+async def wait_for_event(event: threading.Event) -> None:
+    await asyncio.wait_for(asyncio.to_thread(event.wait, TIMEOUT), TIMEOUT)
+
+
+async def test_concurrent_requests_are_batched_and_order_is_preserved():
+    model = Model()
+    batcher = await started(model, max_batch_size=4)
+
+    async def request(first: float, count: int) -> list:
+        futures = batcher.submit([item(first + i) for i in range(count)], later())
+        return await results(futures)
+
+    answers = await asyncio.gather(request(0, 3), request(10, 2), request(20, 1), request(30, 4))
+    await batcher.stop(TIMEOUT)
+    for first, outputs in zip((0, 10, 20, 30), answers, strict=True):
+        assert [float(o.output[0]) for o in outputs] == [10 * (first + i) for i in range(len(outputs))]
+    assert model.sizes == [4, 4, 2]  # 10 images from 4 requests in 3 backend calls
+    assert [o.batch_size for o in answers[0]] == [4, 4, 4]
+
+
+async def test_a_lone_item_waits_at_most_max_delay():
+    model = Model()
+    batcher = await started(model, max_delay_s=0.05)
+    start = time.monotonic()
+    (output,) = await results(batcher.submit([item(1)], later()))
+    waited = time.monotonic() - start
+    await batcher.stop(TIMEOUT)
+    assert model.sizes == [1]
+    assert 0.04 <= waited < 1.0
+    assert output.queue_s >= 0.04
+
+
+async def test_items_arriving_within_the_delay_join_the_batch():
+    model = Model()
+    batcher = await started(model, max_delay_s=0.3)
+    first = batcher.submit([item(1)], later())
+    await asyncio.sleep(0.02)
+    second = batcher.submit([item(2), item(3)], later())
+    outputs = await results(first + second)
+    await batcher.stop(TIMEOUT)
+    assert model.sizes == [3]
+    assert [float(o.output[0]) for o in outputs] == [10, 20, 30]
+
+
+async def test_a_full_queue_refuses_whole_requests():
+    model = Model(gated=True)
+    batcher = await started(model, max_batch_size=1, queue_size=3)
+    try:
+        running = batcher.submit([item(0)], later())
+        await wait_for_event(model.entered)  # item 0 is in the backend, the queue is empty
+        queued = batcher.submit([item(1), item(2)], later())
+        with pytest.raises(Overloaded):
+            batcher.submit([item(3), item(4)], later())  # 2 images, 1 slot: nothing is queued
+        queued += batcher.submit([item(5)], later())  # the last slot is still free
+        with pytest.raises(Overloaded):
+            batcher.submit([item(6)], later())
+    finally:
+        model.release.set()
+    outputs = await results(running + queued)
+    await batcher.stop(TIMEOUT)
+    assert [float(o.output[0]) for o in outputs] == [0, 10, 20, 50]
+
+
+async def test_expired_items_are_dropped_before_inference():
+    model = Model(gated=True)
+    batcher = await started(model, max_batch_size=1)
+    try:
+        running = batcher.submit([item(0)], later())
+        await wait_for_event(model.entered)
+        expiring = batcher.submit([item(1)], later(0.05))
+        fine = batcher.submit([item(2)], later())
+        await asyncio.sleep(0.1)
+    finally:
+        model.release.set()
+    outputs = await results(running + expiring + fine)
+    await batcher.stop(TIMEOUT)
+    assert isinstance(outputs[1], DeadlineExceeded)
+    assert [float(outputs[i].output[0]) for i in (0, 2)] == [0, 20]
+    assert model.sizes == [1, 1]  # the expired item never reached the backend
+
+
+async def test_a_failing_batch_fails_only_its_own_requests():
+    model = Model(fail_on=13)
+    batcher = await started(model, max_batch_size=2, max_delay_s=0.05)
+    bad_batch = batcher.submit([item(13), item(1)], later())  # one batch
+    good_batch = batcher.submit([item(2), item(3)], later())  # the next one
+    first, second = await results(bad_batch), await results(good_batch)
+    after = await results(batcher.submit([item(4)], later()))
+    await batcher.stop(TIMEOUT)
+    assert model.sizes[:2] == [2, 2]
+    assert all(isinstance(o, InferenceFailed) for o in first)
+    assert [float(o.output[0]) for o in second] == [20, 30]
+    assert float(after[0].output[0]) == 40
+
+
+async def test_wrong_number_of_outputs_fails_the_batch():
+    batcher = await started(lambda batch: np.zeros((len(batch) - 1, 1), np.float32))
+    outputs = await results(batcher.submit([item(1), item(2)], later()))
+    await batcher.stop(TIMEOUT)
+    assert all(isinstance(o, InferenceFailed) and "1 outputs for a batch of 2" in o.message for o in outputs)
+
+
+async def test_outputs_are_copied_before_the_backend_reuses_its_buffer():
+    buffer = np.zeros((4, 1), np.float32)
+
+    def reusing(batch: np.ndarray) -> np.ndarray:
+        buffer[: len(batch), 0] = batch[:, 0, 0, 0]
+        return buffer[: len(batch)]
+
+    batcher = await started(reusing, max_batch_size=1)
+    first = await results(batcher.submit([item(7)], later()))
+    await results(batcher.submit([item(8)], later()))
+    await batcher.stop(TIMEOUT)
+    assert float(first[0].output[0]) == 7
+
+
+async def test_abandoned_items_are_skipped():
+    model = Model(gated=True)
+    batcher = await started(model, max_batch_size=4)
+    try:
+        running = batcher.submit([item(0)], later())
+        await wait_for_event(model.entered)
+        abandoned, kept = batcher.submit([item(1), item(2)], later())
+        abandoned.cancel()  # e.g. its request timed out
+    finally:
+        model.release.set()
+    outputs = await results([*running, kept])
+    await batcher.stop(TIMEOUT)
+    assert model.sizes == [1, 1]
+    assert float(outputs[1].output[0]) == 20
+
+
+async def test_stop_drains_accepted_work_then_refuses():
+    model = Model(gated=True)
+    batcher = await started(model, max_batch_size=2)
+    futures = batcher.submit([item(i) for i in range(5)], later())
+    await wait_for_event(model.entered)
+    stopping = asyncio.create_task(batcher.stop(TIMEOUT))
+    await asyncio.sleep(0.01)
+    with pytest.raises(ShuttingDown):
+        batcher.submit([item(9)], later())
+    model.release.set()
+    outputs = await results(futures)
+    await asyncio.wait_for(stopping, TIMEOUT)
+    assert [float(o.output[0]) for o in outputs] == [0, 10, 20, 30, 40]
+
+
+async def test_stop_after_its_timeout_fails_what_is_left_instead_of_hanging():
+    model = Model(gated=True)
+    batcher = await started(model, max_batch_size=1)
+    try:
+        futures = batcher.submit([item(i) for i in range(3)], later())
+        await wait_for_event(model.entered)
+        await asyncio.wait_for(batcher.stop(0.05), TIMEOUT)
+        outputs = await results(futures)
+    finally:
+        model.release.set()
+    assert all(isinstance(o, ShuttingDown) for o in outputs)  # the in-flight one and the queued ones
+
+
+async def test_metrics_are_recorded_around_each_batch():
+    metrics = Metrics()
+    model = Model(gated=True)
+    batcher = DynamicBatcher(model, max_batch_size=2, max_delay_s=0.01, queue_size=8, metrics=metrics)
+    await batcher.start()
+    try:
+        futures = batcher.submit([item(i) for i in range(3)], later())
+        await wait_for_event(model.entered)
+        assert metrics.registry.get_sample_value("yolor_inflight_batches") == 1
+        assert metrics.registry.get_sample_value("yolor_queue_depth") == 1
+    finally:
+        model.release.set()
+    await results(futures)
+    await batcher.stop(TIMEOUT)
+    sample = metrics.registry.get_sample_value
+    assert sample("yolor_inflight_batches") == 0
+    assert (sample("yolor_batch_size_count"), sample("yolor_batch_size_sum")) == (2, 3)
+    assert sample("yolor_queue_wait_seconds_count") == 3
+    assert sample("yolor_inference_seconds_count") == 2
