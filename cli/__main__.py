@@ -1,0 +1,5 @@
+"""`python -m cli` == `yolor`."""
+
+from cli import main
+
+raise SystemExit(main())
