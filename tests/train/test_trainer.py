@@ -1,0 +1,126 @@
+"""yolor train end to end on a tiny synthetic set: checkpoints, resume, fine-tuning, export, serving."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import yolor
+from train.data.synth import SynthOptions, write_dataset
+from train.optim import transfer_weights
+from train.trainer import TrainConfig, train
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    write_dataset(root, train=16, val=6, seed=3, options=SynthOptions(size=128, max_objects=4))
+    return root / "dataset.json"
+
+
+def config(dataset, out_dir, **overrides) -> TrainConfig:
+    base = TrainConfig(
+        data=dataset,
+        out_dir=out_dir,
+        arch="yolor_csp",
+        depth=0.33,
+        width=0.125,
+        img_size=128,
+        epochs=2,
+        batch_size=8,
+        workers=0,
+        seed=0,
+    )
+    return replace(base, **overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    metrics = train(config(dataset, out))
+    return out, metrics
+
+
+def test_training_writes_loadable_checkpoints(trained):
+    out, metrics = trained
+    assert {"map50", "map50_95"} <= set(metrics)
+    for name in ("last.pt", "best.pt"):
+        raw = torch.load(out / name, weights_only=True)  # our format: no pickled code
+        assert raw["arch"] == "yolor_csp" and raw["epoch"] in (0, 1)
+        assert raw["train_config"]["img_size"] == 128
+        model = yolor.load_model(out / name)
+        assert model.class_names == ["circle", "rectangle", "triangle", "star", "cross", "ellipse", "ring"]
+        assert model.input_size == 128
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["epoch"] == 1 and last["ema_updates"] > 0
+
+
+def test_resume_continues_from_last(dataset, trained, tmp_path):
+    out, _ = trained
+    run = tmp_path / "resumed"
+    run.mkdir()
+    (run / "last.pt").write_bytes((out / "last.pt").read_bytes())
+    before = torch.load(run / "last.pt", weights_only=True)
+    train(config(dataset, run, epochs=3, resume=True))
+    after = torch.load(run / "last.pt", weights_only=True)
+    assert after["epoch"] == 2  # only the third epoch ran
+    assert after["ema_updates"] > before["ema_updates"]
+    changed = [
+        k
+        for k, v in after["state_dict"].items()
+        if v.is_floating_point() and not torch.equal(v, before["state_dict"][k])
+    ]
+    assert changed
+
+
+def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no .*last.pt to resume from"):
+        train(config(dataset, tmp_path, resume=True))
+
+
+def test_fine_tuning_to_another_class_count_reinitialises_only_the_head():
+    source = yolor.build_model("yolor_csp", nc=7, depth=0.33, width=0.125)
+    target = yolor.build_model("yolor_csp", nc=2, depth=0.33, width=0.125)
+    skipped = transfer_weights(source, target)
+    head = {f"net.head.levels.{i}.pred.{p}" for i in range(3) for p in ("weight", "bias")}
+    head |= {f"net.head.im.{i}.implicit" for i in range(3)}
+    assert set(skipped) == head
+    src, dst = source.state_dict(), target.state_dict()
+    for name, value in dst.items():
+        if name not in head:
+            assert torch.equal(value, src[name]), name
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.api
+@pytest.mark.anyio
+async def test_train_export_serve_round_trip(trained, tmp_path):
+    from export.pipeline import ExportOptions, run_export
+    from service.app import create_app
+    from service.settings import Settings
+    from tests.api.client import encode, files, running
+
+    out, _ = trained
+    run_export(ExportOptions(checkpoint=out / "best.pt", out_dir=tmp_path / "model", top_k=50))
+    app = create_app(Settings(model_dir=tmp_path / "model", backend="onnxruntime", device="cpu"))
+    image = np.zeros((90, 150, 3), np.uint8)
+    image[20:60, 40:100] = (255, 40, 40)
+    async with running(app) as client:
+        info = (await client.get("/model")).json()
+        r = await client.post("/detect", files=files(encode(image)), params={"conf": 0.001})
+    assert info["arch"] == "yolor_csp" and info["class_names"][0] == "circle"
+    assert r.status_code == 200
+    (result,) = r.json()["results"]
+    assert (result["width"], result["height"]) == (150, 90)
+    for det in result["detections"]:  # boxes come back in the original image's pixels
+        x1, y1, x2, y2 = det["box"]
+        assert 0 <= x1 <= x2 <= 150 and 0 <= y1 <= y2 <= 90

@@ -1,0 +1,1 @@
+"""Training YOLOR: datasets, augmentation, the training objective and loop, evaluation (needs torch)."""
