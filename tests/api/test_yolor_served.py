@@ -46,7 +46,9 @@ def by_hand(model_dir, image: np.ndarray, conf: float, iou: float) -> list[tuple
     else:
         boxes, scores, class_ids = out[0][:, :4], out[0][:, 4], out[0][:, 5].astype(np.int64)
     kept = select_detections(boxes, scores, class_ids, conf=conf, iou=iou, max_det=300)
-    return list(zip(scale_boxes(kept.boxes, lb).tolist(), kept.scores.tolist(), kept.class_ids.tolist(), strict=True))
+    return list(
+        zip(scale_boxes(kept.boxes, lb).tolist(), kept.scores.tolist(), kept.class_ids.tolist(), strict=True)
+    )
 
 
 @pytest.mark.parametrize(("conf", "iou"), [(0.25, 0.45), (0.6, 0.3)])

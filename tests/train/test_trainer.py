@@ -79,7 +79,7 @@ def test_resume_continues_from_last(dataset, trained, tmp_path):
 
 
 def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no .*last.pt to resume from"):
+    with pytest.raises(FileNotFoundError, match=r"no .*last\.pt to resume from"):
         train(config(dataset, tmp_path, resume=True))
 
 
