@@ -97,6 +97,23 @@ class BottomUpStep(nn.Module):
         return self.csp(torch.cat([self.down(finer), top_down], 1))
 
 
+def backbone_top_down(
+    stem: nn.Module, stages: nn.ModuleList, spp: nn.Module, top_down: nn.ModuleList, x: torch.Tensor
+) -> list[torch.Tensor]:
+    """Run the backbone, SPP on the coarsest level and the top-down path; returns one map per output
+    level, finest first (len(top_down) + 1 levels)."""
+    x = stem(x)
+    feats = []
+    for stage in stages:
+        x = stage(x)
+        feats.append(x)
+    feats = feats[-(len(top_down) + 1) :]
+    td = [spp(feats[-1])]
+    for step, lateral in zip(top_down, reversed(feats[:-1]), strict=True):
+        td.append(step(td[-1], lateral))
+    return td[::-1]
+
+
 def _backbone(spec: ArchSpec, sc: Scaling, eps: float) -> tuple[nn.Sequential, nn.ModuleList, list[int]]:
     ch = [sc.channels(spec, c) for c in spec.stem_widths]
     if spec.stem == "reorg":
@@ -140,17 +157,7 @@ class MainBranchNet(nn.Module):
         self.head = StemmedImplicitHead(w, stems, spec.num_anchors, nc, eps=eps)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        nl = len(self.bottom_up) + 1
-        feats = feats[-nl:]
-        td = [self.spp(feats[-1])]
-        for step, lateral in zip(self.top_down, reversed(feats[:-1]), strict=True):
-            td.append(step(td[-1], lateral))
-        td.reverse()  # finest first
+        td = backbone_top_down(self.stem, self.stages, self.spp, self.top_down, x)
         outs = [td[0]]
         for step, top_down in zip(self.bottom_up, td[1:], strict=True):
             outs.append(step(outs[-1], top_down))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from yolor.archs.main_branch import BottomUpStep, TopDownStep
+from yolor.archs.main_branch import BottomUpStep, TopDownStep, backbone_top_down
 from yolor.archs.specs import ArchSpec, Scaling
 from yolor.heads import ImplicitHead
 from yolor.layers import Bottleneck, ConvBNAct, ReOrg, max_pool_same
@@ -154,17 +154,7 @@ class PaperBranchNet(nn.Module):
         self.head = ImplicitHead(stems, spec.num_anchors, nc)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        nl = len(self.pan) + 1
-        feats = feats[-nl:]
-        td = [self.spp(feats[-1])]
-        for step, lateral in zip(self.top_down, reversed(feats[:-1]), strict=True):
-            td.append(step(td[-1], lateral))
-        td.reverse()
+        td = backbone_top_down(self.stem, self.stages, self.spp, self.top_down, x)
         level, stems = td[0], []
         for pan, top_down in zip(self.pan, td[1:], strict=True):
             stem, level = pan(level, top_down)
