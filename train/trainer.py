@@ -30,7 +30,6 @@ from train.optim import (
 )
 
 log = logging.getLogger(__name__)
-NOMINAL_BATCH = 64
 
 
 @dataclass
@@ -43,6 +42,7 @@ class TrainConfig:
     img_size: int = 640
     epochs: int = 100
     batch_size: int = 16
+    optimizer: str = "sgd"  # "sgd" (official default, lr0 0.01) or "adam" (official --adam, lr0 ~0.001)
     lr0: float = 0.01
     lrf: float = 0.2
     momentum: float = 0.937
@@ -57,6 +57,7 @@ class TrainConfig:
     resume: bool = False
     eval_conf: float = 0.001
     eval_iou: float = 0.65
+    nominal_batch: int = 64  # gradients accumulate to this many images per step (official: 64)
     max_steps: int | None = None  # stop early (tests, smoke runs)
     gains: LossGains = field(default_factory=LossGains)
 
@@ -137,8 +138,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg.data, cfg.img_size, cfg.batch_size, cfg.workers, cfg.seed, mosaic=cfg.mosaic
     )
     model = _initial_model(cfg, names)
-    accumulate = max(round(NOMINAL_BATCH / cfg.batch_size), 1)
-    weight_decay = cfg.weight_decay * cfg.batch_size * accumulate / NOMINAL_BATCH
+    accumulate = max(round(cfg.nominal_batch / cfg.batch_size), 1)
+    weight_decay = cfg.weight_decay * cfg.batch_size * accumulate / cfg.nominal_batch
     optimizer = torch.optim.SGD(
         param_groups(model, weight_decay), lr=cfg.lr0, momentum=cfg.momentum, nesterov=True
     )
@@ -153,7 +154,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         sampler.set_epoch(start_epoch)  # the same shuffles as an uninterrupted run
     loss_fn = YOLORLoss(model.anchors, model.strides, model.nc, cfg.gains)
     nb = len(train_loader)
-    warmup_steps = max(round(cfg.warmup_epochs * nb), 100)
+    # Official: at least 1000 warm-up iterations; that floor would swallow a short CPU run whole.
+    warmup_steps = max(round(cfg.warmup_epochs * nb), 1)
     step = start_epoch * nb
     for epoch in range(start_epoch, cfg.epochs):
         mean_loss = _train_epoch(

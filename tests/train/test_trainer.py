@@ -124,3 +124,20 @@ async def test_train_export_serve_round_trip(trained, tmp_path):
     for det in result["detections"]:  # boxes come back in the original image's pixels
         x1, y1, x2, y2 = det["box"]
         assert 0 <= x1 <= x2 <= 150 and 0 <= y1 <= y2 <= 90
+
+
+def test_eval_command_agrees_with_training_and_export(trained, dataset, tmp_path):
+    """`yolor eval` on the checkpoint reproduces the mAP the trainer logged for it, and the exported
+    ONNX (what the service runs) scores the same."""
+    from export.pipeline import ExportOptions, run_export
+    from train.eval_model import evaluate_model
+
+    out, _ = trained
+    logged = torch.load(out / "best.pt", weights_only=True)["metrics"]
+    on_checkpoint = evaluate_model(out / "best.pt", dataset)
+    assert on_checkpoint["images"] == 6
+    assert on_checkpoint["map50"] == pytest.approx(logged["map50"], abs=2e-3)
+    assert on_checkpoint["map50_95"] == pytest.approx(logged["map50_95"], abs=2e-3)
+    run_export(ExportOptions(checkpoint=out / "best.pt", out_dir=tmp_path / "model"))
+    on_export = evaluate_model(tmp_path / "model", dataset)
+    assert on_export["map50"] == pytest.approx(on_checkpoint["map50"], abs=5e-3)

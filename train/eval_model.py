@@ -1,0 +1,85 @@
+"""`yolor eval`: COCO mAP of a checkpoint (PyTorch) or of an exported model folder (ONNX Runtime, i.e.
+what the service runs) on a dataset split, with the serving pre- and post-processing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.processing import letterbox, scale_boxes, select_detections, to_input_tensor
+from train.data.datasets import load_dataset
+from train.evaluate import coco_map
+
+log = logging.getLogger(__name__)
+
+# (1, 3, S, S) float32 -> (boxes xyxy, scores, class ids) in letterboxed pixels, one image
+Predictor = Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _best_class(pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Official raw layout (N, 5 + nc) -> xyxy boxes, obj x best class score, class id."""
+    scores = pred[:, 4:5] * pred[:, 5:]
+    class_ids = scores.argmax(1)
+    xy, wh = pred[:, :2], pred[:, 2:4]
+    return np.concatenate([xy - wh / 2, xy + wh / 2], 1), scores[np.arange(len(pred)), class_ids], class_ids
+
+
+def torch_predictor(checkpoint: Path) -> tuple[Predictor, int, list[str]]:
+    import torch
+
+    import yolor
+
+    model = yolor.load_model(checkpoint)
+
+    def predict(x: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            out = model(torch.from_numpy(x))
+        assert isinstance(out, torch.Tensor)
+        return _best_class(out[0].numpy())
+
+    return predict, model.input_size, model.class_names
+
+
+def onnx_predictor(model_dir: Path) -> tuple[Predictor, int, list[str]]:
+    import onnxruntime as ort
+
+    from service.manifest import load_manifest
+
+    manifest = load_manifest(model_dir)
+    session = ort.InferenceSession(
+        str(model_dir / manifest.artifacts["onnx"].file), providers=["CPUExecutionProvider"]
+    )
+
+    def predict(x: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        (out,) = session.run(None, {manifest.input.name: x})
+        if manifest.head == "raw":
+            return _best_class(out[0])
+        return out[0][:, :4], out[0][:, 4], out[0][:, 5].astype(np.int64)
+
+    return predict, manifest.input_size, manifest.class_names
+
+
+def evaluate_model(
+    model: Path, data: Path, split: str = "val", *, conf: float = 0.001, iou: float = 0.65, max_det: int = 300
+) -> dict[str, Any]:
+    """mAP of `model` (a .pt checkpoint or an exported folder) on `data`'s `split`, boxes compared in
+    original-image pixels. Thresholds are the official test-time ones (conf 0.001, NMS IoU 0.65)."""
+    predict, size, names = onnx_predictor(model) if model.is_dir() else torch_predictor(model)
+    dataset = load_dataset(data, split)
+    if list(dataset.names) != list(names):
+        raise ValueError(f"model classes {names} differ from the dataset's {list(dataset.names)}")
+    gts, preds = [], []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        boxed, lb = letterbox(sample.image, size)
+        boxes, scores, class_ids = predict(to_input_tensor([boxed]), conf)
+        dets = select_detections(boxes, scores, class_ids, conf=conf, iou=iou, max_det=max_det)
+        preds.append((scale_boxes(dets.boxes, lb), dets.scores, dets.class_ids))
+        gts.append((sample.boxes, sample.classes))
+    metrics = coco_map(gts, preds, len(names))
+    metrics.update(images=len(dataset), split=split, conf=conf, iou=iou, input_size=size)
+    return metrics
