@@ -69,13 +69,16 @@ def test_missing_model_is_a_clear_error(tmp_path, uvicorn_calls):
 
 
 def test_default_model_is_the_bundled_demo(uvicorn_calls):
-    from service.settings import DEMO_MODEL_DIR
+    """With no --model, `yolor serve` serves models/demo, which ships with the repository."""
+    from service.manifest import load_manifest
+    from service.settings import DEMO_MODEL_DIR, Settings
 
+    assert Settings().model_dir == DEMO_MODEL_DIR
+    manifest = load_manifest(DEMO_MODEL_DIR)  # present and valid
+    assert (DEMO_MODEL_DIR / manifest.artifacts["onnx"].file).is_file()
     args = parse()
-    if (DEMO_MODEL_DIR / "model.json").exists():
-        pytest.skip("the demo model exists")
-    with pytest.raises(CommandError, match=f"no model at {DEMO_MODEL_DIR}"):
-        args.func(args)
+    assert args.func(args) == 0
+    assert len(uvicorn_calls) == 1
 
 
 def test_invalid_settings_are_a_clear_error(tmp_path, uvicorn_calls):

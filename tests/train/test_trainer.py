@@ -33,6 +33,7 @@ def config(dataset, out_dir, **overrides) -> TrainConfig:
         img_size=128,
         epochs=2,
         batch_size=8,
+        nominal_batch=8,  # one optimiser (and EMA) step per batch, even during warm-up
         workers=0,
         seed=0,
     )
