@@ -10,7 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from service.processing import letterbox, scale_boxes, select_detections, to_input_tensor
+from service.processing import (
+    decode_raw_predictions,
+    letterbox,
+    scale_boxes,
+    select_detections,
+    to_input_tensor,
+)
 from train.data.datasets import load_dataset
 from train.evaluate import coco_map
 
@@ -18,14 +24,6 @@ log = logging.getLogger(__name__)
 
 # (1, 3, S, S) float32 -> (boxes xyxy, scores, class ids) in letterboxed pixels, one image
 Predictor = Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray, np.ndarray]]
-
-
-def _best_class(pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Official raw layout (N, 5 + nc) -> xyxy boxes, obj x best class score, class id."""
-    scores = pred[:, 4:5] * pred[:, 5:]
-    class_ids = scores.argmax(1)
-    xy, wh = pred[:, :2], pred[:, 2:4]
-    return np.concatenate([xy - wh / 2, xy + wh / 2], 1), scores[np.arange(len(pred)), class_ids], class_ids
 
 
 def torch_predictor(checkpoint: Path) -> tuple[Predictor, int, list[str]]:
@@ -39,7 +37,7 @@ def torch_predictor(checkpoint: Path) -> tuple[Predictor, int, list[str]]:
         with torch.no_grad():
             out = model(torch.from_numpy(x))
         assert isinstance(out, torch.Tensor)
-        return _best_class(out[0].numpy())
+        return decode_raw_predictions(out[0].numpy(), conf)
 
     return predict, model.input_size, model.class_names
 
@@ -57,7 +55,7 @@ def onnx_predictor(model_dir: Path) -> tuple[Predictor, int, list[str]]:
     def predict(x: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         (out,) = session.run(None, {manifest.input.name: x})
         if manifest.head == "raw":
-            return _best_class(out[0])
+            return decode_raw_predictions(out[0], conf)
         return out[0][:, :4], out[0][:, 4], out[0][:, 5].astype(np.int64)
 
     return predict, manifest.input_size, manifest.class_names

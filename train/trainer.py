@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import yolor
-from service.processing import scale_boxes, select_detections
+from service.processing import decode_raw_predictions, scale_boxes, select_detections
 from train.loss import LossGains, YOLORLoss
 from train.optim import (
     ModelEMA,
@@ -98,13 +98,8 @@ def evaluate(model: yolor.YOLOR, loader: Any, conf: float, iou: float) -> dict[s
         for pred, lb, gt_boxes, gt_classes in zip(
             out, batch.letterboxes, batch.original_boxes, batch.original_classes, strict=True
         ):
-            cls_scores = pred[:, 5:]
-            scores = pred[:, 4:5] * cls_scores
-            class_ids = scores.argmax(1)
-            best = scores[np.arange(len(scores)), class_ids]
-            xy, wh = pred[:, :2], pred[:, 2:4]
-            boxes = np.concatenate([xy - wh / 2, xy + wh / 2], 1)
-            dets = select_detections(boxes, best, class_ids, conf=conf, iou=iou, max_det=300)
+            boxes, scores, class_ids = decode_raw_predictions(pred, conf)
+            dets = select_detections(boxes, scores, class_ids, conf=conf, iou=iou, max_det=300)
             preds.append((scale_boxes(dets.boxes, lb), dets.scores, dets.class_ids))
             gts.append((gt_boxes, gt_classes))
     return coco_map(gts, preds, model.nc)
