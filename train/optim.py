@@ -78,7 +78,7 @@ class ModelEMA:
         d = self.current_decay()
         source = model.state_dict()
         for name, value in self.ema.state_dict().items():
-            if value.dtype.is_floating_point:
+            if value.dtype.is_floating_point and name != "anchors":  # anchors are constants: copy
                 value.mul_(d).add_(source[name].detach(), alpha=1 - d)
             else:
                 value.copy_(source[name])

@@ -1,0 +1,50 @@
+"""Optimiser pieces: parameter groups, schedules, EMA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import yolor
+from train.optim import ModelEMA, cosine_factor, param_groups, warmup_values
+
+pytestmark = pytest.mark.model
+
+
+def test_param_groups_cover_every_parameter_once_with_official_decay_rules():
+    model = yolor.build_model("yolor-p6", nc=3, depth=0.33, width=0.125)
+    no_decay, decay, biases = param_groups(model, 5e-4)
+    ids = [id(p) for g in (no_decay, decay, biases) for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each exactly once
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith(("bn.weight", "implicit")) for p in no_decay["params"])
+    assert all(names[id(p)].endswith("weight") and "bn" not in names[id(p)] for p in decay["params"])
+    assert all(names[id(p)].endswith("bias") for p in biases["params"])
+    assert (no_decay["weight_decay"], decay["weight_decay"], biases["weight_decay"]) == (0.0, 5e-4, 0.0)
+
+
+def test_schedules():
+    assert cosine_factor(0, 10, 0.2) == pytest.approx(1.0)
+    assert cosine_factor(10, 10, 0.2) == pytest.approx(0.2)
+    assert cosine_factor(5, 10, 0.2) == pytest.approx(0.6)
+    # Warm-up: bias LR falls from warmup_bias_lr, the others rise from 0; momentum 0.8 -> 0.937.
+    assert warmup_values(0, 100, 2, 0.01, 0.1, 0.937, 0.8) == pytest.approx((0.1, 0.8))
+    assert warmup_values(0, 100, 0, 0.01, 0.1, 0.937, 0.8) == pytest.approx((0.0, 0.8))
+    assert warmup_values(100, 100, 1, 0.01, 0.1, 0.937, 0.8) == pytest.approx((0.01, 0.937))
+
+
+def test_ema_averages_weights_but_keeps_anchors_exact():
+    model = yolor.build_model("yolor_csp", nc=2, depth=0.33, width=0.125)
+    ema = ModelEMA(model, decay=0.9)
+    anchors = ema.ema.anchors.clone()
+    before = ema.ema.net.stem[0].conv.weight.clone()
+    with torch.no_grad():
+        model.net.stem[0].conv.weight.add_(1.0)
+    ema.updates = 100_000  # past the ramp: decay ~0.9
+    ema.update(model)
+    after = ema.ema.net.stem[0].conv.weight
+    assert ema.current_decay() == pytest.approx(0.9)
+    torch.testing.assert_close(after, before + 0.1, rtol=1e-5, atol=1e-5)  # 0.9 old + 0.1 new
+    assert torch.equal(ema.ema.anchors, anchors)
+    # Early on the decay ramps up from 0: the average follows the model closely.
+    assert ModelEMA(model, decay=0.9999).current_decay() == 0.0
