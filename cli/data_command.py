@@ -7,14 +7,11 @@ import logging
 import os
 import time
 
+from cli.arguments import int_at_least
+
+non_negative = int_at_least(0)
+
 log = logging.getLogger("yolor")
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -55,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "occlusions on cluttered backgrounds. The output depends only on the options and --seed.",
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--train", type=_non_negative, default=2000, help="training images (default 2000)")
-    p.add_argument("--val", type=_non_negative, default=200, help="validation images (default 200)")
+    p.add_argument("--train", type=non_negative, default=2000, help="training images (default 2000)")
+    p.add_argument("--val", type=non_negative, default=200, help="validation images (default 200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=320, help="longer image side in pixels (default 320)")
     p.add_argument("--min-size", type=float, default=12.0, help="smallest object diameter in pixels")

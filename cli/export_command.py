@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cli.arguments import int_at_least
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+positive = int_at_least(1)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -52,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="official (main or paper branch) or our checkpoint")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--arch", help="override arch detection")
-    p.add_argument("--img-size", type=_positive, help="square input size (default: the checkpoint's)")
+    p.add_argument("--img-size", type=positive, help="square input size (default: the checkpoint's)")
     p.add_argument(
         "--head",
         choices=["topk", "raw"],
@@ -60,16 +57,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="topk: (B, K, 6) best candidates, thresholds/NMS per request on the host (default); "
         "raw: (B, N, 5+nc) official layout",
     )
-    p.add_argument("--top-k", type=_positive, default=1000, help="candidates per image for the topk head")
+    p.add_argument("--top-k", type=positive, default=1000, help="candidates per image for the topk head")
     p.add_argument(
         "--fp16", action="store_true", help="also write model.fp16.onnx (FP16 weights and compute)"
     )
     p.add_argument(
         "--engine", action="store_true", help="also build model.engine (needs TensorRT >= 10 and a GPU)"
     )
-    p.add_argument("--max-batch", type=_positive, default=16, help="largest batch the server will send")
-    p.add_argument("--opt-batch", type=_positive, help="TensorRT profile's optimal batch (default max/2)")
-    p.add_argument("--workspace-mb", type=_positive, default=4096, help="TensorRT workspace limit")
+    p.add_argument("--max-batch", type=positive, default=16, help="largest batch the server will send")
+    p.add_argument("--opt-batch", type=positive, help="TensorRT profile's optimal batch (default max/2)")
+    p.add_argument("--workspace-mb", type=positive, default=4096, help="TensorRT workspace limit")
     p.add_argument(
         "--timing-cache", help="TensorRT timing cache file (default: per GPU under ~/.cache/yolor)"
     )
