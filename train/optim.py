@@ -43,6 +43,27 @@ def cosine_factor(epoch: float, epochs: int, lrf: float) -> float:
     return ((1 + math.cos(epoch * math.pi / epochs)) / 2) * (1 - lrf) + lrf
 
 
+def make_optimizer(
+    model: nn.Module, kind: str, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """The official choice: SGD with Nesterov momentum, or (``--adam``) Adam with beta1 = momentum.
+    Weight decay applies to the conv-weight group only (L2, as the official code does)."""
+    groups = param_groups(model, weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    if kind == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=(momentum, 0.999))
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {kind!r}")
+
+
+def set_momentum(group: dict, momentum: float) -> None:
+    """Momentum of one param group: SGD's ``momentum`` or Adam's beta1."""
+    if "betas" in group:
+        group["betas"] = (momentum, group["betas"][1])
+    else:
+        group["momentum"] = momentum
+
+
 def warmup_values(
     step: int,
     warmup_steps: int,

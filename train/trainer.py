@@ -24,7 +24,8 @@ from train.optim import (
     ModelEMA,
     cosine_factor,
     init_head_biases,
-    param_groups,
+    make_optimizer,
+    set_momentum,
     transfer_weights,
     warmup_values,
 )
@@ -135,9 +136,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model = _initial_model(cfg, names)
     accumulate = max(round(cfg.nominal_batch / cfg.batch_size), 1)
     weight_decay = cfg.weight_decay * cfg.batch_size * accumulate / cfg.nominal_batch
-    optimizer = torch.optim.SGD(
-        param_groups(model, weight_decay), lr=cfg.lr0, momentum=cfg.momentum, nesterov=True
-    )
+    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr0, cfg.momentum, weight_decay)
     ema = ModelEMA(model)
     start_epoch, best_fitness = 0, -1.0
     best_metrics: dict[str, Any] = {}
@@ -204,7 +203,7 @@ def _train_epoch(
         if s <= warmup_steps:
             acc = max(1, int(np.interp(s, [0, warmup_steps], [1, accumulate]).round()))
             for g, group in enumerate(optimizer.param_groups):
-                group["lr"], group["momentum"] = warmup_values(
+                group["lr"], momentum = warmup_values(
                     s,
                     warmup_steps,
                     g,
@@ -213,6 +212,7 @@ def _train_epoch(
                     cfg.momentum,
                     cfg.warmup_momentum,
                 )
+                set_momentum(group, momentum)
         else:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr0 * lr_factor

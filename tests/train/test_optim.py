@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import yolor
-from train.optim import ModelEMA, cosine_factor, param_groups, warmup_values
+from train.optim import ModelEMA, cosine_factor, make_optimizer, param_groups, set_momentum, warmup_values
 
 pytestmark = pytest.mark.model
 
@@ -21,6 +21,25 @@ def test_param_groups_cover_every_parameter_once_with_official_decay_rules():
     assert all(names[id(p)].endswith("weight") and "bn" not in names[id(p)] for p in decay["params"])
     assert all(names[id(p)].endswith("bias") for p in biases["params"])
     assert (no_decay["weight_decay"], decay["weight_decay"], biases["weight_decay"]) == (0.0, 5e-4, 0.0)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_optimizer_choice_is_honoured_and_warm_up_sets_its_momentum(kind):
+    model = yolor.build_model("yolor_csp", nc=2, depth=0.33, width=0.125)
+    opt = make_optimizer(model, kind, lr=0.01, momentum=0.937, weight_decay=5e-4)
+    assert type(opt) is {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[kind]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 5e-4, 0.0]
+    group = opt.param_groups[0]
+    set_momentum(group, 0.8)
+    assert (group["betas"][0] if kind == "adam" else group["momentum"]) == 0.8
+    assert kind == "sgd" or group["betas"][1] == 0.999
+    # One step actually moves the weights with that optimiser's state (Adam keeps exp_avg).
+    model(torch.rand(1, 3, 64, 64))[0].sum().backward()
+    opt.step()
+    state = opt.state[next(iter(opt.param_groups[1]["params"]))]
+    assert ("exp_avg" in state) == (kind == "adam")
+    with pytest.raises(ValueError, match="sgd' or 'adam"):
+        make_optimizer(model, "lion", lr=0.01, momentum=0.9, weight_decay=0.0)
 
 
 def test_schedules():

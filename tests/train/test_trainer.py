@@ -59,6 +59,17 @@ def test_training_writes_loadable_checkpoints(trained):
         assert model.input_size == 128
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["epoch"] == 1 and last["ema_updates"] > 0
+    # the default optimiser is the official SGD: momentum buffers, no Adam moments
+    states = list(last["optimizer"]["state"].values())
+    assert states and all("momentum_buffer" in st and "exp_avg" not in st for st in states)
+
+
+def test_adam_is_used_when_asked(dataset, tmp_path):
+    train(config(dataset, tmp_path, optimizer="adam", epochs=1, max_steps=2))
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    states = list(last["optimizer"]["state"].values())
+    assert states and all("exp_avg" in st and "momentum_buffer" not in st for st in states)
+    assert all(g["betas"][1] == 0.999 for g in last["optimizer"]["param_groups"])
 
 
 def test_resume_continues_from_last(dataset, trained, tmp_path):
