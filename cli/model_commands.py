@@ -1,4 +1,5 @@
-"""`yolor archs` and `yolor info`: model inspection (needs torch, imported lazily)."""
+"""`yolor archs`, `yolor info` and `yolor convert`: model inspection and conversion (needs torch,
+imported lazily)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from yolor.checkpoint import load_model, save_checkpoint
+
+    model = load_model(args.checkpoint, arch=args.arch)
+    save_checkpoint(model, args.out, half=args.half)
+    sys.stdout.write(f"wrote {args.out} ({model.arch}, {model.nc} classes{', fp16' if args.half else ''})\n")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("archs", help="list the registered YOLOR architectures")
     p.set_defaults(func=_cmd_archs)
@@ -44,3 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--arch", default=None, help="override arch detection")
     p.set_defaults(func=_cmd_info)
+    p = sub.add_parser(
+        "convert",
+        help="any checkpoint yolor loads (official, or a training run's) -> our format, weights only",
+        description="Writes the model weights only (a training run's EMA weights, no optimiser state) in "
+        "our format, loadable with torch.load(weights_only=True).",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--arch", default=None, help="override arch detection")
+    p.add_argument("--half", action="store_true", help="store FP16 weights (half the size)")
+    p.set_defaults(func=_cmd_convert)

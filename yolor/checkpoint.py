@@ -217,9 +217,24 @@ def load_model(path: str | os.PathLike[str], arch: str | None = None) -> YOLOR:
 
 
 def save_checkpoint(
-    model: YOLOR, path: str | os.PathLike[str], input_size: int | None = None, **extra: Any
+    model: YOLOR,
+    path: str | os.PathLike[str],
+    input_size: int | None = None,
+    *,
+    half: bool = False,
+    **extra: Any,
 ) -> None:
-    """Write our format: plain tensors and data only, loadable with `torch.load(weights_only=True)`."""
+    """Write our format: plain tensors and data only, loadable with `torch.load(weights_only=True)`.
+
+    ``half=True`` stores the floating-point weights as FP16 (half the file, as the official
+    ``strip_optimizer`` does); anchors stay FP32. Loading casts back to an FP32 model."""
+
+    def stored(name: str, value: torch.Tensor) -> torch.Tensor:
+        value = value.detach().cpu()
+        if half and value.is_floating_point() and name != "anchors":
+            return value.half()
+        return value
+
     ckpt = {
         "format": FORMAT,
         "arch": model.arch,
@@ -228,7 +243,7 @@ def save_checkpoint(
         "width": model.scaling.width,
         "class_names": list(model.class_names),
         "input_size": int(input_size or model.input_size),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: stored(k, v) for k, v in model.state_dict().items()},
         **extra,
     }
     torch.save(ckpt, Path(path))

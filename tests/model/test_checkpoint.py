@@ -41,6 +41,24 @@ def test_our_checkpoint_round_trips_and_loads_weights_only(tmp_path):
     assert torch.equal(outputs(loaded, x), outputs(model, x))
 
 
+def test_half_checkpoint_is_smaller_and_loads_as_the_rounded_fp32_model(tmp_path):
+    model = yolor.build_model("yolor_csp", nc=2, depth=0.33, width=0.125)
+    with torch.no_grad():
+        model.anchors.add_(1 / 3)  # not representable in FP16: must survive exactly
+    yolor.save_checkpoint(model, tmp_path / "full.pt")
+    yolor.save_checkpoint(model, tmp_path / "half.pt", half=True)
+    raw = torch.load(tmp_path / "half.pt", weights_only=True)["state_dict"]
+    assert raw["anchors"].dtype == torch.float32
+    assert {v.dtype for k, v in raw.items() if v.is_floating_point() and k != "anchors"} == {torch.float16}
+    assert (tmp_path / "half.pt").stat().st_size < 0.6 * (tmp_path / "full.pt").stat().st_size
+    loaded = yolor.load_model(tmp_path / "half.pt")
+    assert all(v.dtype != torch.float16 for v in loaded.state_dict().values())
+    assert torch.equal(loaded.anchors, model.anchors)
+    for name, value in model.state_dict().items():
+        expected = value.half().float() if value.is_floating_point() and name != "anchors" else value
+        assert torch.equal(loaded.state_dict()[name], expected), name
+
+
 def test_our_checkpoint_with_wrong_arch_override(tmp_path):
     path = tmp_path / "ours.pt"
     yolor.save_checkpoint(yolor.build_model("yolor-p6", nc=2, depth=0.33, width=0.125), path)
