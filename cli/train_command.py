@@ -6,34 +6,49 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from train.trainer import TrainConfig
 
 log = logging.getLogger("yolor")
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from train.trainer import TrainConfig, train
+# command-line option -> TrainConfig field, for the options that map one to one
+_FIELDS = {
+    "data": "data", "arch": "arch", "depth": "depth", "width": "width", "img_size": "img_size",
+    "epochs": "epochs", "batch": "batch_size", "optimizer": "optimizer", "lr0": "lr0",
+    "warmup_bias_lr": "warmup_bias_lr", "mosaic": "mosaic", "warmup_epochs": "warmup_epochs",
+    "nominal_batch": "nominal_batch", "workers": "workers", "seed": "seed", "weights": "weights",
+    "max_steps": "max_steps",
+}  # fmt: skip
 
-    cfg = TrainConfig(
-        data=Path(args.data),
-        out_dir=Path(args.out),
-        arch=args.arch,
-        depth=args.depth,
-        width=args.width,
-        img_size=args.img_size,
-        epochs=args.epochs,
-        batch_size=args.batch,
-        optimizer=args.optimizer,
-        lr0=args.lr0,
-        mosaic=args.mosaic,
-        warmup_epochs=args.warmup_epochs,
-        nominal_batch=args.nominal_batch,
-        workers=args.workers,
-        seed=args.seed,
-        weights=Path(args.weights) if args.weights else None,
-        resume=args.resume,
-        max_steps=args.max_steps,
-    )
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    """Options left out take TrainConfig's defaults, or with --resume the run's saved settings (then
+    only --epochs, --workers, --max-steps and --data may change; others must match or it refuses)."""
+    from train.trainer import TrainConfig, saved_config
+
+    given: dict[str, Any] = {
+        field: getattr(args, option) for option, field in _FIELDS.items() if getattr(args, option) is not None
+    }
+    for key in ("data", "weights"):
+        if key in given:
+            given[key] = Path(given[key])
+    out = Path(args.out)
+    if args.resume:
+        return replace(saved_config(out), **given, out_dir=out, resume=True)
+    if "data" not in given:
+        raise SystemExit("yolor train: --data is required (except with --resume)")
+    return TrainConfig(out_dir=out, **given)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from train.trainer import train
+
+    cfg = _config(args)
     best = train(cfg)
     sys.stdout.write(json.dumps({"best": best, "checkpoint": str(cfg.out_dir / "best.pt")}, indent=2) + "\n")
     return 0
@@ -55,28 +70,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "format, accepted by yolor export and yolor.load_model) into --out. COCO mAP on the val split "
         "every epoch; --resume continues from --out/last.pt.",
     )
-    p.add_argument(
-        "--data", required=True, help="dataset.json (yolor data synth), a YOLO folder or COCO json"
-    )
+    p.add_argument("--data", help="dataset.json (yolor data synth), a YOLO folder or COCO json")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--arch", default="yolor-p6", help="registered arch (yolor archs)")
-    p.add_argument("--depth", type=float, default=1.0, help="depth multiplier")
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier")
-    p.add_argument("--img-size", type=int, default=640)
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument(
-        "--optimizer", choices=["sgd", "adam"], default="sgd", help="official default sgd; adam = --adam"
-    )
-    p.add_argument("--lr0", type=float, default=0.01, help="initial LR (sgd 0.01, adam ~0.001)")
-    p.add_argument("--mosaic", type=float, default=1.0, help="mosaic probability")
-    p.add_argument("--warmup-epochs", type=float, default=3.0)
-    p.add_argument("--nominal-batch", type=int, default=64, help="accumulate gradients to this batch size")
-    p.add_argument("--workers", type=int, default=2, help="data loader processes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", help="registered arch (yolor archs; default yolor-p6)")
+    p.add_argument("--depth", type=float, help="depth multiplier (default 1.0)")
+    p.add_argument("--width", type=float, help="width multiplier (default 1.0)")
+    p.add_argument("--img-size", type=int, help="square training input (default 640)")
+    p.add_argument("--epochs", type=int, help="default 100")
+    p.add_argument("--batch", type=int, help="images per forward pass (default 16)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], help="sgd (official default) or adam")
+    p.add_argument("--lr0", type=float, help="initial LR (default: sgd 0.01, adam 0.001)")
+    p.add_argument("--warmup-bias-lr", type=float, help="bias LR at the start of warm-up (default 0.1)")
+    p.add_argument("--mosaic", type=float, help="mosaic probability (default 1.0)")
+    p.add_argument("--warmup-epochs", type=float, help="default 3")
+    p.add_argument("--nominal-batch", type=int, help="accumulate gradients to this batch size (default 64)")
+    p.add_argument("--workers", type=int, help="data loader processes (default 2)")
+    p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--weights", help="fine-tune from this checkpoint (official or ours)")
-    p.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke runs)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue --out/last.pt with the run's saved settings (--epochs, --workers may change)",
+    )
+    p.add_argument("--max-steps", type=int, help="stop after this many batches (smoke runs)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

@@ -11,17 +11,16 @@ mkdir -p "$work"
 $bin/yolor data synth --out "$work/shapes" --train 2000 --val 300 --seed 0 --size 256 --overwrite
 $bin/yolor data synth --out "$work/shapes-test" --train 0 --val 500 --seed 1 --size 256 --overwrite
 
-# 2. Train a small YOLOR (main-branch yolor_csp, depth 0.33, width 0.125: 0.58 M parameters, implicit
-#    layers included) at 256 px. Adam (the official --adam option) and one step per batch converge
-#    within a CPU hour; the rest is the official recipe.
+# 2. Train a small YOLOR (main-branch yolor_csp, depth 0.33, width 0.25: 2.3 M parameters, implicit
+#    layers included) at 256 px. Adam (the official --adam option) and one step per batch learn far
+#    faster per CPU minute than SGD; the rest is the official recipe.
 /usr/bin/time -v $bin/yolor train --data "$work/shapes/dataset.json" --out "$work/run" \
-    --arch yolor_csp --depth 0.33 --width 0.125 --img-size 256 --epochs 75 --batch 16 \
+    --arch yolor_csp --depth 0.33 --width 0.25 --img-size 256 --epochs 70 --batch 16 \
     --nominal-batch 16 --optimizer adam --lr0 0.002 --warmup-epochs 1 --workers 1 --seed 0 \
     2> >(grep -v '^epoch .*it/s' >&2)
 
-# 3. Ship: the EMA weights only (no optimizer state), exported with validation.
-$bin/python -c "import sys, yolor; yolor.save_checkpoint(yolor.load_model(sys.argv[1]), sys.argv[2])" \
-    "$work/run/best.pt" "$work/demo.pt"
+# 3. Ship: the EMA weights only (no optimizer state, FP16 storage), exported with validation.
+$bin/yolor convert "$work/run/best.pt" "$work/demo.pt" --half
 rm -rf models/demo
 $bin/yolor export "$work/demo.pt" --out models/demo --top-k 300 --max-batch 8
 cp "$work/demo.pt" models/demo/checkpoint.pt

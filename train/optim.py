@@ -107,14 +107,15 @@ class ModelEMA:
 
 @torch.no_grad()
 def init_head_biases(model: YOLOR) -> None:
-    """Official prior for a fresh head: ~8 objects per 640 image, class probability ~1/nc."""
+    """Official prior for a fresh head: ~8 objects per 640 image, class probability 0.6/(nc - 0.99)
+    (for one class ~0.98: the class output has no loss then, so it must start near 1)."""
     head = model.net.head
     assert isinstance(head, _ImplicitHeadBase)
     for conv, stride in zip(head.preds, model.strides, strict=True):
         assert conv.bias is not None
         b = conv.bias.view(head.na, -1)
         b[:, 4] += math.log(8 / (640 / stride) ** 2)
-        b[:, 5:] += math.log(0.6 / (model.nc - 0.99)) if model.nc > 1 else 0.0
+        b[:, 5:] += math.log(0.6 / (model.nc - 0.99))
 
 
 def transfer_weights(source: YOLOR, target: YOLOR) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,8 @@ class TrainConfig:
     img_size: int = 640
     epochs: int = 100
     batch_size: int = 16
-    optimizer: str = "sgd"  # "sgd" (official default, lr0 0.01) or "adam" (official --adam, lr0 ~0.001)
-    lr0: float = 0.01
+    optimizer: str = "sgd"  # "sgd" (official default) or "adam" (official --adam)
+    lr0: float | None = None  # None: the official 0.01 for SGD, 0.001 for Adam
     lrf: float = 0.2
     momentum: float = 0.937
     weight_decay: float = 5e-4
@@ -62,9 +62,54 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (tests, smoke runs)
     gains: LossGains = field(default_factory=LossGains)
 
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.lr0 is None:
+            self.lr0 = 0.01 if self.optimizer == "sgd" else 0.001
+
+    @property
+    def lr(self) -> float:
+        assert self.lr0 is not None  # set in __post_init__
+        return self.lr0
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        for key in ("data", "out_dir", "weights"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        if isinstance(values.get("gains"), dict):
+            values["gains"] = LossGains(**values["gains"])
+        return cls(**values)
+
+
+# What a resumed run may change: where it runs, how fast it loads, when it stops. Anything else would
+# silently change the model or the schedule half-way (another optimiser cannot even load the state).
+RESUME_MAY_CHANGE = frozenset({"data", "out_dir", "workers", "resume", "max_steps", "epochs"})
+
+
+def saved_config(run_dir: Path) -> TrainConfig:
+    """The configuration a run was started with (from its ``last.pt``), for ``--resume``."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        raise FileNotFoundError(f"--resume: no {last} to resume from")
+    return TrainConfig.from_dict(torch.load(last, map_location="cpu", weights_only=True)["train_config"])
+
+
+def check_resume(cfg: TrainConfig) -> None:
+    """Refuse to resume with settings other than the run's own (except RESUME_MAY_CHANGE)."""
+    saved = saved_config(cfg.out_dir).to_dict()
+    wanted = cfg.to_dict()
+    differ = [k for k in wanted if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != wanted[k]]
+    if differ:
+        detail = ", ".join(f"{k} {saved[k]!r} -> {wanted[k]!r}" for k in differ)
+        raise ValueError(f"--resume continues {cfg.out_dir} with its own settings; these differ: {detail}")
 
 
 def _initial_model(cfg: TrainConfig, names: list[str]) -> yolor.YOLOR:
@@ -127,6 +172,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train; returns the best validation metrics. Writes last.pt and best.pt into cfg.out_dir."""
     from train.data.loader import EpochSampler, make_loaders
 
+    if cfg.resume:
+        check_resume(cfg)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +183,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model = _initial_model(cfg, names)
     accumulate = max(round(cfg.nominal_batch / cfg.batch_size), 1)
     weight_decay = cfg.weight_decay * cfg.batch_size * accumulate / cfg.nominal_batch
-    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr0, cfg.momentum, weight_decay)
+    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, weight_decay)
     ema = ModelEMA(model)
     start_epoch, best_fitness = 0, -1.0
     best_metrics: dict[str, Any] = {}
@@ -166,12 +213,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             metrics["map50"],
             metrics["map50_95"],
         )
+        improved = fitness > best_fitness
+        if improved:
+            best_fitness, best_metrics = fitness, metrics
         state = dict(
-            epoch=epoch, metrics=metrics, best_fitness=max(best_fitness, fitness), train_config=cfg.to_dict()
+            epoch=epoch,
+            metrics=metrics,
+            best_fitness=best_fitness,
+            best_metrics=best_metrics,
+            train_config=cfg.to_dict(),
         )
         _save(last, ema, model, optimizer, **state)
-        if fitness > best_fitness:
-            best_fitness, best_metrics = fitness, metrics
+        if improved:
             _save(cfg.out_dir / "best.pt", ema, model, optimizer, **state)
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
@@ -207,7 +260,7 @@ def _train_epoch(
                     s,
                     warmup_steps,
                     g,
-                    cfg.lr0 * lr_factor,
+                    cfg.lr * lr_factor,
                     cfg.warmup_bias_lr,
                     cfg.momentum,
                     cfg.warmup_momentum,
@@ -215,7 +268,7 @@ def _train_epoch(
                 set_momentum(group, momentum)
         else:
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr0 * lr_factor
+                group["lr"] = cfg.lr * lr_factor
         loss, items = loss_fn(model(batch.images), batch.targets)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at step {s}")
@@ -244,4 +297,5 @@ def _resume(
     ema.updates = int(ckpt["ema_updates"])
     optimizer.load_state_dict(ckpt["optimizer"])
     log.info("resuming after epoch %d", ckpt["epoch"] + 1)
-    return int(ckpt["epoch"]) + 1, float(ckpt["best_fitness"]), dict(ckpt["metrics"])
+    best = ckpt.get("best_metrics", ckpt["metrics"])  # older runs saved only the last epoch's
+    return int(ckpt["epoch"]) + 1, float(ckpt["best_fitness"]), dict(best)

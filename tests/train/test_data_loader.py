@@ -91,6 +91,13 @@ def test_epoch_sampler_reshuffles_each_pass() -> None:
     assert list(sampler) == first
 
 
+def test_one_folder_for_both_splits_is_warned_about(synth_dir: Path, caplog: pytest.LogCaptureFixture):
+    make_loaders(synth_dir / "dataset.json", 64, 2, 0, 0)
+    assert "val split is the training images" not in caplog.text
+    make_loaders(synth_dir / "train", 64, 2, 0, 0)  # a bare YOLO folder: train and val are the same
+    assert "val split is the training images" in caplog.text
+
+
 def test_make_loaders_from_a_dataset_json(synth_dir: Path) -> None:
     train_loader, val_loader, names = make_loaders(synth_dir / "dataset.json", 64, 4, 0, seed=0, mosaic=1.0)
     assert names == json.loads((synth_dir / "dataset.json").read_text())["names"]

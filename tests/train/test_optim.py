@@ -6,7 +6,15 @@ import pytest
 import torch
 
 import yolor
-from train.optim import ModelEMA, cosine_factor, make_optimizer, param_groups, set_momentum, warmup_values
+from train.optim import (
+    ModelEMA,
+    cosine_factor,
+    init_head_biases,
+    make_optimizer,
+    param_groups,
+    set_momentum,
+    warmup_values,
+)
 
 pytestmark = pytest.mark.model
 
@@ -40,6 +48,29 @@ def test_optimizer_choice_is_honoured_and_warm_up_sets_its_momentum(kind):
     assert ("exp_avg" in state) == (kind == "adam")
     with pytest.raises(ValueError, match="sgd' or 'adam"):
         make_optimizer(model, "lion", lr=0.01, momentum=0.9, weight_decay=0.0)
+
+
+@pytest.mark.parametrize("nc", [1, 7, 80])
+def test_fresh_head_priors_are_the_official_ones(nc):
+    model = yolor.build_model("yolor_csp", nc=nc, depth=0.33, width=0.125).eval()
+    for conv in model.net.head.preds:
+        conv.weight.data.zero_()
+        conv.bias.data.zero_()
+    for name, value in model.named_parameters():
+        if name.startswith("net.head.im."):
+            value.data.fill_(1.0)  # ImplicitM scales the logits: make it neutral
+    init_head_biases(model)
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 64))[0]  # (N, 5 + nc) decoded: obj and class probabilities
+    # about 8 objects per 640x640 image at every level; class probability 0.6 / (nc - 0.99), which
+    # for one class (no class loss) starts and stays ~0.98 instead of halving every score
+    levels = [8 * 8, 4 * 4, 2 * 2]
+    expected_obj = [8 / (640 / s) ** 2 / (1 + 8 / (640 / s) ** 2) for s in model.strides]  # sigmoid(log)
+    obj = out[:, 4].split([3 * n for n in levels])
+    for o, e in zip(obj, expected_obj, strict=True):
+        assert torch.allclose(o, torch.full_like(o, e), rtol=1e-4)
+    p = 0.6 / (nc - 0.99)
+    assert torch.allclose(out[:, 5:], torch.full_like(out[:, 5:], p / (1 + p)), rtol=1e-4)
 
 
 def test_schedules():

@@ -78,9 +78,13 @@ def test_resume_continues_from_last(dataset, trained, tmp_path):
     run.mkdir()
     (run / "last.pt").write_bytes((out / "last.pt").read_bytes())
     before = torch.load(run / "last.pt", weights_only=True)
-    train(config(dataset, run, epochs=3, resume=True))
+    best = train(config(dataset, run, epochs=3, resume=True))
     after = torch.load(run / "last.pt", weights_only=True)
     assert after["epoch"] == 2  # only the third epoch ran
+    # the best metrics of the whole run, not the last epoch's
+    fitness = 0.1 * after["metrics"]["map50"] + 0.9 * after["metrics"]["map50_95"]
+    improved = fitness > before["best_fitness"]
+    assert best == after["best_metrics"] == (after["metrics"] if improved else before["best_metrics"])
     assert after["ema_updates"] > before["ema_updates"]
     changed = [
         k
@@ -88,6 +92,22 @@ def test_resume_continues_from_last(dataset, trained, tmp_path):
         if v.is_floating_point() and not torch.equal(v, before["state_dict"][k])
     ]
     assert changed
+
+
+def test_resume_refuses_other_settings_and_the_cli_takes_the_saved_ones(dataset, trained, tmp_path):
+    from cli import main
+
+    out, _ = trained
+    (tmp_path / "last.pt").write_bytes((out / "last.pt").read_bytes())
+    with pytest.raises(ValueError, match=r"these differ: optimizer 'sgd' -> 'adam'"):
+        train(config(dataset, tmp_path, optimizer="adam", resume=True, epochs=3))
+    # `yolor train --out RUN --resume`: nothing else needed, the run's own settings continue
+    assert main(["train", "--out", str(tmp_path), "--resume", "--epochs", "3", "--workers", "0"]) == 0
+    saved = torch.load(out / "last.pt", weights_only=True)["train_config"]
+    resumed = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert resumed["epoch"] == 2
+    changed = {k for k, v in resumed["train_config"].items() if v != saved[k]}
+    assert changed == {"out_dir", "resume", "epochs"}
 
 
 def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path):
@@ -153,3 +173,11 @@ def test_eval_command_agrees_with_training_and_export(trained, dataset, tmp_path
     run_export(ExportOptions(checkpoint=out / "best.pt", out_dir=tmp_path / "model"))
     on_export = evaluate_model(tmp_path / "model", dataset)
     assert on_export["map50"] == pytest.approx(on_checkpoint["map50"], abs=5e-3)
+
+
+def test_lr0_defaults_to_the_official_value_of_each_optimizer(tmp_path):
+    assert TrainConfig(data=tmp_path, out_dir=tmp_path).lr0 == 0.01
+    assert TrainConfig(data=tmp_path, out_dir=tmp_path, optimizer="adam").lr0 == 0.001
+    assert TrainConfig(data=tmp_path, out_dir=tmp_path, optimizer="adam", lr0=0.002).lr0 == 0.002
+    with pytest.raises(ValueError, match="'sgd' or 'adam'"):
+        TrainConfig(data=tmp_path, out_dir=tmp_path, optimizer="rmsprop")

@@ -9,6 +9,7 @@ itself), which also works with persistent workers; a plain int index uses ``Dete
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from service.processing import Letterbox, to_input_tensor
 from train.data.augment import AugmentConfig, Example, augment, val_transform
 from train.data.datasets import DatasetError, DetectionDataset, Sample, load_dataset
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,6 +194,12 @@ def make_loaders(
     train_set, val_set = load_dataset(data, "train"), load_dataset(data, "val")
     if train_set.names != val_set.names:
         raise DatasetError(f"{data}: train classes {train_set.names} differ from val {val_set.names}")
+    if [r.path for r in train_set.records] == [r.path for r in val_set.records]:
+        log.warning(
+            "%s: the val split is the training images (one YOLO folder or COCO json): mAP and best.pt "
+            "measure training fit; give a dataset.json with separate train and val entries",
+            data,
+        )
     train_data = DetectionData(
         train_set, size, train=True, config=replace(config or AugmentConfig(), mosaic=mosaic), seed=seed
     )
