@@ -18,7 +18,7 @@ from service.processing import (
     to_input_tensor,
 )
 from train.data.datasets import load_dataset
-from train.evaluate import coco_map
+from train.evaluate import coco_map, ground_truth
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def evaluate_model(
         boxes, scores, class_ids = predict(to_input_tensor([boxed]), conf)
         dets = select_detections(boxes, scores, class_ids, conf=conf, iou=iou, max_det=max_det)
         preds.append((scale_boxes(dets.boxes, lb), dets.scores, dets.class_ids))
-        gts.append((sample.boxes, sample.classes))
+        gts.append(ground_truth(sample.boxes, sample.classes, sample.crowd))
     metrics = coco_map(gts, preds, len(names))
     metrics.update(images=len(dataset), split=split, conf=conf, iou=iou, input_size=size)
     return metrics

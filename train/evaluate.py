@@ -16,7 +16,8 @@ import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 
-GroundTruth = tuple[npt.ArrayLike, npt.ArrayLike]  # boxes (N, 4) xyxy, class ids (N,)
+# boxes (N, 4) xyxy, class ids (N,)[, crowd boxes (K, 4), crowd class ids (K,)]
+GroundTruth = tuple[npt.ArrayLike, ...]
 Prediction = tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]  # boxes (K, 4), scores (K,), class ids (K,)
 
 
@@ -29,21 +30,31 @@ def _rows(boxes: npt.ArrayLike, *columns: npt.ArrayLike, what: str, index: int) 
     return [xywh, *values]
 
 
+def ground_truth(
+    boxes: npt.ArrayLike, classes: npt.ArrayLike, crowd: tuple[npt.ArrayLike, npt.ArrayLike] | None = None
+) -> GroundTruth:
+    """One image's ground truth for :func:`coco_map`, with its COCO crowd regions if any."""
+    return (boxes, classes) if crowd is None else (boxes, classes, *crowd)
+
+
 def _coco_dicts(
     ground_truth: Sequence[GroundTruth], predictions: Sequence[Prediction], num_classes: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     gt_anns: list[dict[str, Any]] = []
     dt_anns: list[dict[str, Any]] = []
-    for image, (boxes, classes) in enumerate(ground_truth):
-        xywh, cls = _rows(boxes, classes, what="ground_truth", index=image)
-        for box, c in zip(xywh.tolist(), cls.tolist(), strict=True):
-            if not 0 <= c < num_classes:
-                raise ValueError(f"ground_truth[{image}]: class id {c} outside 0..{num_classes - 1}")
-            # ids start at 1: faster-coco-eval uses id 0 as its "unmatched" marker
-            gt_anns.append(
-                {"id": len(gt_anns) + 1, "image_id": image + 1, "category_id": int(c) + 1, "bbox": box,
-                 "area": box[2] * box[3], "iscrowd": 0}
-            )  # fmt: skip
+    for image, labels in enumerate(ground_truth):
+        if len(labels) not in (2, 4):
+            raise ValueError(f"ground_truth[{image}]: expected (boxes, classes[, crowd boxes, classes])")
+        for crowd, (boxes, classes) in enumerate((labels[:2], labels[2:]) if len(labels) == 4 else (labels,)):
+            xywh, cls = _rows(boxes, classes, what="ground_truth", index=image)
+            for box, c in zip(xywh.tolist(), cls.tolist(), strict=True):
+                if not 0 <= c < num_classes:
+                    raise ValueError(f"ground_truth[{image}]: class id {c} outside 0..{num_classes - 1}")
+                # ids start at 1: faster-coco-eval uses id 0 as its "unmatched" marker
+                gt_anns.append(
+                    {"id": len(gt_anns) + 1, "image_id": image + 1, "category_id": int(c) + 1, "bbox": box,
+                     "area": box[2] * box[3], "iscrowd": crowd}
+                )  # fmt: skip
     for image, (boxes, scores, classes) in enumerate(predictions):
         xywh, score, cls = _rows(boxes, scores, classes, what="predictions", index=image)
         for box, s, c in zip(xywh.tolist(), score.tolist(), cls.tolist(), strict=True):
@@ -64,10 +75,12 @@ def coco_map(
 ) -> dict[str, Any]:
     """COCO bbox mAP: ``{"map50", "map50_95", "per_class_ap50", "per_class_ap50_95", "gt_per_class"}``.
 
-    ``ground_truth[i]`` is (boxes (N, 4) xyxy, class ids (N,)) of image i; ``predictions[i]`` is
-    (boxes (K, 4) xyxy, scores (K,), class ids (K,)) of the same image (same length, either may be
-    empty). Standard COCO rules: 101-point interpolated precision, IoU thresholds 0.50:0.05:0.95,
-    area range "all", at most ``max_detections`` per image (highest scores kept).
+    ``ground_truth[i]`` is (boxes (N, 4) xyxy, class ids (N,)) of image i, optionally followed by
+    its crowd regions (boxes (K, 4), class ids (K,)): detections matching those are ignored.
+    ``predictions[i]`` is (boxes (K, 4) xyxy, scores (K,), class ids (K,)) of the same image (same
+    length, either may be empty). Standard COCO rules: 101-point interpolated precision, IoU
+    thresholds 0.50:0.05:0.95, area range "all", at most ``max_detections`` per image (highest
+    scores kept).
 
     A class without ground truth has no defined AP: it is left out of the means (as COCO does) and
     reported as 0.0 in the per-class lists (check ``gt_per_class``). When no class has ground truth
@@ -81,14 +94,14 @@ def coco_map(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     gt_dict, dt_anns = _coco_dicts(ground_truth, predictions, num_classes)
     gt_per_class = np.bincount(
-        [a["category_id"] - 1 for a in gt_dict["annotations"]], minlength=num_classes
+        [a["category_id"] - 1 for a in gt_dict["annotations"] if not a["iscrowd"]], minlength=num_classes
     ).tolist()
     zeros = [0.0] * num_classes
     result: dict[str, Any] = {
         "map50": 0.0, "map50_95": 0.0, "per_class_ap50": zeros, "per_class_ap50_95": list(zeros),
         "gt_per_class": gt_per_class,
     }  # fmt: skip
-    if not gt_dict["annotations"]:
+    if not any(gt_per_class):
         return result
     coco_gt = COCO(gt_dict)
     coco_dt = coco_gt.loadRes(dt_anns)

@@ -135,19 +135,20 @@ def _initial_model(cfg: TrainConfig, names: list[str]) -> yolor.YOLOR:
 @torch.no_grad()
 def evaluate(model: yolor.YOLOR, loader: Any, conf: float, iou: float) -> dict[str, Any]:
     """COCO mAP of `model` on the validation loader, boxes compared in original-image pixels."""
-    from train.evaluate import coco_map
+    from train.evaluate import coco_map, ground_truth
 
     model.eval()
     gts, preds = [], []
     for batch in loader:
         out = model(batch.images).numpy()
-        for pred, lb, gt_boxes, gt_classes in zip(
-            out, batch.letterboxes, batch.original_boxes, batch.original_classes, strict=True
-        ):
+        for pred, lb, gt_boxes, gt_classes, crowd in zip(
+            out, batch.letterboxes, batch.original_boxes, batch.original_classes, batch.original_crowd,
+            strict=True,
+        ):  # fmt: skip
             boxes, scores, class_ids = decode_raw_predictions(pred, conf)
             dets = select_detections(boxes, scores, class_ids, conf=conf, iou=iou, max_det=300)
             preds.append((scale_boxes(dets.boxes, lb), dets.scores, dets.class_ids))
-            gts.append((gt_boxes, gt_classes))
+            gts.append(ground_truth(gt_boxes, gt_classes, crowd))
     return coco_map(gts, preds, model.nc)
 
 

@@ -124,7 +124,10 @@ def test_coco_categories_map_to_contiguous_ids_in_id_order(tmp_path: Path) -> No
     first, second = dataset[0], dataset[1]
     assert (first.image_id, second.image_id) == (10, 4)
     np.testing.assert_allclose(first.boxes, [[10, 5, 30, 15], [0, 0, 80, 40]])
-    assert first.classes.tolist() == [1, 2]  # the iscrowd annotation is skipped
+    assert first.classes.tolist() == [1, 2]  # the iscrowd annotation is not a training label ...
+    crowd_boxes, crowd_classes = first.crowd  # ... but kept for evaluation to ignore
+    np.testing.assert_allclose(crowd_boxes, [[1, 1, 6, 6]])
+    assert crowd_classes.tolist() == [0] and second.crowd is None
     np.testing.assert_allclose(second.boxes, [[60, 30, 80, 40]])  # 0.05 px over the edge: clipped
     assert second.classes.tolist() == [0]
 

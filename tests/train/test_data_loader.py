@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -91,10 +92,17 @@ def test_epoch_sampler_reshuffles_each_pass() -> None:
     assert list(sampler) == first
 
 
-def test_one_folder_for_both_splits_is_warned_about(synth_dir: Path, caplog: pytest.LogCaptureFixture):
+def test_one_folder_for_both_splits_is_warned_about(
+    synth_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     make_loaders(synth_dir / "dataset.json", 64, 2, 0, 0)
     assert "val split is the training images" not in caplog.text
-    make_loaders(synth_dir / "train", 64, 2, 0, 0)  # a bare YOLO folder: train and val are the same
+    folder = tmp_path / "yolo"  # a bare YOLO folder: train and val are the same images
+    shutil.copytree(synth_dir / "train", folder)
+    (folder / "classes.txt").write_text(
+        "\n".join(json.loads((synth_dir / "dataset.json").read_text())["names"])
+    )
+    make_loaders(folder, 64, 2, 0, 0)
     assert "val split is the training images" in caplog.text
 
 

@@ -83,6 +83,21 @@ def test_images_without_ground_truth_count_their_false_positives() -> None:
     assert coco_map(gt, predictions, num_classes=1)["map50"] == pytest.approx(0.5)
 
 
+def test_detections_on_crowd_regions_are_ignored_not_false_positives() -> None:
+    gt_boxes, gt_classes = np.asarray([[10, 10, 50, 50]]), np.asarray([0])
+    crowd = (np.asarray([[100, 100, 200, 200]]), np.asarray([0]))
+    # the true box scores below a detection inside the crowd region
+    pred = (np.asarray([[120, 120, 180, 180], [10, 10, 50, 50]]), np.asarray([0.9, 0.8]), np.asarray([0, 0]))
+    plain = coco_map([(gt_boxes, gt_classes)], [pred], num_classes=1)
+    with_crowd = coco_map([(gt_boxes, gt_classes, *crowd)], [pred], num_classes=1)
+    assert plain["map50"] == pytest.approx(0.5, abs=0.01)  # a false positive ranked first
+    assert with_crowd["map50"] == pytest.approx(1.0)  # ignored: as if it were not there
+    assert with_crowd["gt_per_class"] == [1]  # crowd regions are not objects to find
+    # an image whose only labels are crowd regions has nothing to find
+    only_crowd = coco_map([(*EMPTY_GT, *crowd)], [pred], num_classes=1)
+    assert only_crowd["map50"] == 0.0 and only_crowd["gt_per_class"] == [0]
+
+
 def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="1 ground-truth images but 2"):
         coco_map([EMPTY_GT], [EMPTY_PRED, EMPTY_PRED], num_classes=1)

@@ -33,13 +33,15 @@ class DatasetError(ValueError):
 @dataclass(frozen=True, eq=False)
 class Sample:
     """One image and its labels: ``image`` (H, W, 3) uint8 RGB, ``boxes`` (N, 4) float32 xyxy
-    pixels, ``classes`` (N,) int64."""
+    pixels, ``classes`` (N,) int64. ``crowd`` is (boxes (K, 4), classes (K,)) of COCO crowd regions:
+    not trained on; evaluation ignores detections on them, as COCO does."""
 
     image: npt.NDArray[np.uint8]
     boxes: npt.NDArray[np.float32]
     classes: npt.NDArray[np.int64]
     image_id: int
     path: Path
+    crowd: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +58,7 @@ class ImageRecord:
     classes: npt.NDArray[np.int64]
     normalised: bool
     size_hw: tuple[int, int] | None = None
+    crowd: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None  # COCO iscrowd, pixels
 
 
 def read_image(path: Path) -> npt.NDArray[np.uint8]:
@@ -89,7 +92,9 @@ class DetectionDataset:
                 f"{record.path}: image is {height}x{width} (HxW) but {self.source} says "
                 f"{record.size_hw[0]}x{record.size_hw[1]}"
             )
-        return Sample(image, boxes.astype(np.float32), record.classes.copy(), record.image_id, record.path)
+        return Sample(
+            image, boxes.astype(np.float32), record.classes.copy(), record.image_id, record.path, record.crowd
+        )
 
     def __iter__(self) -> Iterator[Sample]:
         for index in range(len(self)):
@@ -216,11 +221,13 @@ def read_coco_json(
             raise DatasetError(f"{where}: duplicate image id {image_id}")
         size = (_field(entry, "width", int, where), _field(entry, "height", int, where))
         images[image_id] = (root / _field(entry, "file_name", str, where), *size)
-    labels: dict[int, tuple[list[list[float]], list[int]]] = {image_id: ([], []) for image_id in images}
+    # per image: [plain boxes, plain classes, crowd boxes, crowd classes]
+    labels: dict[int, tuple[list[list[float]], list[int], list[list[float]], list[int]]] = {
+        image_id: ([], [], [], []) for image_id in images
+    }
     for i, ann in enumerate(_field(data, "annotations", list, source)):
         where = f"{source}: annotations[{i}] (id {ann.get('id') if isinstance(ann, dict) else None})"
-        if isinstance(ann, dict) and ann.get("iscrowd"):
-            continue
+        crowd = 2 if isinstance(ann, dict) and ann.get("iscrowd") else 0
         image_id = _field(ann, "image_id", int, where)
         if image_id not in images:
             raise DatasetError(f"{where}: unknown image id {image_id}")
@@ -234,16 +241,20 @@ def read_coco_json(
         if w <= 0 or h <= 0:
             raise DatasetError(f"{where}: bbox width and height must be > 0, got w={w:g} h={h:g}")
         _, width, height = images[image_id]
-        labels[image_id][0].append(_clip_box([x, y, x + w, y + h], (width, height), where))
-        labels[image_id][1].append(class_of[category])
+        labels[image_id][crowd].append(_clip_box([x, y, x + w, y + h], (width, height), where))  # type: ignore[arg-type]
+        labels[image_id][crowd + 1].append(class_of[category])  # type: ignore[arg-type]
+
+    def arrays(boxes: list, classes: list) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64)
+
     records = [
         ImageRecord(
             image_path,
             image_id,
-            np.asarray(labels[image_id][0], np.float32).reshape(-1, 4),
-            np.asarray(labels[image_id][1], np.int64),
+            *arrays(*labels[image_id][:2]),
             normalised=False,
             size_hw=(height, width),
+            crowd=arrays(*labels[image_id][2:]) if labels[image_id][2] else None,
         )
         for image_id, (image_path, width, height) in images.items()
     ]

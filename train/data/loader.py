@@ -40,14 +40,16 @@ class Item:
     letterbox: Letterbox | None = None
     original_boxes: npt.NDArray[np.float32] | None = None
     original_classes: npt.NDArray[np.int64] | None = None
+    original_crowd: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None
 
 
 @dataclass(frozen=True, eq=False)
 class Batch:
     """``images`` (B, 3, S, S) float32 in [0, 1]; ``targets`` (M, 6) float32 rows
     ``[image_index, class, cx, cy, w, h]`` normalised by the input width/height (the official YOLOR
-    target layout). Validation batches fill ``letterboxes``, ``original_boxes`` and
-    ``original_classes`` (one entry per image), training batches leave them empty."""
+    target layout). Validation batches fill ``letterboxes``, ``original_boxes``,
+    ``original_classes`` and ``original_crowd`` (one entry per image), training batches leave them
+    empty."""
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -56,6 +58,9 @@ class Batch:
     letterboxes: list[Letterbox] = field(default_factory=list)
     original_boxes: list[npt.NDArray[np.float32]] = field(default_factory=list)
     original_classes: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    original_crowd: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None] = field(
+        default_factory=list
+    )
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -109,6 +114,7 @@ class DetectionData(Dataset[Item]):
             return Item(
                 example.image, example.boxes, example.classes, sample.image_id, sample.path,
                 letterbox=lb, original_boxes=sample.boxes, original_classes=sample.classes,
+                original_crowd=sample.crowd,
             )  # fmt: skip
         rng = self.rng(index, epoch)
         examples = [_example(sample)]
@@ -152,6 +158,7 @@ def collate(items: Sequence[Item]) -> Batch:
         letterboxes=[item.letterbox for item in items if item.letterbox is not None] if val else [],
         original_boxes=[i.original_boxes for i in items if i.original_boxes is not None] if val else [],
         original_classes=[i.original_classes for i in items if i.original_classes is not None] if val else [],
+        original_crowd=[i.original_crowd for i in items] if val else [],
     )
 
 
