@@ -57,7 +57,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from train.eval_model import evaluate_model
 
-    metrics = evaluate_model(Path(args.model), Path(args.data), args.split, conf=args.conf, iou=args.iou)
+    metrics = evaluate_model(
+        Path(args.model),
+        Path(args.data),
+        args.split,
+        conf=args.conf,
+        iou=args.iou,
+        multi_label=args.multi_label,
+    )
     sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
     return 0
 
@@ -107,4 +114,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--conf", type=float, default=0.001, help="score threshold (official test: 0.001)")
     p.add_argument("--iou", type=float, default=0.65, help="NMS IoU (official test: 0.65)")
+    p.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="every class above --conf per box, as official test.py (default: the best class, as served; "
+        "needs a checkpoint or a --head raw export)",
+    )
     p.set_defaults(func=_cmd_eval)

@@ -22,8 +22,8 @@ from train.evaluate import coco_map, ground_truth
 
 log = logging.getLogger(__name__)
 
-# (1, 3, S, S) float32 -> (boxes xyxy, scores, class ids) in letterboxed pixels, one image
-Predictor = Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray, np.ndarray]]
+# (1, 3, S, S) float32, conf, multi_label -> (boxes xyxy, scores, class ids) in letterboxed pixels
+Predictor = Callable[[np.ndarray, float, bool], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def torch_predictor(checkpoint: Path) -> tuple[Predictor, int, list[str]]:
@@ -33,11 +33,11 @@ def torch_predictor(checkpoint: Path) -> tuple[Predictor, int, list[str]]:
 
     model = yolor.load_model(checkpoint)
 
-    def predict(x: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict(x: np.ndarray, conf: float, multi_label: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with torch.no_grad():
             out = model(torch.from_numpy(x))
         assert isinstance(out, torch.Tensor)
-        return decode_raw_predictions(out[0].numpy(), conf)
+        return decode_raw_predictions(out[0].numpy(), conf, multi_label=multi_label)
 
     return predict, model.input_size, model.class_names
 
@@ -52,20 +52,33 @@ def onnx_predictor(model_dir: Path) -> tuple[Predictor, int, list[str]]:
         str(model_dir / manifest.artifacts["onnx"].file), providers=["CPUExecutionProvider"]
     )
 
-    def predict(x: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict(x: np.ndarray, conf: float, multi_label: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         (out,) = session.run(None, {manifest.input.name: x})
         if manifest.head == "raw":
-            return decode_raw_predictions(out[0], conf)
+            return decode_raw_predictions(out[0], conf, multi_label=multi_label)
+        if multi_label:
+            raise ValueError(
+                f"{model_dir}: the top-K head keeps one class per box; export with --head raw for multi-label"
+            )
         return out[0][:, :4], out[0][:, 4], out[0][:, 5].astype(np.int64)
 
     return predict, manifest.input_size, manifest.class_names
 
 
 def evaluate_model(
-    model: Path, data: Path, split: str = "val", *, conf: float = 0.001, iou: float = 0.65, max_det: int = 300
+    model: Path,
+    data: Path,
+    split: str = "val",
+    *,
+    conf: float = 0.001,
+    iou: float = 0.65,
+    max_det: int = 300,
+    multi_label: bool = False,
 ) -> dict[str, Any]:
     """mAP of `model` (a .pt checkpoint or an exported folder) on `data`'s `split`, boxes compared in
-    original-image pixels. Thresholds are the official test-time ones (conf 0.001, NMS IoU 0.65)."""
+    original-image pixels. Thresholds are the official test-time ones (conf 0.001, NMS IoU 0.65).
+    By default one class per box, as the service answers; ``multi_label`` keeps every class above
+    ``conf`` per box, as the official ``test.py`` does (for comparing with published numbers)."""
     predict, size, names = onnx_predictor(model) if model.is_dir() else torch_predictor(model)
     dataset = load_dataset(data, split)
     if list(dataset.names) != list(names):
@@ -74,10 +87,12 @@ def evaluate_model(
     for i in range(len(dataset)):
         sample = dataset[i]
         boxed, lb = letterbox(sample.image, size)
-        boxes, scores, class_ids = predict(to_input_tensor([boxed]), conf)
+        boxes, scores, class_ids = predict(to_input_tensor([boxed]), conf, multi_label)
         dets = select_detections(boxes, scores, class_ids, conf=conf, iou=iou, max_det=max_det)
         preds.append((scale_boxes(dets.boxes, lb), dets.scores, dets.class_ids))
         gts.append(ground_truth(sample.boxes, sample.classes, sample.crowd))
     metrics = coco_map(gts, preds, len(names))
-    metrics.update(images=len(dataset), split=split, conf=conf, iou=iou, input_size=size)
+    metrics.update(
+        images=len(dataset), split=split, conf=conf, iou=iou, input_size=size, multi_label=multi_label
+    )
     return metrics

@@ -130,14 +130,16 @@ def select_detections(
 
 
 def decode_raw_predictions(
-    pred: npt.ArrayLike, conf: float
+    pred: npt.ArrayLike, conf: float, *, multi_label: bool = False
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Decode one image's raw YOLOR head output into candidates, as official YOLOR NMS does.
 
     ``pred``: ``(N, 5 + nc)`` rows ``[cx, cy, w, h, obj, cls_0 .. cls_{nc-1}]`` (already sigmoid,
     ``nc >= 1``). Rows with ``obj > conf`` are candidates; ``score = obj * cls`` of the best class
-    (first on ties), kept when ``score > conf``. Returns ``(boxes, scores, class_ids)``:
-    ``(K, 4)`` float32 xyxy, ``(K,)`` float32, ``(K,)`` int64, in input row order.
+    (first on ties), kept when ``score > conf``. ``multi_label=True`` (official ``test.py``) keeps
+    every class with ``score > conf`` instead, one candidate each, ordered by row then class.
+    Returns ``(boxes, scores, class_ids)``: ``(K, 4)`` float32 xyxy, ``(K,)`` float32, ``(K,)``
+    int64, in input row order.
     """
     rows = np.asarray(pred)
     if rows.ndim != 2 or rows.shape[1] < 6:
@@ -145,6 +147,10 @@ def decode_raw_predictions(
     rows = rows.astype(np.float32, copy=False)
     rows = rows[rows[:, 4] > conf]
     class_scores = rows[:, 5:] * rows[:, 4:5]
+    if multi_label:
+        row, cls = np.nonzero(class_scores > conf)
+        boxes = xywh_to_xyxy(rows[row, :4]).astype(np.float32, copy=False)
+        return boxes, class_scores[row, cls], cls.astype(np.int64)
     best_class = np.argmax(class_scores, axis=1)
     best_score = np.take_along_axis(class_scores, best_class[:, None], axis=1)[:, 0]
     keep = best_score > conf

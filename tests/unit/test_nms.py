@@ -192,6 +192,30 @@ def test_decode_raw_predictions_hand_built() -> None:
     assert (boxes.dtype, scores.dtype, class_ids.dtype) == (np.float32, np.float32, np.int64)
 
 
+def test_decode_raw_predictions_multi_label_against_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    pred = np.concatenate(
+        [rng.uniform(0, 100, (40, 2)), rng.uniform(1, 20, (40, 2)), rng.uniform(0, 1, (40, 6))], axis=1
+    ).astype(np.float32)
+    boxes, scores, class_ids = decode_raw_predictions(pred, conf=0.2, multi_label=True)
+    expected = [
+        (row[0] - row[2] / 2, row[1] - row[3] / 2, row[0] + row[2] / 2, row[1] + row[3] / 2, row[4] * p, c)
+        for row in pred
+        if row[4] > 0.2
+        for c, p in enumerate(row[5:])
+        if row[4] * p > 0.2
+    ]
+    got = [(*b, s, c) for b, s, c in zip(boxes.tolist(), scores.tolist(), class_ids.tolist(), strict=True)]
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(expected, np.float64), rtol=1e-6)
+    assert len(set(map(tuple, boxes.tolist()))) < len(boxes)  # some boxes carry several classes
+    # the best-class candidates are a subset: one row per box, its highest score
+    single = decode_raw_predictions(pred, conf=0.2)
+    assert len(single[0]) < len(boxes)
+    assert set(zip(single[1].tolist(), single[2].tolist(), strict=True)) <= set(
+        zip(scores.tolist(), class_ids.tolist(), strict=True)
+    )
+
+
 def test_decode_raw_predictions_single_class_and_empty() -> None:
     pred = np.array([[10, 10, 2, 2, 0.8, 0.5], [10, 10, 2, 2, 0.8, 0.25]], dtype=np.float32)
     boxes, scores, class_ids = decode_raw_predictions(pred, conf=0.3)
