@@ -129,3 +129,30 @@ def test_worker_processes_give_the_same_batches(synth_dir: Path) -> None:
         batches.append([(b.images, b.targets) for b in loader])
     for (images_a, targets_a), (images_b, targets_b) in zip(*batches, strict=True):
         assert torch.equal(images_a, images_b) and torch.equal(targets_a, targets_b)
+
+
+def test_coco_crowd_regions_reach_evaluation_but_not_training(tmp_path: Path) -> None:
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((40, 80, 3), 90, np.uint8))
+    (tmp_path / "ann.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.png", "width": 80, "height": 40}],
+                "categories": [{"id": 5, "name": "thing"}],
+                "annotations": [
+                    {"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 5, 20, 10]},
+                    {"id": 2, "image_id": 1, "category_id": 5, "bbox": [40, 0, 40, 40], "iscrowd": 1},
+                ],
+            }
+        )
+    )
+    dataset = load_dataset(tmp_path / "ann.json")
+    val = collate([DetectionData(dataset, 64, train=False)[0]])
+    ((crowd_boxes, crowd_classes),) = val.original_crowd
+    np.testing.assert_allclose(crowd_boxes, [[40, 0, 80, 40]])
+    assert crowd_classes.tolist() == [0]
+    np.testing.assert_allclose(val.original_boxes[0], [[10, 5, 30, 15]])  # objects only
+    config = AugmentConfig(mosaic=0.0, scale=0.0, translate=0.0, flip_lr=0.0)
+    train_item = DetectionData(dataset, 64, train=True, config=config)[0]
+    assert len(train_item.boxes) == 1  # the crowd region is no training target

@@ -221,13 +221,12 @@ def read_coco_json(
             raise DatasetError(f"{where}: duplicate image id {image_id}")
         size = (_field(entry, "width", int, where), _field(entry, "height", int, where))
         images[image_id] = (root / _field(entry, "file_name", str, where), *size)
-    # per image: [plain boxes, plain classes, crowd boxes, crowd classes]
-    labels: dict[int, tuple[list[list[float]], list[int], list[list[float]], list[int]]] = {
-        image_id: ([], [], [], []) for image_id in images
-    }
+    # per image: (boxes, classes) of the objects, and of the crowd regions (iscrowd)
+    objects: dict[int, tuple[list[list[float]], list[int]]] = {image_id: ([], []) for image_id in images}
+    crowds: dict[int, tuple[list[list[float]], list[int]]] = {image_id: ([], []) for image_id in images}
     for i, ann in enumerate(_field(data, "annotations", list, source)):
         where = f"{source}: annotations[{i}] (id {ann.get('id') if isinstance(ann, dict) else None})"
-        crowd = 2 if isinstance(ann, dict) and ann.get("iscrowd") else 0
+        labels = crowds if isinstance(ann, dict) and ann.get("iscrowd") else objects
         image_id = _field(ann, "image_id", int, where)
         if image_id not in images:
             raise DatasetError(f"{where}: unknown image id {image_id}")
@@ -241,8 +240,8 @@ def read_coco_json(
         if w <= 0 or h <= 0:
             raise DatasetError(f"{where}: bbox width and height must be > 0, got w={w:g} h={h:g}")
         _, width, height = images[image_id]
-        labels[image_id][crowd].append(_clip_box([x, y, x + w, y + h], (width, height), where))  # type: ignore[arg-type]
-        labels[image_id][crowd + 1].append(class_of[category])  # type: ignore[arg-type]
+        labels[image_id][0].append(_clip_box([x, y, x + w, y + h], (width, height), where))
+        labels[image_id][1].append(class_of[category])
 
     def arrays(boxes: list, classes: list) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64)
@@ -251,10 +250,10 @@ def read_coco_json(
         ImageRecord(
             image_path,
             image_id,
-            *arrays(*labels[image_id][:2]),
+            *arrays(*objects[image_id]),
             normalised=False,
             size_hw=(height, width),
-            crowd=arrays(*labels[image_id][2:]) if labels[image_id][2] else None,
+            crowd=arrays(*crowds[image_id]) if crowds[image_id][0] else None,
         )
         for image_id, (image_path, width, height) in images.items()
     ]
