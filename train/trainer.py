@@ -94,17 +94,22 @@ class TrainConfig:
 RESUME_MAY_CHANGE = frozenset({"data", "out_dir", "workers", "resume", "max_steps", "epochs"})
 
 
-def saved_config(run_dir: Path) -> TrainConfig:
-    """The configuration a run was started with (from its ``last.pt``), for ``--resume``."""
+def _load_last(run_dir: Path) -> dict[str, Any]:
     last = run_dir / "last.pt"
     if not last.is_file():
         raise FileNotFoundError(f"--resume: no {last} to resume from")
-    return TrainConfig.from_dict(torch.load(last, map_location="cpu", weights_only=True)["train_config"])
+    return dict(torch.load(last, map_location="cpu", weights_only=True))
 
 
-def check_resume(cfg: TrainConfig) -> None:
-    """Refuse to resume with settings other than the run's own (except RESUME_MAY_CHANGE)."""
-    saved = saved_config(cfg.out_dir).to_dict()
+def saved_config(run_dir: Path) -> TrainConfig:
+    """The configuration a run was started with (from its ``last.pt``), for ``--resume``."""
+    return TrainConfig.from_dict(_load_last(run_dir)["train_config"])
+
+
+def check_resume(cfg: TrainConfig, run_config: dict[str, Any]) -> None:
+    """Refuse to resume with settings other than the run's own ``run_config`` (its saved
+    ``train_config``), except RESUME_MAY_CHANGE."""
+    saved = TrainConfig.from_dict(run_config).to_dict()
     wanted = cfg.to_dict()
     differ = [k for k in wanted if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != wanted[k]]
     if differ:
@@ -173,8 +178,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train; returns the best validation metrics. Writes last.pt and best.pt into cfg.out_dir."""
     from train.data.loader import EpochSampler, make_loaders
 
-    if cfg.resume:
-        check_resume(cfg)
+    resumed = _load_last(cfg.out_dir) if cfg.resume else None
+    if resumed is not None:
+        check_resume(cfg, resumed["train_config"])
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -189,8 +195,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     start_epoch, best_fitness = 0, -1.0
     best_metrics: dict[str, Any] = {}
     last = cfg.out_dir / "last.pt"
-    if cfg.resume:
-        start_epoch, best_fitness, best_metrics = _resume(last, model, ema, optimizer)
+    if resumed is not None:
+        start_epoch, best_fitness, best_metrics = _resume(resumed, model, ema, optimizer)
         sampler = train_loader.sampler
         assert isinstance(sampler, EpochSampler)
         sampler.set_epoch(start_epoch)  # the same shuffles as an uninterrupted run
@@ -288,11 +294,8 @@ def _train_epoch(
 
 
 def _resume(
-    last: Path, model: yolor.YOLOR, ema: ModelEMA, optimizer: torch.optim.Optimizer
+    ckpt: dict[str, Any], model: yolor.YOLOR, ema: ModelEMA, optimizer: torch.optim.Optimizer
 ) -> tuple[int, float, dict[str, Any]]:
-    if not last.is_file():
-        raise FileNotFoundError(f"--resume: no {last} to resume from")
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     model.load_state_dict(ckpt["train_state_dict"])
     ema.ema.load_state_dict(ckpt["state_dict"])
     ema.updates = int(ckpt["ema_updates"])
