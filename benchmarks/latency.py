@@ -1,6 +1,6 @@
 """Latency of an exported model: bare ONNX Runtime vs the full HTTP service, side by side in one run.
 
-    python benchmarks/latency.py --model models/demo --requests 200 [--image photo.jpg]
+    python benchmarks/latency.py --model service/demo_model --requests 200 [--image photo.jpg]
 
 Prints p50/p95/mean for: (1) the bare ORT session on one letterboxed image (batch 1), (2) the
 service's whole request (multipart upload, decode, letterbox, batcher, ORT, NMS, JSON) over HTTP on

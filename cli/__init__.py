@@ -10,7 +10,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from cli import data_command, export_command, model_commands, serve_command, train_command
+from cli import data_command, export_command, model_commands, serve_command, train_command, weights_command
 
 log = logging.getLogger("yolor")
 
@@ -23,7 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="yolor", description="YOLOR detection: model, export, serving")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (model_commands, data_command, train_command, export_command, serve_command):
+    for module in (
+        model_commands,
+        weights_command,
+        data_command,
+        train_command,
+        export_command,
+        serve_command,
+    ):
         module.register(sub)
     return parser
 

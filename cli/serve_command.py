@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve a model directory (model.json + artifacts). Every setting is also read from "
         "its YOLOR_* environment variable; options given here win.",
     )
-    p.add_argument("--model", type=Path, default=None, help="model directory (default: models/demo)")
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: service/demo_model)")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="runtime (default auto)")

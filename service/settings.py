@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
+# The bundled demo model is package data, so an installed (non-editable) package finds it too.
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 
 
 def host_cpu_count() -> int:
@@ -25,8 +26,11 @@ def host_cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-# Read by the TensorRT builder (timing cache location), not a Settings field.
-OTHER_VARIABLES = frozenset({"YOLOR_CACHE_DIR"})
+# Not Settings fields: the TensorRT builder's timing cache location, and the variables of
+# `yolor weights` and deploy/prepare-model.sh (the deployment's model preparation step).
+OTHER_VARIABLES = frozenset(
+    {"YOLOR_CACHE_DIR", "YOLOR_WEIGHTS_BASE_URL", "YOLOR_EXPORT_IMG_SIZE", "YOLOR_EXPORT_MAX_BATCH"}
+)
 
 
 def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the bundled demo model (models/demo) from nothing, on CPU, and measure it.
+# Rebuild the bundled demo model (service/demo_model) from nothing, on CPU, and measure it.
 # Usage: tools/build_demo_model.sh [WORK_DIR]   (default: runs/demo-build; needs `make install` first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +21,10 @@ $bin/yolor data synth --out "$work/shapes-test" --train 0 --val 500 --seed 1 --s
 
 # 3. Ship: the EMA weights only (no optimizer state, FP16 storage), exported with validation.
 $bin/yolor convert "$work/run/best.pt" "$work/demo.pt" --half
-rm -rf models/demo
-$bin/yolor export "$work/demo.pt" --out models/demo --top-k 300 --max-batch 8
-cp "$work/demo.pt" models/demo/checkpoint.pt
+rm -rf service/demo_model
+$bin/yolor export "$work/demo.pt" --out service/demo_model --top-k 300 --max-batch 8
+cp "$work/demo.pt" service/demo_model/checkpoint.pt
 
 # 4. Measure: held-out mAP of what the service runs (the ONNX), and latency.
-$bin/yolor eval models/demo --data "$work/shapes-test/dataset.json" --split val
-$bin/python benchmarks/latency.py --model models/demo --requests 200
+$bin/yolor eval service/demo_model --data "$work/shapes-test/dataset.json" --split val
+$bin/python benchmarks/latency.py --model service/demo_model --requests 200

@@ -69,7 +69,7 @@ def test_missing_model_is_a_clear_error(tmp_path, uvicorn_calls):
 
 
 def test_default_model_is_the_bundled_demo(uvicorn_calls):
-    """With no --model, `yolor serve` serves models/demo, which ships with the repository."""
+    """With no --model, `yolor serve` serves service/demo_model, which ships with the repository."""
     from service.manifest import load_manifest
     from service.settings import DEMO_MODEL_DIR, Settings
 

@@ -1,4 +1,4 @@
-"""The bundled demo model (models/demo): its files belong together and it really detects shapes.
+"""The bundled demo model (service/demo_model): its files belong together and it really detects shapes.
 
 The README's quality numbers come from 500 held-out images (tools/build_demo_model.sh); this test
 re-measures on a small held-out set drawn here, so a broken or swapped model fails CI."""
@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from service.manifest import load_manifest
+from service.settings import DEMO_MODEL_DIR
 from train.data.synth import CLASS_NAMES, SynthOptions, write_dataset
 from train.eval_model import evaluate_model
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
-DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
+DEMO = DEMO_MODEL_DIR
 # Held-out mAP@0.5 on all 500 images is in the README; the bar here is below the value measured on
 # these 60, 0.946 (class minimum 0.92), with a margin for ONNX Runtime versions.
 MIN_MAP50 = 0.85
