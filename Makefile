@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Re-install when the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test test-fast lint serve
+.PHONY: install system-tools test test-fast lint serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: install
+# Prometheus + promtool for the deployment tests (Debian package; kubectl is on the machine image).
+system-tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus; }
+
+test: install system-tools
 	$(BIN)/python -m pytest -q
 
-test-fast: install
+test-fast: install system-tools
 	$(BIN)/python -m pytest -q -m "not slow"
 
 serve: install
