@@ -63,14 +63,15 @@ def _verifier(arch: str) -> Callable[[Path], None]:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from export.download import download, file_sha256
+    from export.download import download
     from export.official_weights import official_weights
+    from service.backends.artifacts import sha256_file
 
     w = official_weights(args.name)
     dest = Path(args.out) / w.file
     verify = _verifier(w.arch)
     if dest.exists() and not args.force:
-        digest = file_sha256(dest)
+        digest = sha256_file(dest)
         if args.sha256 is not None and digest != args.sha256.lower():
             raise ValueError(f"{dest} exists with sha256 {digest}, not {args.sha256}; use --force")
         verify(dest)
@@ -84,6 +85,12 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_base_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--base-url", default=None, help=f"mirror base URL (default ${BASE_URL_VARIABLE} or GitHub)"
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("weights", help="list and download the official YOLOR checkpoints")
     weights = p.add_subparsers(dest="weights_command", required=True)
@@ -92,9 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = weights.add_parser("show", help="one checkpoint's facts as JSON (or one --field)")
     q.add_argument("name")
     q.add_argument("--field", default=None, help="print only this field (e.g. img_size, url, arch)")
-    q.add_argument(
-        "--base-url", default=None, help=f"mirror base URL (default ${BASE_URL_VARIABLE} or GitHub)"
-    )
+    _add_base_url(q)
     q.set_defaults(func=_cmd_show)
     q = weights.add_parser(
         "download",
@@ -105,9 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("name")
     q.add_argument("--out", type=Path, default=Path("weights"), help="directory (default: weights)")
     q.add_argument("--sha256", default=None, help="expected sha256 (the official release publishes none)")
-    q.add_argument(
-        "--base-url", default=None, help=f"mirror base URL (default ${BASE_URL_VARIABLE} or GitHub)"
-    )
+    _add_base_url(q)
     q.add_argument("--force", action="store_true", help="download again even if OUT/NAME.pt exists")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_download)

@@ -8,7 +8,6 @@ optional sha256, lets a `verify` callback inspect the complete file, and only th
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-CHUNK = 1 << 20
+from service.backends.artifacts import sha256_file
 
 
 class DownloadError(ValueError):
@@ -31,14 +30,6 @@ class Downloaded:
     bytes: int
     sha256: str
     resumed_from: int  # bytes already in the .part file when this call started (0: fresh)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _start(response: httpx.Response, offset: int) -> tuple[int, int | None]:
@@ -108,7 +99,7 @@ def download(
             resumed_from = _stream(client, url, part, progress)
     except httpx.HTTPError as e:
         raise DownloadError(f"download of {url} failed: {e} (run again to resume)") from None
-    digest = file_sha256(part)
+    digest = sha256_file(part)
     try:
         if sha256 is not None and digest != sha256.lower():
             raise DownloadError(f"{url}: sha256 {digest} does not match the expected {sha256.lower()}")

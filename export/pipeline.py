@@ -6,7 +6,6 @@ after every step (validation included) succeeded, so a failed export leaves no h
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -26,6 +25,7 @@ import yolor
 from export.graph import ExportGraph, Head
 from export.onnx_export import INPUT_NAME, OUTPUT_NAMES, output_shape, to_onnx
 from export.validate import PostprocessParams, validate_onnx
+from service.backends.artifacts import sha256_file
 from service.manifest import MANIFEST_NAME, TOPK_COLUMNS, Artifact, ModelManifest, OutputSpec
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,6 @@ class ExportOptions:
     timing_cache: Path | None = None
     opset: int = 18
     postprocess: PostprocessParams = field(default_factory=PostprocessParams)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Progress:

@@ -12,7 +12,7 @@ import torch
 
 import yolor
 from export.onnx_export import FORBIDDEN_OPS, op_counts
-from export.pipeline import sha256_file
+from service.backends.artifacts import sha256_file
 from service.manifest import load_manifest
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]
