@@ -1,6 +1,6 @@
 """The module that is traced into ONNX: fused net + decode + output head.
 
-Heads:
+Heads (their layouts are defined once, in `service.processing.heads`):
 - `raw`: (B, N, 5 + nc), the official inference layout (cx, cy, w, h, obj, class scores);
 - `topk`: (B, K, 6) x1, y1, x2, y2 (input pixels), score = obj * best class score, class id; the K best
   candidates per image sorted by score. Thresholds and NMS stay on the host, per request.
@@ -12,15 +12,13 @@ and the top-K, so the graph's input and output stay float32 and box coordinates 
 from __future__ import annotations
 
 import copy
-from typing import Literal
 
 import torch
 from torch import nn
 
+from service.processing.heads import Head
 from yolor.heads import decode
 from yolor.model import YOLOR
-
-Head = Literal["topk", "raw"]
 
 
 def topk_candidates(pred: torch.Tensor, k: int) -> torch.Tensor:

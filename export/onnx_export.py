@@ -10,11 +10,11 @@ import onnx
 import torch
 
 from export.graph import ExportGraph
+from service.processing.heads import head_layout
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
-OUTPUT_NAMES = {"topk": "detections", "raw": "predictions"}
 # Node types the deploy graph must not contain: in-place slice writes become ScatterND (slow, badly
 # supported by TensorRT); BatchNormalization means fusion did not happen.
 FORBIDDEN_OPS = frozenset({"ScatterND", "BatchNormalization"})
@@ -46,7 +46,7 @@ def to_onnx(graph: ExportGraph, img_size: int, opset: int = 18) -> onnx.ModelPro
             graph.eval(),
             (example,),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAMES[graph.head]],
+            output_names=[head_layout(graph.head).output_name],
             opset_version=opset,
             dynamo=True,
             dynamic_shapes={"images": {0: batch}},

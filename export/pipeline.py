@@ -22,11 +22,12 @@ from typing import Any, Literal
 import onnx
 
 import yolor
-from export.graph import ExportGraph, Head
-from export.onnx_export import INPUT_NAME, OUTPUT_NAMES, output_shape, to_onnx
+from export.graph import ExportGraph
+from export.onnx_export import INPUT_NAME, output_shape, to_onnx
 from export.validate import PostprocessParams, validate_onnx
 from service.backends.artifacts import sha256_file
-from service.manifest import MANIFEST_NAME, TOPK_COLUMNS, Artifact, ModelManifest, OutputSpec
+from service.manifest import MANIFEST_NAME, Artifact, ModelManifest, OutputSpec
+from service.processing.heads import HEADS, Head, head_layout
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _check_options(opts: ExportOptions, model: yolor.YOLOR) -> int:
         raise ExportError(
             f"--img-size {img_size} must be a positive multiple of {model.max_stride} for {model.arch}"
         )
-    if opts.head not in OUTPUT_NAMES:
+    if opts.head not in HEADS:
         raise ExportError(f"unknown head {opts.head!r}; choose topk or raw")
     if opts.top_k < 1 or opts.max_batch < 1:
         raise ExportError("--top-k and --max-batch must be >= 1")
@@ -160,11 +161,9 @@ def _export_into(staging: Path, opts: ExportOptions, progress: Progress) -> Mode
         head=opts.head,
         top_k=int(shape[1]) if opts.head == "topk" else None,
         output=OutputSpec(
-            name=OUTPUT_NAMES[opts.head],
+            name=head_layout(opts.head).output_name,
             shape=shape,
-            columns=TOPK_COLUMNS
-            if opts.head == "topk"
-            else ["cx", "cy", "w", "h", "obj", *model.class_names],
+            columns=head_layout(opts.head).columns(model.class_names),
         ),
         max_batch=opts.max_batch,
         artifacts=artifacts,

@@ -1,9 +1,10 @@
 """The application factory: `create_app(settings)`; `app_factory()` for `uvicorn --factory`.
 
 Start-up (lifespan): read the manifest, load the backend, check it against the manifest (refusing a
-mismatch), start the batcher, then warm up in the background: `/healthz` answers at once, `/readyz`
-and the detect routes turn ready after warm-up. Shutdown: refuse new requests (503), let accepted
-ones finish, drain the batch queue, release the backend.
+mismatch), start the batcher and the backend watchdog, then warm up in the background: `/healthz`
+answers at once, `/readyz` and the detect routes turn ready after warm-up (and not ready while the
+watchdog sees a batch stuck in the backend). Shutdown: refuse new requests (503), let accepted ones
+finish, drain the batch queue, and release the backend once no batch is running in it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from service.metrics import Metrics
 from service.middleware import BodySizeLimit, RequestMetrics, UnexpectedErrors
 from service.settings import Settings, unknown_variables
 from service.state import ServiceState
+from service.watchdog import BackendWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,14 @@ async def _start(state: ServiceState, backend_factory: BackendFactory) -> None:
         metrics=state.metrics,
     )
     await state.batcher.start()
+    state.watchdog = BackendWatchdog(
+        state.batcher.inflight_age,
+        state.metrics,
+        limit_s=settings.watchdog_s,
+        on_stall=lambda reason: _set_stalled(state, reason),
+        on_recover=lambda: _set_stalled(state, ""),
+    )
+    state.watchdog.start()
     state.detector = Detector(
         manifest,
         backend,
@@ -100,7 +110,12 @@ async def _start(state: ServiceState, backend_factory: BackendFactory) -> None:
 
 def _mark_ready(state: ServiceState) -> None:
     state.ready, state.not_ready_reason = True, ""
-    state.metrics.ready.set(1)
+    state.metrics.ready.set(0 if state.stalled_reason else 1)
+
+
+def _set_stalled(state: ServiceState, reason: str) -> None:
+    state.stalled_reason = reason
+    state.metrics.ready.set(1 if state.ready and not reason and not state.shutting_down else 0)
 
 
 async def _warm_up(state: ServiceState, backend: Backend, max_batch: int) -> None:
@@ -125,13 +140,18 @@ async def _stop(state: ServiceState) -> None:
         await asyncio.gather(state.warmup_task, return_exceptions=True)
     if state.detector is not None and not await state.detector.drain(settings.request_timeout_s):
         log.warning("requests still running after %.1f s; shutting down anyway", settings.request_timeout_s)
+    if state.watchdog is not None:
+        await state.watchdog.stop()
+    idle = True
     if state.batcher is not None:
-        await state.batcher.stop(timeout_s=settings.request_timeout_s)
+        idle = await state.batcher.stop(timeout_s=settings.request_timeout_s)
     if state.pool is not None:
         state.pool.shutdown(wait=False, cancel_futures=True)
     if state.backend is not None:
-        state.backend.close()
-    log.info("stopped")
+        if idle and state.backend.close(timeout_s=settings.request_timeout_s):
+            log.info("stopped")
+        else:  # freeing a runtime under a running call corrupts it; the process exit frees it
+            log.error("stopped without releasing the backend: a batch is still running in it")
 
 
 def create_app(settings: Settings | None = None, *, backend_factory: BackendFactory | None = None) -> FastAPI:

@@ -5,11 +5,15 @@ future exists before the item is queued; one task takes up to `max_batch_size` i
 `max_delay_s` of the first, drops the expired ones (LitServe's `collate_requests`), runs the batch in
 a single worker thread (one batch in flight per backend, the event loop never blocks) and fans the
 copied outputs out. A failing batch fails exactly its own futures.
+
+Stopping waits (bounded) for the batch in the worker thread: the caller releases the backend only
+when `stop` says the worker is idle. `inflight_age` lets a watchdog see a batch stuck in the backend.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +63,8 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="yolor-infer")
         self._task: asyncio.Task[None] | None = None
         self._running: list[_Item] = []
+        self._worker: concurrent.futures.Future[np.ndarray] | None = None  # the batch in the thread
+        self._worker_started = 0.0
         self._accepting = False
 
     async def start(self) -> None:
@@ -80,9 +86,21 @@ class DynamicBatcher:
         self._metrics.queue_depth.set(self._queue.qsize())
         return futures
 
-    async def stop(self, timeout_s: float) -> None:
-        """Refuse new work, finish what was accepted (up to `timeout_s`), then fail what is left."""
+    def inflight_age(self) -> float:
+        """Seconds the batch now in the backend has been running; 0.0 when none is."""
+        worker = self._worker
+        if worker is None or worker.done():
+            return 0.0
+        return time.monotonic() - self._worker_started
+
+    async def stop(self, timeout_s: float) -> bool:
+        """Refuse new work, finish what was accepted and fail what is left, all within `timeout_s`.
+
+        Returns True when no batch is left in the backend (it may be released), False when one is
+        still running at the timeout (a hung backend: it must not be released under it).
+        """
         self._accepting = False
+        deadline = time.monotonic() + timeout_s
         try:
             await asyncio.wait_for(self._queue.join(), timeout_s)
         except asyncio.TimeoutError:  # not the builtin before Python 3.11
@@ -94,9 +112,24 @@ class DynamicBatcher:
             await asyncio.gather(self._task, return_exceptions=True)
         leftover = self._running + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
         for item in leftover:
-            self._fail(item, ShuttingDown("the server shut down before this image was run"))
-        self._executor.shutdown(wait=False)
+            if self._fail(item, ShuttingDown("the server shut down before this image was run")):
+                self._metrics.dropped_images.labels(reason="shutdown").inc()
         self._metrics.queue_depth.set(0)
+        idle = await self._wait_for_worker(deadline - time.monotonic())
+        self._executor.shutdown(wait=False)
+        return idle
+
+    async def _wait_for_worker(self, timeout_s: float) -> bool:
+        worker = self._worker
+        if worker is None or worker.done():
+            return True
+        done, _ = await asyncio.to_thread(concurrent.futures.wait, [worker], max(0.0, timeout_s))
+        if not done:
+            log.error(
+                "a batch has been in the backend for %.1f s and is still running at shutdown",
+                self.inflight_age(),
+            )
+        return bool(done)
 
     async def _loop(self) -> None:
         while True:
@@ -131,10 +164,12 @@ class DynamicBatcher:
         """Items still worth running: not abandoned by their caller and not past their deadline."""
         now, live = time.monotonic(), []
         for item in items:
-            if item.future.done():  # the request was cancelled or timed out
+            if item.future.done():  # the client disconnected, the request timed out or failed
+                self._metrics.dropped_images.labels(reason="abandoned").inc()
                 continue
             if now >= item.deadline:
                 self._fail(item, DeadlineExceeded("request deadline passed while queued"))
+                self._metrics.dropped_images.labels(reason="expired").inc()
                 continue
             live.append(item)
         return live
@@ -144,8 +179,11 @@ class DynamicBatcher:
         started = time.monotonic()
         self._metrics.inflight_batches.inc()
         try:
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self._executor, self._infer_copy, [i.tensor for i in items])
+            self._worker = self._executor.submit(self._infer_copy, [i.tensor for i in items])
+            self._worker_started = started
+            # On cancellation (stop) the thread runs on: stop() waits for `_worker` before the
+            # backend may be closed.
+            outputs = await asyncio.wrap_future(self._worker)
         except Exception as e:
             self._metrics.inference_errors.inc()
             log.exception("batch of %d failed", len(items))
@@ -175,6 +213,9 @@ class DynamicBatcher:
         return np.array(outputs, copy=True)
 
     @staticmethod
-    def _fail(item: _Item, error: BaseException) -> None:
-        if not item.future.done():
-            item.future.set_exception(error)
+    def _fail(item: _Item, error: BaseException) -> bool:
+        """Fail the item's future unless its caller is gone; whether it was failed."""
+        if item.future.done():
+            return False
+        item.future.set_exception(error)
+        return True

@@ -2,14 +2,15 @@
 
 Decoding and letterboxing run in a thread pool, so they overlap with the batch the backend is
 running; post-processing is vectorised numpy (`service.processing`), also off the event loop. Boxes
-come back in original-image pixels through the exact inverse of the letterbox.
+come back in original-image pixels through the exact inverse of the letterbox. A client that
+disconnects while its images wait gives them up: the batcher drops them before inference.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -18,20 +19,31 @@ import numpy as np
 
 from service.backends.base import Backend
 from service.batcher import BatchOutput, DynamicBatcher
-from service.errors import DeadlineExceeded, InvalidParameter, NoImages, TooManyImages
+from service.errors import ClientDisconnected, DeadlineExceeded, InvalidParameter, NoImages, TooManyImages
 from service.images import decode_image
 from service.manifest import ModelManifest
 from service.metrics import Metrics
 from service.processing import (
     Detections,
     Letterbox,
-    decode_raw_predictions,
+    head_layout,
     letterbox,
     scale_boxes,
     select_detections,
     to_input_tensor,
 )
-from service.schemas import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET
+from service.schemas import (
+    DEFAULT_CONF,
+    DEFAULT_IOU,
+    DEFAULT_MAX_DET,
+    Detection,
+    DetectResponse,
+    ImageResult,
+    ModelSummary,
+    Timing,
+)
+
+Disconnected = Callable[[], Awaitable[None]]  # returns once the client has gone away
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,7 @@ class Detector:
         timeout_s: float,
     ) -> None:
         self.manifest, self.backend, self.batcher = manifest, backend, batcher
+        self._head = head_layout(backend.head)  # the torch backend answers raw rows for any manifest
         self._pool, self._metrics = pool, metrics
         self.max_images, self.max_pixels, self.timeout_s = max_images, max_pixels, timeout_s
         self._active = 0
@@ -124,24 +137,36 @@ class Detector:
         return DetectParams(classes=resolve_classes(classes, self.manifest.class_names), **values)
 
     async def detect(
-        self, files: Sequence[bytes], params: DetectParams, *, started: float, keep_images: bool = False
+        self,
+        files: Sequence[bytes],
+        params: DetectParams,
+        *,
+        started: float,
+        keep_images: bool = False,
+        disconnected: Disconnected | None = None,
     ) -> DetectOutcome:
         """Detections for each file, in order. `started` is the request's time.monotonic() start.
 
+        `disconnected()` returns when the client goes away; its queued images are then dropped.
         Raises NoImages, TooManyImages, InvalidImage, TooManyPixels, Overloaded, ShuttingDown,
-        DeadlineExceeded and InferenceFailed (all ServiceError).
+        DeadlineExceeded, ClientDisconnected and InferenceFailed (all ServiceError).
         """
         self._active += 1
         self._idle.clear()
         try:
-            return await self._detect(files, params, started, keep_images)
+            return await self._detect(files, params, started, keep_images, disconnected)
         finally:
             self._active -= 1
             if self._active == 0:
                 self._idle.set()
 
     async def _detect(
-        self, files: Sequence[bytes], params: DetectParams, started: float, keep_images: bool
+        self,
+        files: Sequence[bytes],
+        params: DetectParams,
+        started: float,
+        keep_images: bool,
+        disconnected: Disconnected | None,
     ) -> DetectOutcome:
         if not files:
             raise NoImages("send at least one image")
@@ -158,7 +183,7 @@ class Detector:
         if len(prepared) < len(done):  # the first bad image, in request order, answers for the request
             raise next(result for result in done if isinstance(result, BaseException))
         t1 = time.monotonic()
-        outputs = await self._infer([p.tensor for p in prepared], deadline)
+        outputs = await self._infer([p.tensor for p in prepared], deadline, disconnected)
         t2 = time.monotonic()
         images = await loop.run_in_executor(self._pool, self._postprocess_all, prepared, outputs, params)
         t3 = time.monotonic()
@@ -181,15 +206,29 @@ class Detector:
         self._metrics.preprocess.observe(time.monotonic() - start)
         return Prepared(tensor, lb, image if keep_image else None)
 
-    async def _infer(self, tensors: list[np.ndarray], deadline: float) -> list[BatchOutput]:
+    async def _infer(
+        self, tensors: list[np.ndarray], deadline: float, disconnected: Disconnected | None
+    ) -> list[BatchOutput]:
         futures = self.batcher.submit(tensors, deadline)
+        results = asyncio.gather(*futures)
+        gone = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:
-            return await asyncio.wait_for(asyncio.gather(*futures), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:  # not the builtin before Python 3.11
-            raise DeadlineExceeded(f"no result within the {self.timeout_s:g} s request deadline") from None
+            waiting = {results} if gone is None else {results, gone}
+            remaining = max(0.0, deadline - time.monotonic())
+            done, _ = await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            if results in done:
+                return results.result()
+            if gone is not None and gone in done:
+                self._metrics.client_disconnects.inc()
+                raise ClientDisconnected("the client disconnected before its images were run")
+            raise DeadlineExceeded(f"no result within the {self.timeout_s:g} s request deadline")
         finally:
             for future in futures:  # after a failure: the batcher skips abandoned images
                 future.cancel()
+            if gone is not None:
+                gone.cancel()
+            if results.done() and not results.cancelled():
+                results.exception()  # retrieved: a failure is reported once, by the result above
 
     def _postprocess_all(
         self, prepared: list[Prepared], outputs: list[BatchOutput], params: DetectParams
@@ -205,10 +244,7 @@ class Detector:
 
     def _postprocess(self, output: np.ndarray, lb: Letterbox, params: DetectParams) -> Detections:
         """One image's backend output -> thresholded, NMS'd detections in original pixels."""
-        if self.backend.head == "topk":  # rows: x1, y1, x2, y2, score, class id (input pixels)
-            boxes, scores, class_ids = output[:, :4], output[:, 4], np.rint(output[:, 5]).astype(np.int64)
-        else:
-            boxes, scores, class_ids = decode_raw_predictions(output, params.conf)
+        boxes, scores, class_ids = self._head.candidates(output, params.conf)
         kept = select_detections(
             boxes,
             scores,
@@ -221,8 +257,8 @@ class Detector:
         )
         return Detections(scale_boxes(kept.boxes, lb), kept.scores, kept.class_ids)
 
-    def to_response(self, outcome: DetectOutcome) -> dict[str, Any]:
-        """The `DetectResponse` body: boxes rounded to 0.01 px, scores to 1e-5."""
+    def to_response(self, outcome: DetectOutcome) -> DetectResponse:
+        """The response: boxes rounded to 0.01 px, scores to 1e-5."""
         names = self.manifest.class_names
         results = []
         for image in outcome.images:
@@ -230,25 +266,17 @@ class Detector:
             boxes = np.round(det.boxes.astype(np.float64), 2).tolist()
             scores = np.round(det.scores.astype(np.float64), 5).tolist()
             ids = det.class_ids.tolist()
-            results.append(
-                {
-                    "width": image.width,
-                    "height": image.height,
-                    "detections": [
-                        {
-                            "box": b,
-                            "score": s,
-                            "class_id": c,
-                            "class_name": names[c] if 0 <= c < len(names) else str(c),
-                        }
-                        for b, s, c in zip(boxes, scores, ids, strict=True)
-                    ],
-                }
-            )
-        model = {
-            "arch": self.manifest.arch,
-            "backend": self.backend.name,
-            "precision": self.backend.precision,
-            "input_size": self.manifest.input_size,
-        }
-        return {"model": model, "results": results, "timing_ms": outcome.timing_ms}
+            detections = [
+                Detection(
+                    box=tuple(b), score=s, class_id=c, class_name=names[c] if 0 <= c < len(names) else str(c)
+                )
+                for b, s, c in zip(boxes, scores, ids, strict=True)
+            ]
+            results.append(ImageResult(width=image.width, height=image.height, detections=detections))
+        model = ModelSummary(
+            arch=self.manifest.arch,
+            backend=self.backend.name,
+            precision=self.backend.precision,
+            input_size=self.manifest.input_size,
+        )
+        return DetectResponse(model=model, results=results, timing_ms=Timing(**outcome.timing_ms))

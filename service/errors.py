@@ -71,6 +71,10 @@ class Forbidden(ServiceError):
     status, code = 403, "forbidden"
 
 
+class NotFound(ServiceError):
+    status, code = 404, "not_found"
+
+
 class Overloaded(ServiceError):
     status, code = 503, "overloaded"
 
@@ -89,6 +93,12 @@ class DeadlineExceeded(ServiceError):
 
 class InferenceFailed(ServiceError):
     status, code = 500, "inference_failed"
+
+
+class ClientDisconnected(ServiceError):
+    """The client went away before its answer was ready (nginx's 499; nobody receives the body)."""
+
+    status, code = 499, "client_disconnected"
 
 
 _HTTP_CODES = {

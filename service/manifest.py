@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.processing.heads import Head, head_layout
+
 MANIFEST_FORMAT = "yolor-serving/model/1"
 MANIFEST_NAME = "model.json"
-TOPK_COLUMNS = ["x1", "y1", "x2", "y2", "score", "class_id"]
 
 
 class ManifestError(ValueError):
@@ -59,7 +60,7 @@ class ModelManifest(_Strict):
     input_size: int = Field(ge=32)
     strides: list[int]
     anchors: list[list[list[float]]]
-    head: Literal["topk", "raw"]
+    head: Head
     top_k: int | None = Field(default=None, ge=1)
     input: InputSpec = InputSpec()
     output: OutputSpec
@@ -76,17 +77,29 @@ class ModelManifest(_Strict):
             raise ValueError(f"{len(self.class_names)} class names for nc={self.nc}")
         if self.input_size % max(self.strides):
             raise ValueError(f"input_size {self.input_size} is not a multiple of stride {max(self.strides)}")
-        if self.head == "topk":
-            if self.top_k is None or self.output.shape[1:] != [self.top_k, 6]:
-                raise ValueError("topk head needs top_k and output shape [batch, top_k, 6]")
-        elif self.output.shape[2:] != [5 + self.nc]:
-            raise ValueError(f"raw head output must end in 5 + nc = {5 + self.nc}")
+        layout = head_layout(self.head)
+        if self.head == "topk" and self.top_k is None:
+            raise ValueError("the topk head needs top_k")
+        if not _fits(self.output.shape[1:], layout.image_shape(self.nc, self.top_k)):
+            raise ValueError(
+                f"{self.head} head output shape must be [batch, *{layout.image_shape(self.nc, self.top_k)}]"
+                f" (None: any), got {self.output.shape}"
+            )
+        if self.output.columns != layout.columns(self.class_names):
+            raise ValueError(f"{self.head} head columns must be {layout.columns(self.class_names)}")
         if "onnx" not in self.artifacts:
             raise ValueError("manifest lists no 'onnx' artifact")
         return self
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+
+
+def _fits(shape: list[int | str], expected: tuple[int | None, ...]) -> bool:
+    """Whether a manifest shape (named axes are strings) matches `expected` (None: any size)."""
+    return len(shape) == len(expected) and all(
+        e is None or s == e for s, e in zip(shape, expected, strict=True)
+    )
 
 
 def load_manifest(model_dir: str | Path) -> ModelManifest:

@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DROP_REASONS = ("abandoned", "expired", "shutdown")
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 
 
@@ -69,6 +70,34 @@ class Metrics:
         )
         self.inference_errors = Counter(
             "yolor_inference_errors", "Batches whose backend call failed", registry=registry
+        )
+        self.dropped_images = Counter(
+            "yolor_dropped_images",
+            "Queued images dropped before inference, by reason: abandoned (the client disconnected, the "
+            "request timed out or another of its images failed), expired (deadline passed while queued), "
+            "shutdown",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in DROP_REASONS:
+            self.dropped_images.labels(reason=reason)
+        self.client_disconnects = Counter(
+            "yolor_client_disconnects",
+            "Detect requests whose client disconnected before the answer was ready",
+            registry=registry,
+        )
+        self.inflight_batch_age = Gauge(
+            "yolor_inflight_batch_age_seconds",
+            "How long the batch now in the backend has been running (0: none)",
+            registry=registry,
+        )
+        self.backend_stalled = Gauge(
+            "yolor_backend_stalled",
+            "1 while a batch has been in the backend longer than the watchdog limit (/readyz is 503)",
+            registry=registry,
+        )
+        self.backend_stalls = Counter(
+            "yolor_backend_stalls", "Times the watchdog found a batch stuck in the backend", registry=registry
         )
         self.ready = Gauge("yolor_ready", "1 once the backend is loaded and warmed up", registry=registry)
         self.model_info = Gauge(

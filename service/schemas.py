@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.manifest import ModelManifest
 
-Conf = Annotated[float, Field(ge=0.0, le=1.0, description="keep detections with score > conf")]
-Iou = Annotated[float, Field(ge=0.0, le=1.0, description="NMS IoU threshold")]
-MaxDet = Annotated[int, Field(ge=1, le=10_000, description="most detections per image")]
+# The post-processing parameters' bounds, for JSON bodies (Field) and query strings (Query) alike.
+CONF_BOUNDS: dict[str, Any] = {"ge": 0.0, "le": 1.0, "description": "keep detections with score > conf"}
+IOU_BOUNDS: dict[str, Any] = {"ge": 0.0, "le": 1.0, "description": "NMS IoU threshold"}
+MAX_DET_BOUNDS: dict[str, Any] = {"ge": 1, "le": 10_000, "description": "most detections per image"}
+
+Conf = Annotated[float, Field(**CONF_BOUNDS)]
+Iou = Annotated[float, Field(**IOU_BOUNDS)]
+MaxDet = Annotated[int, Field(**MAX_DET_BOUNDS)]
 
 DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET = 0.25, 0.45, 300
 
@@ -70,6 +75,9 @@ class ModelInfo(ModelManifest):
     device: str
     max_batch_size: int
     max_delay_ms: float
+    sample_image: str | None = Field(
+        None, description="URL path of an image the model detects things in (GET /model/sample); null: none"
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(default=2.0, ge=0, le=1000, description="longest wait to fill a batch")
     queue_size: int = Field(default=256, ge=1, le=100_000, description="images waiting for inference")
     request_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="per-request deadline")
+    watchdog_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="a batch in the backend longer than this: not ready"
+    )
     max_body_bytes: int = Field(default=32 << 20, ge=1024, le=1 << 30)
     max_images_per_request: int = Field(default=16, ge=1, le=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=1, le=1 << 30, description="width * height")

@@ -15,6 +15,7 @@ from service.errors import NotReady, ShuttingDown
 from service.manifest import ModelManifest
 from service.metrics import Metrics
 from service.settings import Settings
+from service.watchdog import BackendWatchdog
 
 
 @dataclass(eq=False)
@@ -28,14 +29,18 @@ class ServiceState:
     pool: ThreadPoolExecutor | None = None
     detector: Detector | None = None
     warmup_task: asyncio.Task[None] | None = None
+    watchdog: BackendWatchdog | None = None
     stop_warmup: threading.Event = field(default_factory=threading.Event)
     ready: bool = False
     shutting_down: bool = False
     not_ready_reason: str = "starting"
+    stalled_reason: str = ""  # set by the watchdog while a batch is stuck in the backend
 
     def raise_unless_ready(self) -> None:
-        """503: ShuttingDown once shutdown began, else NotReady until warm-up is done."""
+        """503: ShuttingDown once shutdown began, NotReady until warm-up is done or while stalled."""
         if self.shutting_down:
             raise ShuttingDown("the server is shutting down")
         if not self.ready:
             raise NotReady(f"not ready: {self.not_ready_reason}")
+        if self.stalled_reason:
+            raise NotReady(f"not ready: {self.stalled_reason}")

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.detector import Detector
+from service.detector import Detector, Disconnected
 from service.errors import Forbidden, Unauthorized, UnsupportedMediaType
 from service.state import ServiceState
 
@@ -31,6 +31,23 @@ def get_detector(state: StateDep) -> Detector:
 
 
 DetectorDep = Annotated[Detector, Depends(get_detector)]
+
+
+def client_disconnected(request: Request) -> Disconnected:
+    """An awaitable that returns once the client has gone away; call it after the body was read.
+
+    Servers answer `receive()` with `http.disconnect` when the connection closes (uvicorn) or the
+    response is complete (test transports), so this waits without polling.
+    """
+
+    async def wait() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return wait
+
+
+DisconnectedDep = Annotated[Disconnected, Depends(client_disconnected)]
 
 
 def require_api_key(

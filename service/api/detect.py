@@ -11,14 +11,17 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import DetectorDep, require_api_key, require_multipart
+from service.api.deps import DetectorDep, DisconnectedDep, require_api_key, require_multipart
 from service.detector import DetectOutcome, DetectParams
 from service.drawing import draw_detections, encode_jpeg
 from service.errors import InvalidBase64, InvalidParameter
 from service.schemas import (
+    CONF_BOUNDS,
     DEFAULT_CONF,
     DEFAULT_IOU,
     DEFAULT_MAX_DET,
+    IOU_BOUNDS,
+    MAX_DET_BOUNDS,
     DetectResponse,
     ErrorBody,
     JsonDetectRequest,
@@ -30,9 +33,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(tags=["detect"], dependencies=[Depends(require_api_key)], responses=ERRORS)
 
 
-ConfQuery = Annotated[float, Query(ge=0.0, le=1.0, description="keep detections with score > conf")]
-IouQuery = Annotated[float, Query(ge=0.0, le=1.0, description="NMS IoU threshold")]
-MaxDetQuery = Annotated[int, Query(ge=1, le=10_000, description="most detections per image")]
+ConfQuery = Annotated[float, Query(**CONF_BOUNDS)]
+IouQuery = Annotated[float, Query(**IOU_BOUNDS)]
+MaxDetQuery = Annotated[int, Query(**MAX_DET_BOUNDS)]
 ClassesQuery = Annotated[
     list[str] | None, Query(description="class ids or names to keep; repeat or comma-separate")
 ]
@@ -71,23 +74,31 @@ def _decode_base64(text: str, index: int) -> bytes:
 
 @router.post("/detect", response_model=DetectResponse, dependencies=[Depends(require_multipart)])
 async def detect(
-    detector: DetectorDep, params: ParamsDep, images: ImagesField = None, image: ImageField = None
-) -> dict[str, Any]:
+    detector: DetectorDep,
+    params: ParamsDep,
+    disconnected: DisconnectedDep,
+    images: ImagesField = None,
+    image: ImageField = None,
+) -> DetectResponse:
     """Detect objects in one or more uploaded images; one result per image, in upload order."""
     started = time.monotonic()
-    outcome = await detector.detect(await _read_uploads(images, image), params, started=started)
+    files = await _read_uploads(images, image)
+    outcome = await detector.detect(files, params, started=started, disconnected=disconnected)
     return detector.to_response(outcome)
 
 
 @router.post("/detect/json", response_model=DetectResponse)
-async def detect_json(detector: DetectorDep, body: JsonDetectRequest) -> dict[str, Any]:
+async def detect_json(
+    detector: DetectorDep, body: JsonDetectRequest, disconnected: DisconnectedDep
+) -> DetectResponse:
     """The same as `/detect` for clients that cannot send multipart: base64 images in JSON."""
     started = time.monotonic()
     params = detector.params(
         conf=body.conf, iou=body.iou, max_det=body.max_det, classes=body.classes, agnostic=body.agnostic
     )
     files = [_decode_base64(text, i) for i, text in enumerate(body.images)]
-    return detector.to_response(await detector.detect(files, params, started=started))
+    outcome = await detector.detect(files, params, started=started, disconnected=disconnected)
+    return detector.to_response(outcome)
 
 
 def _render(outcome: DetectOutcome, class_names: list[str]) -> bytes:
@@ -103,14 +114,20 @@ def _render(outcome: DetectOutcome, class_names: list[str]) -> bytes:
     responses={200: {"content": {"image/jpeg": {}}, "description": "the image with boxes and labels"}},
 )
 async def detect_annotated(
-    detector: DetectorDep, params: ParamsDep, images: ImagesField = None, image: ImageField = None
+    detector: DetectorDep,
+    params: ParamsDep,
+    disconnected: DisconnectedDep,
+    images: ImagesField = None,
+    image: ImageField = None,
 ) -> Response:
     """One uploaded image back as JPEG with its detections drawn (header X-Detections: count)."""
     started = time.monotonic()
     files = await _read_uploads(images, image)
     if len(files) > 1:
         raise InvalidParameter(f"/detect/annotated takes exactly one image, got {len(files)}")
-    outcome = await detector.detect(files, params, started=started, keep_images=True)
+    outcome = await detector.detect(
+        files, params, started=started, keep_images=True, disconnected=disconnected
+    )
     jpeg = await run_in_threadpool(_render, outcome, detector.manifest.class_names)
     count = len(outcome.images[0].detections)
     return Response(jpeg, media_type="image/jpeg", headers={"X-Detections": str(count)})

@@ -4,12 +4,13 @@ Only the interface and the fake are imported here: each real backend module impo
 (onnxruntime, tensorrt, torch) and is loaded by the factory when chosen.
 """
 
-from service.backends.base import Backend, BackendError, BackendUnavailable, BaseBackend
+from service.backends.base import Backend, BackendClosed, BackendError, BackendUnavailable, BaseBackend
 from service.backends.factory import BackendMismatch, check_backend, create_backend
 from service.backends.fake import FakeBackend
 
 __all__ = [
     "Backend",
+    "BackendClosed",
     "BackendError",
     "BackendMismatch",
     "BackendUnavailable",

@@ -7,13 +7,15 @@ tensorrt, torch) live only in the module of the backend that needs them.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-Head = Literal["topk", "raw"]
+from service.processing.heads import Head
+
 FloatBatch = npt.NDArray[np.float32]
 
 
@@ -23,6 +25,10 @@ class BackendError(RuntimeError):
 
 class BackendUnavailable(BackendError):
     """This backend cannot run on this host (package missing, no GPU, no engine)."""
+
+
+class BackendClosed(BackendError):
+    """`infer` was called on a backend that was closed."""
 
 
 @runtime_checkable
@@ -43,15 +49,31 @@ class Backend(Protocol):
     input_shape: tuple[int, int, int]
     output_shape: tuple[int | None, ...]
 
+    @property
+    def closed(self) -> bool: ...
+
     def infer(self, batch: FloatBatch) -> FloatBatch:
-        """(B, 3, S, S) float32 RGB in [0, 1], 1 <= B <= max_batch_size -> (B, *output_shape) float32."""
+        """(B, 3, S, S) float32 RGB in [0, 1], 1 <= B <= max_batch_size -> (B, *output_shape) float32.
+
+        Raises BackendClosed after `close()`.
+        """
         ...
 
-    def close(self) -> None: ...
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Release the runtime once no `infer` is running (waiting up to `timeout_s`; None: for ever).
+
+        True when released (or already closed); False when an `infer` was still running at the
+        timeout: then nothing was released, because freeing buffers under a running call corrupts it.
+        """
+        ...
 
 
 class BaseBackend(ABC):
-    """Implements the validated `infer` around a subclass's `_infer`."""
+    """Implements the validated `infer` around a subclass's `_infer`, and `close` around `_release`.
+
+    One `infer` runs at a time (backends keep per-call buffers), and `close` waits for it: no
+    runtime is released under a running call, whichever thread calls `close`.
+    """
 
     def __init__(
         self,
@@ -72,6 +94,12 @@ class BaseBackend(ABC):
         self.input_name = input_name
         self.input_shape = input_shape
         self.output_shape = output_shape
+        self._call_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def infer(self, batch: FloatBatch) -> FloatBatch:
         if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
@@ -82,7 +110,10 @@ class BaseBackend(ABC):
             )
         if not 1 <= batch.shape[0] <= self.max_batch_size:
             raise ValueError(f"batch size {batch.shape[0]} is outside [1, {self.max_batch_size}]")
-        out = self._infer(np.ascontiguousarray(batch))
+        with self._call_lock:
+            if self._closed:
+                raise BackendClosed(f"the {self.name} backend is closed")
+            out = self._infer(np.ascontiguousarray(batch))
         self._check_output(out, batch.shape[0])
         return out
 
@@ -101,8 +132,20 @@ class BaseBackend(ABC):
     def _infer(self, batch: FloatBatch) -> FloatBatch:
         """Run a validated, C-contiguous batch."""
 
-    def close(self) -> None:  # noqa: B027 - most backends hold nothing that needs releasing
-        """Release the runtime's resources; the backend is unusable afterwards."""
+    def close(self, timeout_s: float | None = None) -> bool:
+        """See `Backend.close`. Idempotent."""
+        if not self._call_lock.acquire(timeout=-1 if timeout_s is None else max(0.0, timeout_s)):
+            return False
+        try:
+            if not self._closed:
+                self._closed = True
+                self._release()
+        finally:
+            self._call_lock.release()
+        return True
+
+    def _release(self) -> None:  # noqa: B027 - most backends hold nothing that needs releasing
+        """Free the runtime's resources; called once, with no `infer` running."""
 
     def __repr__(self) -> str:
         limit = f"max batch {self.max_batch_size}"

@@ -12,6 +12,7 @@ import logging
 from service.backends.artifacts import resolve_artifact
 from service.backends.base import Backend, BackendError, BackendUnavailable
 from service.manifest import ModelManifest
+from service.processing.heads import head_layout
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def check_backend(backend: Backend, manifest: ModelManifest, max_batch_size: int
     if backend.head == manifest.head:
         expected_output = tuple(d if isinstance(d, int) else None for d in manifest.output.shape[1:])
     elif backend.head == "raw":  # the torch backend runs the net itself, without the exported head
-        expected_output = (None, 5 + manifest.nc)
+        expected_output = head_layout("raw").image_shape(manifest.nc, None)
     else:
         expected_output = ()
         problems.append(f"backend head {backend.head!r} cannot serve a {manifest.head!r} model")

@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from service.backends.base import BaseBackend, FloatBatch, Head
+from service.backends.base import BaseBackend, FloatBatch
 from service.manifest import ModelManifest
+from service.processing.heads import Head
 
 InferFn = Callable[[FloatBatch], FloatBatch]
 
@@ -40,7 +41,6 @@ class FakeBackend(BaseBackend):
         self._fn = fn
         self._lock = threading.Lock()
         self.batch_sizes: list[int] = []
-        self.closed = False
 
     @classmethod
     def for_manifest(
@@ -61,6 +61,3 @@ class FakeBackend(BaseBackend):
         with self._lock:
             self.batch_sizes.append(int(batch.shape[0]))
         return np.asarray(self._fn(batch))
-
-    def close(self) -> None:
-        self.closed = True

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from service.backends.base import BackendError, BackendUnavailable, BaseBackend, FloatBatch, Head
+from service.backends.base import BackendError, BackendUnavailable, BaseBackend, FloatBatch
+from service.processing.heads import Head
 
 log = logging.getLogger(__name__)
 
@@ -158,5 +159,5 @@ class OnnxRuntimeBackend(BaseBackend):
         (out,) = self._session.run([self._output_name], {self.input_name: feed})
         return np.asarray(out, dtype=np.float32)
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._session = None

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from service.backends.base import BackendError, BackendUnavailable, BaseBackend, FloatBatch, Head
+from service.backends.base import BackendError, BackendUnavailable, BaseBackend, FloatBatch
 from service.manifest import ModelManifest
+from service.processing.heads import Head
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class TensorRTBackend(BaseBackend):
         cuda(rt.cudaStreamSynchronize, self._stream)
         return host_out.astype(np.float32, copy=True)  # the pinned buffer is reused by the next batch
 
-    def close(self) -> None:
+    def _release(self) -> None:
         rt = self._cuda.rt
         for free, pointer in (
             (rt.cudaFree, self._dev_in),

@@ -56,6 +56,6 @@ class TorchCudaBackend(BaseBackend):
             pred = self._model(x)
             return np.ascontiguousarray(pred.float().cpu().numpy())
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._model = None
         self._torch.cuda.empty_cache()

@@ -1,15 +1,21 @@
 """Pure numpy + OpenCV pre/post-processing for YOLOR inference (never imports torch)."""
 
 from service.processing.boxes import box_iou, xywh_to_xyxy
+from service.processing.heads import HEADS, Candidates, Head, HeadLayout, head_layout
 from service.processing.letterbox import Letterbox, letterbox, letterbox_boxes, scale_boxes, to_input_tensor
 from service.processing.nms import Detections, batched_nms, decode_raw_predictions, nms, select_detections
 
 __all__ = [
+    "HEADS",
+    "Candidates",
     "Detections",
+    "Head",
+    "HeadLayout",
     "Letterbox",
     "batched_nms",
     "box_iou",
     "decode_raw_predictions",
+    "head_layout",
     "letterbox",
     "letterbox_boxes",
     "nms",

@@ -139,7 +139,7 @@ async def test_train_export_serve_round_trip(trained, tmp_path):
     from export.pipeline import ExportOptions, run_export
     from service.app import create_app
     from service.settings import Settings
-    from tests.api.client import encode, files, running
+    from tests.support.app import encode, files, running
 
     out, _ = trained
     run_export(ExportOptions(checkpoint=out / "best.pt", out_dir=tmp_path / "model", top_k=50))

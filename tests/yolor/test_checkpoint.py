@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import yolor
-from tests.model.parity_fixtures import FIXTURES, fixture_meta, reference_input, relative_error
+from tests.support.parity import FIXTURES, fixture_meta, reference_input, relative_error
 from yolor import CheckpointError
 
 pytestmark = pytest.mark.model

@@ -10,7 +10,7 @@ import cli
 import export.validate
 from export.pipeline import ExportOptions, run_export
 from export.validate import ValidationFailed
-from tests.export.conftest import tiny_checkpoint
+from tests.support.nets import tiny_checkpoint
 
 pytestmark = [pytest.mark.export]
 

@@ -7,29 +7,12 @@ import torch
 from torch import nn
 
 import yolor
+from tests.support.nets import randomize
 from yolor.archs.specs import ARCHS
 from yolor.fuse import fold_implicit
 from yolor.layers import ImplicitA, ImplicitM
 
 pytestmark = pytest.mark.model
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """BatchNorm statistics far from identity and non-trivial implicit vectors."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.3)
-                m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.2)
-            elif isinstance(m, ImplicitA):
-                m.implicit.copy_(torch.randn(m.implicit.shape, generator=gen) * 0.5)
-            elif isinstance(m, ImplicitM):
-                m.implicit.copy_(1 + torch.randn(m.implicit.shape, generator=gen) * 0.3)
-    return model
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

@@ -15,8 +15,8 @@ from service.processing import (
     to_input_tensor,
 )
 from service.settings import Settings
-from tests.api.client import encode, files, running
-from tests.export.conftest import tiny_checkpoint
+from tests.support.app import encode, files, running
+from tests.support.nets import tiny_checkpoint
 
 pytestmark = [pytest.mark.api, pytest.mark.slow, pytest.mark.anyio]
 ort = pytest.importorskip("onnxruntime")

@@ -7,8 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.api.client import Gate, encode, fake_app, files, red_scored, solid, wait_until
-from tests.api.test_errors import assert_error
+from tests.support.app import Gate, assert_error, encode, fake_app, files, red_scored, solid, wait_until
 
 pytestmark = [pytest.mark.api, pytest.mark.anyio]
 

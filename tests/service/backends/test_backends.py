@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
 
 import numpy as np
 import pytest
 
 from service.backends import (
+    BackendClosed,
     BackendError,
     BackendMismatch,
     BackendUnavailable,
@@ -21,7 +23,7 @@ from service.backends import tensorrt_runtime as trt_runtime
 from service.backends.onnx_runtime import CPU, CUDA, TENSORRT, requested_providers
 from service.manifest import ManifestError
 from service.settings import Settings
-from tests.service.model_files import MAX_BATCH, TOP_K, tiny_reference, write_model_dir
+from tests.support.model_files import MAX_BATCH, TOP_K, tiny_reference, write_model_dir
 
 pytestmark = pytest.mark.unit
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -268,3 +270,48 @@ def test_tensorrt_engine_from_the_export_is_reused(tmp_path, monkeypatch):
     )
     assert len(stub.builds) == 1
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_closed_backend_refuses_to_infer():
+    backend = fake(lambda b: np.zeros((len(b), TOP_K, 6), np.float32))
+    assert backend.close() and backend.close()  # idempotent
+    with pytest.raises(BackendClosed, match="closed"):
+        backend.infer(np.zeros((1, 3, 64, 64), np.float32))
+    assert backend.batch_sizes == []
+
+
+def test_close_waits_for_the_running_infer_and_never_releases_under_it():
+    inside, release = threading.Event(), threading.Event()
+    events: list[str] = []
+
+    def blocking(batch):
+        inside.set()
+        assert release.wait(5)
+        events.append("infer returned")
+        return np.zeros((len(batch), TOP_K, 6), np.float32)
+
+    class Recording(FakeBackend):
+        def _release(self) -> None:
+            events.append("released")
+
+    backend = Recording(blocking, input_size=64, output_shape=(TOP_K, 6))
+    worker = threading.Thread(target=backend.infer, args=(np.zeros((1, 3, 64, 64), np.float32),))
+    worker.start()
+    assert inside.wait(5)
+    assert backend.close(timeout_s=0.05) is False  # still inside: nothing released
+    assert events == [] and not backend.closed
+    closer = threading.Thread(target=backend.close)
+    closer.start()
+    release.set()
+    worker.join(5)
+    closer.join(5)
+    assert events == ["infer returned", "released"] and backend.closed
+
+
+def test_the_onnxruntime_backend_refuses_to_infer_after_close(tmp_path):
+    pytest.importorskip("onnx")
+    manifest = write_model_dir(tmp_path, onnx=True)
+    backend = create_backend(Settings(model_dir=tmp_path, backend="onnxruntime", device="cpu"), manifest)
+    backend.close()
+    with pytest.raises(BackendClosed):
+        backend.infer(np.zeros((1, 3, 64, 64), np.float32))

@@ -6,8 +6,17 @@ import re
 
 import pytest
 
-from tests.api.client import Gate, encode, fake_app, files, running, solid, topk_rows, wait_until
-from tests.api.test_errors import assert_error
+from tests.support.app import (
+    Gate,
+    assert_error,
+    encode,
+    fake_app,
+    files,
+    running,
+    solid,
+    topk_rows,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.api, pytest.mark.anyio]
 
@@ -191,7 +200,7 @@ async def test_start_up_refuses_a_backend_that_does_not_fit_the_manifest(tmp_pat
     from service.app import create_app
     from service.backends import BackendMismatch, FakeBackend
     from service.settings import Settings
-    from tests.service.model_files import write_model_dir
+    from tests.support.model_files import write_model_dir
 
     write_model_dir(tmp_path)
     made = []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.processing import letterbox
-from tests.api.client import encode, fake_app, files, red_scored, running, solid, topk_rows
+from tests.support.app import encode, fake_app, files, red_scored, running, solid, topk_rows
 
 pytestmark = [pytest.mark.api, pytest.mark.anyio]
 

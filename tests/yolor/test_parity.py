@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import yolor
-from tests.model.parity_fixtures import (
+from tests.support.parity import (
     ARCHS,
     fixture_arrays,
     fixture_meta,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.manifest import TOPK_COLUMNS, Artifact, ModelManifest, OutputSpec
+from service.manifest import Artifact, ModelManifest, OutputSpec
+from service.processing.heads import TOPK_COLUMNS
 
 CLASS_NAMES = ["person", "car", "dog"]
 INPUT_SIZE = 64
@@ -86,7 +87,7 @@ def write_model_dir(
         onnx_path.write_bytes(b"placeholder: tests with a fake backend never read it")
     data = onnx_path.read_bytes()
     if head == "topk":
-        output = OutputSpec(name="detections", shape=["batch", TOP_K, 6], columns=TOPK_COLUMNS)
+        output = OutputSpec(name="detections", shape=["batch", TOP_K, 6], columns=list(TOPK_COLUMNS))
     else:
         columns = ["cx", "cy", "w", "h", "obj", *CLASS_NAMES]
         output = OutputSpec(

@@ -14,7 +14,7 @@ from service.processing import (
     nms,
     select_detections,
 )
-from tests.unit.test_boxes import reference_iou
+from tests.support.references import reference_iou
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,8 @@ import pytest
 
 from service.processing import letterbox, scale_boxes, select_detections, to_input_tensor
 from service.settings import Settings
-from tests.api.client import encode, files, running, solid
-from tests.service.model_files import write_model_dir
+from tests.support.app import encode, files, running, solid
+from tests.support.model_files import write_model_dir
 
 pytestmark = [pytest.mark.api, pytest.mark.anyio]
 ort = pytest.importorskip("onnxruntime")

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from cli import CommandError, serve_command
-from tests.service.model_files import write_model_dir
+from tests.support.model_files import write_model_dir
 
 pytestmark = pytest.mark.unit
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from service.app import create_app
 from service.backends import FakeBackend
 from service.manifest import ModelManifest
 from service.settings import Settings
-from tests.service.model_files import TOP_K, write_model_dir
+from tests.support.model_files import TOP_K, write_model_dir
 
 WAIT_S = 5.0  # upper bound for anything a test waits on; nothing should come near it
 
@@ -110,3 +111,36 @@ async def running(app: FastAPI, *, ready: bool = True) -> AsyncIterator[httpx.As
             if ready:
                 await wait_until(lambda: app.state.service.ready, "the app never became ready")
             yield client
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    assert "Traceback" not in response.text
+    return str(body["error"]["message"])
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """The app behind a real uvicorn server on a free 127.0.0.1 port (a thread); yields its base URL.
+
+    For what an in-process transport cannot show: real sockets, clients that disconnect.
+    """
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    give_up = time.monotonic() + WAIT_S
+    while not (server.started and server.servers):
+        if time.monotonic() > give_up or not thread.is_alive():
+            raise AssertionError("uvicorn did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(WAIT_S * 3)

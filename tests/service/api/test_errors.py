@@ -7,24 +7,24 @@ import logging
 import struct
 import zlib
 
-import httpx
 import numpy as np
 import pytest
 
-from tests.api.client import Gate, encode, fake_app, files, running, solid, topk_rows, wait_until
+from tests.support.app import (
+    Gate,
+    assert_error,
+    encode,
+    fake_app,
+    files,
+    running,
+    solid,
+    topk_rows,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.api, pytest.mark.anyio]
 
 OK_ROWS = [[2, 2, 12, 12, 0.9, 0]]
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["code"] == code, body
-    assert "Traceback" not in response.text
-    return str(body["error"]["message"])
 
 
 def png_header(width: int, height: int) -> bytes:

@@ -1,0 +1,268 @@
+"""The page at `/`: GET /model/sample, and the page itself in a real browser.
+
+The browser tests run Debian's `chromium` (`make system-tools` installs it) through Playwright for
+Python against the real server (uvicorn in a subprocess, ONNX Runtime on CPU, warm-up on). Without
+chromium they fail; `YOLOR_SKIP_BROWSER=1` skips them. `YOLOR_PAGE_SCREENSHOT=docs/page.png` also
+writes the screenshot of the demo sample's result there (the README's picture).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.settings import DEMO_MODEL_DIR
+from tests.support.app import assert_error, fake_app, running, topk_rows
+
+ROOT = Path(__file__).resolve().parents[3]
+SKIP_VARIABLE, SCREENSHOT_VARIABLE = "YOLOR_SKIP_BROWSER", "YOLOR_PAGE_SCREENSHOT"
+KEY = "page-test-key-0"
+ROWS = [[2, 2, 12, 12, 0.9, 0]]
+START_S = 90.0  # model load + warm-up of every batch size, on a slow CI machine
+WAIT_MS = 20_000  # the longest the browser waits for anything
+FACTS = ["arch", "input_size", "backend", "precision", "device", "max_batch_size"]
+STAGES = ["total", "preprocess", "queue", "inference", "postprocess"]
+
+
+# ---- GET /model/sample through the app (no browser) ----------------------------------------------
+
+
+@pytest.mark.api
+@pytest.mark.anyio
+async def test_model_sample_is_served_when_the_model_has_one(tmp_path):
+    app, _ = fake_app(tmp_path, topk_rows(ROWS))
+    async with running(app) as client:
+        without = await client.get("/model")
+        missing = await client.get("/model/sample")
+        shutil.copy(DEMO_MODEL_DIR / "sample.jpg", tmp_path / "sample.jpg")
+        with_sample = await client.get("/model")
+        sample = await client.get("/model/sample")
+        metrics = (await client.get("/metrics")).text
+    assert without.json()["sample_image"] is None
+    assert "no sample image" in assert_error(missing, 404, "not_found")
+    assert with_sample.json()["sample_image"] == "/model/sample"
+    assert sample.status_code == 200 and sample.headers["content-type"] == "image/jpeg"
+    assert sample.content == (DEMO_MODEL_DIR / "sample.jpg").read_bytes()
+    assert 'yolor_requests_total{route="/model/sample",status="404"}' in metrics
+
+
+@pytest.mark.api
+@pytest.mark.anyio
+async def test_model_sample_needs_the_api_key_like_model(tmp_path):
+    shutil.copy(DEMO_MODEL_DIR / "sample.jpg", tmp_path / "sample.jpg")
+    app, _ = fake_app(tmp_path, topk_rows(ROWS), api_keys=[KEY])
+    async with running(app) as client:
+        anonymous = await client.get("/model/sample")
+        wrong = await client.get("/model/sample", headers={"X-API-Key": "wrong-key-0"})
+        right = await client.get("/model/sample", headers={"X-API-Key": KEY})
+        spec = (await client.get("/openapi.json")).json()
+    assert_error(anonymous, 401, "unauthorized")
+    assert_error(wrong, 403, "forbidden")
+    assert right.status_code == 200 and right.headers["content-type"] == "image/jpeg"
+    sample_route = spec["paths"]["/model/sample"]["get"]
+    assert "image/jpeg" in sample_route["responses"]["200"]["content"]
+    assert {"401", "403", "404"} <= set(sample_route["responses"])
+    assert "sample_image" in spec["components"]["schemas"]["ModelInfo"]["properties"]
+
+
+# ---- the page in chromium --------------------------------------------------------------------------
+
+
+def chromium() -> str:
+    if os.environ.get(SKIP_VARIABLE) == "1":
+        pytest.skip(f"{SKIP_VARIABLE}=1: browser tests skipped")
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail(f"no chromium on PATH: run `make system-tools` (or set {SKIP_VARIABLE}=1 to skip)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(f"playwright is not installed: `make install` (or set {SKIP_VARIABLE}=1 to skip)")
+    # the system chromium, never a downloaded one (`playwright install` is not needed)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def server(model_dir: Path, log_path: Path, **settings: str) -> Iterator[str]:
+    """`uvicorn --factory service.app:app_factory` on 127.0.0.1 serving `model_dir`; yields its URL once ready."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLOR_")}
+    env.update(
+        YOLOR_MODEL_DIR=str(model_dir),
+        YOLOR_BACKEND="onnxruntime",
+        YOLOR_DEVICE="cpu",
+        YOLOR_WARMUP="true",
+        YOLOR_ONNX_INTRA_OP_THREADS="2",
+        **{f"YOLOR_{k.upper()}": v for k, v in settings.items()},
+    )
+    command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:app_factory"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        give_up = time.monotonic() + START_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited ({process.returncode}):\n{log_path.read_text()}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > give_up:
+                pytest.fail(f"the server was not ready after {START_S} s:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory) -> Iterator[str]:
+    with server(DEMO_MODEL_DIR, tmp_path_factory.mktemp("demo-server") / "server.log") as url:
+        yield url
+
+
+def open_page(browser: Any, url: str) -> tuple[Any, list[str]]:
+    """A page at `url`/ whose script errors (uncaught exceptions, console errors) end up in the list."""
+    page = browser.new_page(viewport={"width": 1100, "height": 820}, device_scale_factor=1)
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+
+    def console(message: Any) -> None:
+        if message.type == "error" and not message.location.get("url", "").endswith("/favicon.ico"):
+            errors.append(f"console: {message.text} ({message.location.get('url')})")
+
+    page.on("console", console)
+    page.goto(f"{url}/")
+    return page, errors
+
+
+def expect_facts(page: Any, info: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    for name in FACTS:
+        expect(page.locator(f'[data-fact="{name}"]')).to_have_text(str(info[name]))
+    expect(page.locator('[data-fact="nc"]')).to_have_text(str(len(info["class_names"])))
+    expect(page.locator('[data-fact="class_names"]')).to_have_text(", ".join(info["class_names"]))
+
+
+def expect_result(page: Any, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Boxes drawn, one table row per detection, the timing shown: all as the response says."""
+    from playwright.sync_api import expect
+
+    result = body["results"][0]
+    detections = result["detections"]
+    expect(page.locator("#boxes g.box")).to_have_count(len(detections))
+    expect(page.locator("#table tbody tr")).to_have_count(len(detections))
+    expect(page.locator("#view")).to_be_visible()
+    names = page.locator("#table tbody tr td:first-child").all_inner_texts()
+    assert [n.strip() for n in names] == [d["class_name"] for d in detections]
+    drawn = page.locator("#boxes g.box").evaluate_all(
+        "gs => gs.map(g => { const r = g.querySelector('rect.frame');"
+        " return [g.dataset.className, ...['x', 'y', 'width', 'height'].map(a => +r.getAttribute(a))]; })"
+    )
+    for (name, x, y, w, h), d in zip(drawn, detections, strict=True):
+        x1, y1, x2, y2 = d["box"]
+        assert name == d["class_name"]
+        assert (x, y, w, h) == pytest.approx((x1, y1, x2 - x1, y2 - y1), abs=1e-6)
+    assert page.locator("#canvas").evaluate("c => [c.width, c.height]") == [result["width"], result["height"]]
+    expect(page.locator("#timing")).to_be_visible()
+    for stage in STAGES:
+        text = page.locator(f'[data-stage="{stage}"]').inner_text()
+        value, unit = text.split()
+        assert unit == "ms" and float(value) == pytest.approx(body["timing_ms"][stage], abs=0.051), stage
+    return detections
+
+
+@pytest.mark.api
+@pytest.mark.slow
+def test_page_shows_the_model_and_detects_the_sample(browser, demo_server, tmp_path):
+    from playwright.sync_api import expect
+
+    info = httpx.get(f"{demo_server}/model").json()
+    truth = json.loads((DEMO_MODEL_DIR / "sample.json").read_text(encoding="utf-8"))
+    page, errors = open_page(browser, demo_server)
+    expect_facts(page, info)
+    sample = page.get_by_role("button", name="Try a sample")
+    expect(sample).to_be_visible()
+    expect(page.locator("#table")).to_be_hidden()
+    with page.expect_response(lambda r: r.request.method == "POST" and "/detect" in r.url) as answer:
+        sample.click()
+    assert answer.value.status == 200
+    detections = expect_result(page, answer.value.json())
+    assert len(detections) == len(truth["objects"])  # every shape (tests/train/test_demo_sample.py)
+    expect(page.locator("#status")).to_contain_text(f"{len(detections)} detections")
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    if target := os.environ.get(SCREENSHOT_VARIABLE):
+        shutil.copy(tmp_path / "page.png", ROOT / target)
+    assert not errors, errors
+
+
+@pytest.mark.api
+@pytest.mark.slow
+def test_without_a_sample_the_button_is_hidden_and_the_key_is_sent(browser, tmp_path):
+    """A model without sample.jpg behind an API key: the page asks for the key, then shows the model
+    without the sample button, and a file the user picks is detected with the key sent."""
+    from playwright.sync_api import expect
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("model.json", "model.onnx"):
+        shutil.copy(DEMO_MODEL_DIR / name, model_dir / name)
+    photo = tmp_path / "own.jpg"
+    shutil.copy(DEMO_MODEL_DIR / "sample.jpg", photo)
+    with server(model_dir, tmp_path / "server.log", api_keys=KEY) as url:
+        info = httpx.get(f"{url}/model", headers={"X-API-Key": KEY}).json()
+        assert info["sample_image"] is None
+        page, errors = open_page(browser, url)
+        expect(page.locator("#modelStatus")).to_contain_text("401")
+        expect(page.locator("#facts")).to_be_hidden()
+        page.get_by_label("API key").fill(KEY)
+        page.get_by_label("API key").press("Enter")  # `change` fires; the page asks /model again
+        page.get_by_label("API key").blur()
+        expect_facts(page, info)
+        expect(page.get_by_role("button", name="Try a sample")).to_be_hidden()
+        with page.expect_response(lambda r: r.request.method == "POST" and "/detect" in r.url) as answer:
+            page.locator("#file").set_input_files(str(photo))
+        assert answer.value.status == 200
+        assert answer.value.request.headers.get("x-api-key") == KEY
+        assert expect_result(page, answer.value.json())
+    assert not [e for e in errors if "401" not in e], errors  # the first GET /model is refused, as it should be
