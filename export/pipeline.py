@@ -25,14 +25,14 @@ import yolor
 from export.graph import ExportGraph
 from export.onnx_export import INPUT_NAME, output_shape, to_onnx
 from export.validate import PostprocessParams, validate_onnx
-from service.backends.artifacts import sha256_file
+from service.backends.artifacts import onnx_key, sha256_file
+from service.backends.tensorrt_engines import ENGINE_MANIFEST_NAME, ENGINE_NAME
 from service.manifest import MANIFEST_NAME, Artifact, ModelManifest, OutputSpec
 from service.processing.heads import HEADS, Head, head_layout
 
 log = logging.getLogger(__name__)
 
 ONNX_NAME, ONNX_FP16_NAME = "model.onnx", "model.fp16.onnx"
-ENGINE_NAME, ENGINE_MANIFEST_NAME = "model.engine", "model.engine.json"
 ALL_ARTIFACTS = (ONNX_NAME, ONNX_FP16_NAME, ENGINE_NAME, ENGINE_MANIFEST_NAME, MANIFEST_NAME)
 
 
@@ -101,7 +101,7 @@ def _check_options(opts: ExportOptions, model: yolor.YOLOR) -> int:
 
 
 def _ensure_engine_possible() -> None:
-    from service.backends.tensorrt_build import TensorRTUnavailable, require_tensorrt
+    from service.backends.tensorrt_engines import TensorRTUnavailable, require_tensorrt
 
     try:
         require_tensorrt()
@@ -174,9 +174,7 @@ def _export_into(staging: Path, opts: ExportOptions, progress: Progress) -> Mode
     )
     if opts.engine:
         with progress.step("build TensorRT engine"):
-            artifacts["engine"] = _build_engine(
-                staging, opts, artifacts["onnx_fp16" if opts.fp16 else "onnx"]
-            )
+            artifacts["engine"] = _build_engine(staging, opts, artifacts[onnx_key(artifacts, opts.fp16)])
         manifest = manifest.model_copy(update={"artifacts": artifacts})
     with progress.step("write manifest"):
         (staging / MANIFEST_NAME).write_text(manifest.to_json())
@@ -184,7 +182,7 @@ def _export_into(staging: Path, opts: ExportOptions, progress: Progress) -> Mode
 
 
 def _build_engine(staging: Path, opts: ExportOptions, source: Artifact) -> Artifact:
-    from service.backends.tensorrt_build import EngineOptions, build_engine, write_engine_manifest
+    from service.backends.tensorrt_engines import EngineOptions, build_engine, write_engine_manifest
 
     options = EngineOptions(opts.max_batch, opts.opt_batch, opts.workspace_mb, opts.timing_cache)
     engine_path = staging / ENGINE_NAME

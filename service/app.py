@@ -22,7 +22,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import detect, system
 from service.auth import ApiKeys
-from service.backends import Backend, BackendError, check_backend, create_backend
+from service.backends import Backend, BackendError, check_backend, create_backend, effective_max_batch
 from service.batcher import DynamicBatcher
 from service.detector import Detector
 from service.errors import install_error_handlers
@@ -56,7 +56,7 @@ async def _load(settings: Settings, backend_factory: BackendFactory) -> tuple[Mo
     """The manifest, the backend checked against it, and the largest batch to form."""
     manifest = load_manifest(settings.model_dir)
     backend = await asyncio.to_thread(backend_factory, settings, manifest)
-    max_batch = settings.max_batch_size or min(manifest.max_batch, backend.max_batch_size)
+    max_batch = effective_max_batch(settings, manifest, backend)
     try:
         check_backend(backend, manifest, max_batch)
     except BackendError:

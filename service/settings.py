@@ -18,6 +18,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 
 
+def device_index(device: str) -> int:
+    """The GPU index of a device setting: "cuda:N" -> N; "cuda", "auto" and "cpu" -> 0."""
+    _, _, index = device.partition(":")
+    return int(index) if index else 0
+
+
 def host_cpu_count() -> int:
     """CPUs this process may run on (its affinity mask, not the machine's total)."""
     try:

@@ -5,7 +5,7 @@ Only the interface and the fake are imported here: each real backend module impo
 """
 
 from service.backends.base import Backend, BackendClosed, BackendError, BackendUnavailable, BaseBackend
-from service.backends.factory import BackendMismatch, check_backend, create_backend
+from service.backends.factory import BackendMismatch, check_backend, create_backend, effective_max_batch
 from service.backends.fake import FakeBackend
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "FakeBackend",
     "check_backend",
     "create_backend",
+    "effective_max_batch",
 ]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 
-from service.manifest import ManifestError, ModelManifest
+from service.manifest import Artifact, ManifestError, ModelManifest
 
 CHUNK = 1 << 20
 
@@ -16,6 +17,11 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def onnx_key(artifacts: Mapping[str, Artifact], fp16: bool) -> str:
+    """The ONNX artifact to run or build an engine from: the FP16 one when wanted and exported."""
+    return "onnx_fp16" if fp16 and "onnx_fp16" in artifacts else "onnx"
 
 
 def resolve_artifact(model_dir: Path, manifest: ModelManifest, key: str, *, verify: bool = True) -> Path:

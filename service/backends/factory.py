@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import logging
 
-from service.backends.artifacts import resolve_artifact
+from service.backends.artifacts import onnx_key, resolve_artifact
 from service.backends.base import Backend, BackendError, BackendUnavailable
 from service.manifest import ModelManifest
 from service.processing.heads import head_layout
-from service.settings import Settings
+from service.settings import Settings, device_index
 
 log = logging.getLogger(__name__)
 
 
 class BackendMismatch(BackendError):
     """The loaded backend does not fit the manifest (or the settings): refuse to serve it."""
+
+
+def effective_max_batch(settings: Settings, manifest: ModelManifest, backend: Backend | None = None) -> int:
+    """The largest batch: YOLOR_MAX_BATCH_SIZE when set (check_backend refuses one that does not fit),
+    else the manifest's `max_batch`, lowered to what the loaded `backend` allows."""
+    if settings.max_batch_size is not None:
+        return settings.max_batch_size
+    return manifest.max_batch if backend is None else min(manifest.max_batch, backend.max_batch_size)
 
 
 def _wants_fp16(settings: Settings, on_gpu: bool) -> bool:
@@ -31,11 +39,11 @@ def _onnxruntime(settings: Settings, manifest: ModelManifest) -> Backend:
 
     # An explicit cuda device must get a GPU provider or fail; auto uses one only if this build has one.
     on_gpu = settings.device.startswith("cuda") or (settings.device == "auto" and gpu_providers_available())
-    key = "onnx_fp16" if _wants_fp16(settings, on_gpu) and "onnx_fp16" in manifest.artifacts else "onnx"
+    key = onnx_key(manifest.artifacts, _wants_fp16(settings, on_gpu))
     backend = OnnxRuntimeBackend(
         resolve_artifact(settings.model_dir, manifest, key),
         head=manifest.head,
-        max_batch_size=settings.max_batch_size or manifest.max_batch,
+        max_batch_size=effective_max_batch(settings, manifest),
         profile=(manifest.input.name, manifest.input_size),
         device=settings.device if on_gpu else "cpu",
         intra_op_threads=settings.intra_op_threads,
@@ -65,8 +73,8 @@ def _torch(settings: Settings, manifest: ModelManifest) -> Backend:
     return TorchCudaBackend(
         checkpoint,
         input_size=manifest.input_size,
-        max_batch_size=settings.max_batch_size or manifest.max_batch,
-        device=settings.device if settings.device.startswith("cuda:") else "cuda:0",
+        max_batch_size=effective_max_batch(settings, manifest),
+        device=f"cuda:{device_index(settings.device)}",
     )
 
 

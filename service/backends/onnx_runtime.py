@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from service.backends.base import BackendError, BackendUnavailable, BaseBackend, FloatBatch
+from service.backends.tensorrt_engines import default_opt_batch
 from service.processing.heads import Head
+from service.settings import device_index
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ def requested_providers(
     """
     if device == "cpu":
         return [CPU]
-    device_id = int(device.split(":")[1]) if ":" in device else 0
+    device_id = device_index(device)
     providers: list[str | tuple[str, dict[str, Any]]] = []
     if TENSORRT in available:
         shape = f"3x{input_size}x{input_size}"
@@ -68,7 +70,7 @@ def requested_providers(
             "device_id": device_id,
             "trt_fp16_enable": fp16,
             "trt_profile_min_shapes": f"{input_name}:1x{shape}",
-            "trt_profile_opt_shapes": f"{input_name}:{max(1, max_batch // 2)}x{shape}",
+            "trt_profile_opt_shapes": f"{input_name}:{default_opt_batch(max_batch)}x{shape}",
             "trt_profile_max_shapes": f"{input_name}:{max_batch}x{shape}",
         }
         if cache_dir is not None:

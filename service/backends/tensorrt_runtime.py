@@ -3,7 +3,7 @@
 Thin on purpose: it deserializes an engine, binds I/O by tensor name (`get_tensor_name`,
 `get_tensor_mode`), sets the batch with `set_input_shape` and runs `execute_async_v3` on its own
 stream, with pinned host buffers and device buffers sized once for the profile's largest batch.
-Engines are built by `service.backends.tensorrt_build` (shared with the export stage) when the cached
+Engines are built by `service.backends.tensorrt_engines` (shared with the export stage) when the cached
 one is missing or was built for another GPU, TensorRT version or ONNX file.
 
 It has NOT been run in this repository's CI: that needs an NVIDIA GPU, TensorRT >= 10 and
@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 
 from service.backends.base import BackendError, BackendUnavailable, BaseBackend, FloatBatch
+from service.backends.tensorrt_engines import ENGINE_MANIFEST_NAME, ENGINE_NAME
 from service.manifest import ModelManifest
 from service.processing.heads import Head
-from service.settings import Settings
+from service.settings import Settings, device_index
 
 log = logging.getLogger(__name__)
-
-ENGINE_NAME, ENGINE_MANIFEST_NAME = "model.engine", "model.engine.json"
 
 
 def _import_tensorrt() -> Any:
@@ -170,20 +169,22 @@ def load_tensorrt_backend(settings: Settings, manifest: ModelManifest, *, want_f
     cuda-python or a GPU is missing, or the build fails.
     """
     try:
-        from service.backends import tensorrt_build as builder
+        from service.backends import tensorrt_engines as builder
+        from service.backends.artifacts import onnx_key
+        from service.backends.factory import effective_max_batch
         from service.backends.gpu_info import gpu_identity
     except ImportError as e:
         raise BackendUnavailable(f"the TensorRT engine builder is not importable: {e}") from e
     version = builder.tensorrt_version()
     if version is None:
         raise BackendUnavailable("tensorrt is not installed")
-    device_index = int(settings.device.split(":")[1]) if ":" in settings.device else 0
-    identity = gpu_identity(device_index)
+    index = device_index(settings.device)
+    identity = gpu_identity(index)
     if identity is None:
         raise BackendUnavailable("no CUDA GPU is visible (nvidia-smi)")
-    source_key = "onnx_fp16" if want_fp16 and "onnx_fp16" in manifest.artifacts else "onnx"
+    source_key = onnx_key(manifest.artifacts, want_fp16)
     source = manifest.artifacts[source_key]
-    max_batch = settings.max_batch_size or manifest.max_batch
+    max_batch = effective_max_batch(settings, manifest)
     target = settings.engine_dir or settings.model_dir
     engine_path, why = _find_engine(
         builder,
@@ -198,9 +199,7 @@ def load_tensorrt_backend(settings: Settings, manifest: ModelManifest, *, want_f
         log.warning("building a TensorRT engine in %s (%s); this takes minutes", target, why)
         engine_path = _build(builder, settings, manifest, source_key, target, max_batch)
     log.info("TensorRT %s engine %s", version, engine_path)
-    return TensorRTBackend(
-        engine_path, head=manifest.head, precision=source.precision, device_index=device_index
-    )
+    return TensorRTBackend(engine_path, head=manifest.head, precision=source.precision, device_index=index)
 
 
 def _build(

@@ -18,11 +18,13 @@ from service.backends import (
     FakeBackend,
     check_backend,
     create_backend,
+    effective_max_batch,
 )
 from service.backends import tensorrt_runtime as trt_runtime
+from service.backends.artifacts import onnx_key
 from service.backends.onnx_runtime import CPU, CUDA, TENSORRT, requested_providers
 from service.manifest import ManifestError
-from service.settings import Settings
+from service.settings import Settings, device_index
 from tests.support.model_files import MAX_BATCH, TOP_K, tiny_reference, write_model_dir
 
 pytestmark = pytest.mark.unit
@@ -33,8 +35,8 @@ def zeros_fn(batch: np.ndarray) -> np.ndarray:
     return np.zeros((len(batch), TOP_K, 6), np.float32)
 
 
-def fake(fn=zeros_fn, **kwargs) -> FakeBackend:
-    return FakeBackend(fn, input_size=64, output_shape=(TOP_K, 6), max_batch_size=4, **kwargs)
+def fake(fn=zeros_fn, max_batch_size=4, **kwargs) -> FakeBackend:
+    return FakeBackend(fn, input_size=64, output_shape=(TOP_K, 6), max_batch_size=max_batch_size, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -197,7 +199,7 @@ class TensorRTStub:
 
     def __init__(self, monkeypatch, gpu=("NVIDIA H200", "9.0"), version="10.13.0"):
         from service.backends import gpu_info
-        from service.backends import tensorrt_build as builder
+        from service.backends import tensorrt_engines as builder
 
         self.builds: list[dict] = []
         self.gpu, self.version = gpu, version
@@ -207,7 +209,7 @@ class TensorRTStub:
         monkeypatch.setattr(trt_runtime, "TensorRTBackend", self.backend)
 
     def build(self, onnx_path, engine_path, options, *, onnx_sha256, precision):
-        from service.backends.tensorrt_build import make_engine_manifest, profile_shapes
+        from service.backends.tensorrt_engines import make_engine_manifest, profile_shapes
 
         self.builds.append({"onnx": onnx_path.name, "max_batch": options.max_batch, "precision": precision})
         engine_path.write_bytes(b"engine")
@@ -315,3 +317,30 @@ def test_the_onnxruntime_backend_refuses_to_infer_after_close(tmp_path):
     backend.close()
     with pytest.raises(BackendClosed):
         backend.infer(np.zeros((1, 3, 64, 64), np.float32))
+
+
+@pytest.mark.parametrize(("device", "index"), [("cuda:3", 3), ("cuda", 0), ("auto", 0), ("cpu", 0)])
+def test_device_index_is_read_one_way_by_every_backend(device, index):
+    assert device_index(device) == index
+    if device.startswith("cuda"):
+        (trt_provider, cuda_provider, _) = requested_providers(
+            device, [TENSORRT, CUDA, CPU], input_name="images", input_size=64, max_batch=8, fp16=False,
+            cache_dir=None,
+        )  # fmt: skip
+        assert trt_provider[1]["device_id"] == cuda_provider[1]["device_id"] == index
+
+
+def test_the_fp16_artifact_is_chosen_only_when_wanted_and_exported(tmp_path):
+    manifest = write_model_dir(tmp_path)
+    with_fp16 = {**manifest.artifacts, "onnx_fp16": manifest.artifacts["onnx"]}
+    assert onnx_key(manifest.artifacts, fp16=True) == "onnx"
+    assert onnx_key(with_fp16, fp16=True) == "onnx_fp16"
+    assert onnx_key(with_fp16, fp16=False) == "onnx"
+
+
+def test_effective_max_batch_prefers_the_setting_else_what_manifest_and_backend_allow(tmp_path):
+    manifest = write_model_dir(tmp_path)
+    small = fake(lambda b: b, max_batch_size=MAX_BATCH - 1)
+    assert effective_max_batch(Settings(model_dir=tmp_path), manifest) == MAX_BATCH
+    assert effective_max_batch(Settings(model_dir=tmp_path), manifest, small) == MAX_BATCH - 1
+    assert effective_max_batch(Settings(model_dir=tmp_path, max_batch_size=2), manifest, small) == 2

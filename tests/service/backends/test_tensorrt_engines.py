@@ -23,9 +23,9 @@ import pytest
 from onnx import helper, numpy_helper
 
 from service.backends import gpu_info
-from service.backends import tensorrt_build as tb
+from service.backends import tensorrt_engines as tb
 from service.backends.gpu_info import gpu_identity, parse_nvidia_smi
-from service.backends.tensorrt_build import EngineOptions, TensorRTUnavailable
+from service.backends.tensorrt_engines import EngineOptions, TensorRTUnavailable
 
 pytestmark = pytest.mark.export
 

@@ -1,8 +1,11 @@
-"""Build a TensorRT engine from an exported ONNX graph, and describe it with a manifest.
+"""TensorRT engines: build one from an exported ONNX graph, describe it with a manifest, and decide
+whether a cached one can be reused.
 
-This is the offline builder only; deserializing and running an engine is the serving backend's job.
-`tensorrt` is imported inside functions, so this module imports (and its pure helpers work) on
-machines without TensorRT or a GPU.
+Two callers: the server at start-up (`tensorrt_runtime.load_tensorrt_backend` builds an engine into
+its engine directory when no cached one matches this GPU, TensorRT version and ONNX file) and
+`yolor export --engine`. It lives in `service/` so that the serving image, which has no torch, can
+build engines; deserializing and running one is `tensorrt_runtime`'s job. `tensorrt` is imported
+inside functions, so this module imports (and its pure helpers work) without TensorRT or a GPU.
 
 Engines are built from a *strongly typed* network: layer precisions come from the ONNX graph itself
 (an FP16 ONNX gives an FP16 engine) instead of builder precision flags, which TensorRT 11 removed.
@@ -25,14 +28,15 @@ from typing import Any, Literal
 from service.backends.gpu_info import gpu_identity
 
 __all__ = [
-    "ENGINE_MANIFEST_FORMAT", "EngineOptions", "TensorRTUnavailable", "build_engine",
-    "default_timing_cache_path", "engine_matches", "make_engine_manifest", "profile_shapes",
-    "require_tensorrt", "tensorrt_version", "write_engine_manifest",
+    "ENGINE_MANIFEST_FORMAT", "ENGINE_MANIFEST_NAME", "ENGINE_NAME", "EngineOptions", "TensorRTUnavailable",
+    "build_engine", "default_opt_batch", "default_timing_cache_path", "engine_matches",
+    "make_engine_manifest", "profile_shapes", "require_tensorrt", "tensorrt_version", "write_engine_manifest",
 ]  # fmt: skip
 
 _log = logging.getLogger(__name__)
 
 ENGINE_MANIFEST_FORMAT = "yolor-serving/engine/1"
+ENGINE_NAME, ENGINE_MANIFEST_NAME = "model.engine", "model.engine.json"  # beside model.json, or in engine_dir
 MIN_TENSORRT_MAJOR = 10
 NOT_INSTALLED = (
     "TensorRT is not installed in this environment (pip install tensorrt, needs an NVIDIA GPU and driver); "
@@ -44,6 +48,11 @@ NO_GPU = (
 )
 
 Shape4 = tuple[int, int, int, int]
+
+
+def default_opt_batch(max_batch: int) -> int:
+    """The batch size TensorRT tunes kernels for when none is given: half the largest (at least 1)."""
+    return max(1, max_batch // 2)
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -63,7 +72,7 @@ class EngineOptions:
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.opt_batch is None:
-            object.__setattr__(self, "opt_batch", max(1, self.max_batch // 2))
+            object.__setattr__(self, "opt_batch", default_opt_batch(self.max_batch))
         elif not 1 <= self.opt_batch <= self.max_batch:
             raise ValueError(f"opt_batch must be in [1, max_batch={self.max_batch}], got {self.opt_batch}")
         if self.workspace_mb <= 0:
@@ -77,7 +86,7 @@ def profile_shapes(input_chw: tuple[int, int, int], options: EngineOptions) -> t
     c, h, w = input_chw
     if min(c, h, w) < 1:
         raise ValueError(f"C, H, W must be positive, got {input_chw}")
-    opt = options.opt_batch if options.opt_batch is not None else max(1, options.max_batch // 2)
+    opt = options.opt_batch if options.opt_batch is not None else default_opt_batch(options.max_batch)
     return (1, c, h, w), (opt, c, h, w), (options.max_batch, c, h, w)
 
 
