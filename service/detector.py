@@ -213,7 +213,7 @@ class Detector:
         results = asyncio.gather(*futures)
         gone = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:
-            waiting = {results} if gone is None else {results, gone}
+            waiting: set[asyncio.Future[Any]] = {results} if gone is None else {results, gone}
             remaining = max(0.0, deadline - time.monotonic())
             done, _ = await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             if results in done:

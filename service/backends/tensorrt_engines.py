@@ -238,7 +238,8 @@ def _tensorrt_logger(trt: Any) -> Any:
         sev.VERBOSE: logging.DEBUG,
     }
 
-    class _ToLogging(trt.ILogger):
+    # The base class exists only at run time (tensorrt is imported lazily), so mypy sees Any.
+    class _ToLogging(trt.ILogger):  # type: ignore[misc]
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
 

@@ -65,6 +65,6 @@ def box_iou(boxes_a: npt.ArrayLike, boxes_b: npt.ArrayLike) -> FloatArray:
     overlap_wh = np.clip(bottom_right - top_left, 0.0, None)
     intersection = overlap_wh[..., 0] * overlap_wh[..., 1]
     union = box_area(a64)[:, None] + box_area(b64)[None, :] - intersection
-    iou = np.zeros_like(intersection)
+    iou: npt.NDArray[np.float64] = np.zeros_like(intersection)
     np.divide(intersection, union, out=iou, where=union > 0)
     return iou.astype(dtype, copy=False)

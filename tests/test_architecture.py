@@ -1,0 +1,52 @@
+"""The import arrows between the packages, as the README's "Architecture" section draws them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("yolor", "export", "train", "service", "cli")
+ALLOWED = {
+    "cli": {"train", "export", "service", "yolor"},
+    "train": {"service", "yolor"},
+    "export": {"service", "yolor"},
+    "service": set(),
+    "yolor": set(),
+}
+LAZY_ONLY = {("service", "yolor")}  # the torch backend imports yolor inside the function that loads it
+
+
+def imports(package: str) -> dict[str, list[tuple[str, int, bool]]]:
+    """{imported package: [(file, line, at module level)]} for the project packages `package` imports."""
+    found: dict[str, list[tuple[str, int, bool]]] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                root = name.split(".")[0]
+                if root in PACKAGES and root != package:
+                    where = (str(path.relative_to(ROOT)), node.lineno, id(node) in top_level)
+                    found.setdefault(root, []).append(where)
+    return found
+
+
+def test_packages_import_only_along_the_documented_arrows():
+    for package in PACKAGES:
+        for target, places in imports(package).items():
+            if (package, target) in LAZY_ONLY:
+                assert not [p for p in places if p[2]], f"{package} imports {target} at module level: {places}"
+            else:
+                assert target in ALLOWED[package], f"{package} must not import {target}: {places}"
+
+
+def test_the_check_sees_imports():  # the walker finds what is there, so the test above can fail
+    assert {"service", "yolor"} <= set(imports("export"))
+    assert [p for p in imports("service")["yolor"] if not p[2]]
