@@ -42,6 +42,7 @@ EXPECTED_ALERTS = {
     "YolorHighLatencyP99": "10m",
     "YolorTargetDown": "1m",
     "YolorNotReady": "5m",
+    "YolorBackendStalled": "1m",
 }
 
 
@@ -150,6 +151,7 @@ THRESHOLD_MUTATIONS = [
     ("YolorHighLatencyP99", "0.1"),
     ("YolorTargetDown", "1"),
     ("YolorNotReady", "1"),
+    ("YolorBackendStalled", "1"),
 ]
 
 
