@@ -215,11 +215,51 @@ async def test_stop_after_its_timeout_fails_what_is_left_instead_of_hanging():
     try:
         futures = batcher.submit([item(i) for i in range(3)], later())
         await wait_for_event(model.entered)
-        await asyncio.wait_for(batcher.stop(0.05), TIMEOUT)
+        idle = await asyncio.wait_for(batcher.stop(0.05), TIMEOUT)
         outputs = await results(futures)
+        assert idle is False  # the batch is still in the worker thread: the backend must not be closed
+        assert batcher.inflight_age() > 0.05
     finally:
         model.release.set()
     assert all(isinstance(o, ShuttingDown) for o in outputs)  # the in-flight one and the queued ones
+    metrics = batcher._metrics.registry
+    assert metrics.get_sample_value("yolor_dropped_images_total", {"reason": "shutdown"}) == 3
+
+
+async def test_stop_waits_for_the_batch_in_the_worker_within_its_timeout():
+    model = Model(gated=True)
+    batcher = await started(model, max_batch_size=1)
+    batcher.submit([item(1)], later())
+    await wait_for_event(model.entered)
+    assert batcher.inflight_age() > 0
+    stopping = asyncio.create_task(batcher.stop(TIMEOUT))
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # waiting for the worker, not returning while it runs
+    model.release.set()
+    assert await asyncio.wait_for(stopping, TIMEOUT) is True
+    assert batcher.inflight_age() == 0.0
+
+
+async def test_abandoned_and_expired_images_are_counted_as_dropped():
+    model = Model(gated=True)
+    batcher = await started(model, max_batch_size=1)
+    try:
+        running = batcher.submit([item(0)], later())
+        await wait_for_event(model.entered)
+        abandoned = batcher.submit([item(1), item(2)], later())
+        expired = batcher.submit([item(3)], later(0.01))
+        for future in abandoned:
+            future.cancel()
+        await asyncio.sleep(0.05)
+    finally:
+        model.release.set()
+    await results(running)
+    outcome = await results(expired)
+    await batcher.stop(TIMEOUT)
+    assert isinstance(outcome[0], DeadlineExceeded) and model.sizes == [1]
+    metrics = batcher._metrics.registry
+    assert metrics.get_sample_value("yolor_dropped_images_total", {"reason": "abandoned"}) == 2
+    assert metrics.get_sample_value("yolor_dropped_images_total", {"reason": "expired"}) == 1
 
 
 async def test_metrics_are_recorded_around_each_batch():
