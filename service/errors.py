@@ -160,7 +160,7 @@ def install_error_handlers(
 
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        if exc.status != 500:
+        if exc.status not in (404, 500):  # a missing resource is not a refusal, as FastAPI's 404
             reject(exc.code)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return error_response(exc.status, exc.code, exc.message, retry_after_s=retry_after_s, headers=headers)

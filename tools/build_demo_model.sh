@@ -24,6 +24,7 @@ $bin/yolor convert "$work/run/best.pt" "$work/demo.pt" --half
 rm -rf service/demo_model
 $bin/yolor export "$work/demo.pt" --out service/demo_model --top-k 300 --max-batch 8
 cp "$work/demo.pt" service/demo_model/checkpoint.pt
+$bin/python -m train.demo_sample --out service/demo_model   # the page's "Try a sample" image
 
 # 4. Measure: held-out mAP of what the service runs (the ONNX), and latency.
 $bin/yolor eval service/demo_model --data "$work/shapes-test/dataset.json" --split val

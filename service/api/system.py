@@ -1,19 +1,25 @@
-"""Health, readiness, metrics, the model description, and the drop-an-image page at `/`."""
+"""Health, readiness, metrics, the model description (and its sample image), and the page at `/`."""
 
 from __future__ import annotations
 
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from service.api.deps import StateDep, require_api_key
-from service.errors import NotReady
+from service.errors import NotFound, NotReady
 from service.metrics import CONTENT_TYPE_LATEST
 from service.schemas import ErrorBody, ModelInfo, Status
 
 router = APIRouter(tags=["system"])
+
+# An image the model finds things in, next to model.json (the demo model ships one; see train/demo_sample.py).
+SAMPLE_FILE = "sample.jpg"
+SAMPLE_PATH = "/model/sample"
+AUTH_ERRORS: dict[int | str, dict[str, object]] = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}}
 
 
 @cache
@@ -23,7 +29,8 @@ def _page() -> str:
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def page() -> HTMLResponse:
-    """A self-contained page: drop an image, see the boxes (it calls POST /detect)."""
+    """A self-contained page: what is served (GET /model), drop an image or try the model's sample and
+    see the boxes, the table and the timing (it calls POST /detect)."""
     return HTMLResponse(_page())
 
 
@@ -50,7 +57,7 @@ async def metrics(state: StateDep) -> Response:
     "/model",
     response_model=ModelInfo,
     dependencies=[Depends(require_api_key)],
-    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses={**AUTH_ERRORS, 503: {"model": ErrorBody}},
 )
 async def model(state: StateDep) -> ModelInfo:
     """The model manifest plus how it is served (backend, precision, device, batching)."""
@@ -63,4 +70,30 @@ async def model(state: StateDep) -> ModelInfo:
         device=state.backend.device,
         max_batch_size=state.batcher.max_batch_size,
         max_delay_ms=state.batcher.max_delay_s * 1000,
+        sample_image=SAMPLE_PATH if _sample_file(state.settings.model_dir) else None,
     )
+
+
+def _sample_file(model_dir: Path) -> Path | None:
+    path = model_dir / SAMPLE_FILE
+    return path if path.is_file() else None
+
+
+@router.get(
+    SAMPLE_PATH,
+    response_class=FileResponse,
+    dependencies=[Depends(require_api_key)],
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "the image"},
+        **AUTH_ERRORS,
+        404: {"model": ErrorBody},
+    },
+)
+async def model_sample(state: StateDep) -> FileResponse:
+    """A JPEG the served model detects things in (`sample.jpg` in the model folder); 404 when it has none.
+
+    `GET /model` says whether there is one (`sample_image`)."""
+    path = _sample_file(state.settings.model_dir)
+    if path is None:
+        raise NotFound("the served model has no sample image")
+    return FileResponse(path, media_type="image/jpeg")

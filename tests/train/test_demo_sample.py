@@ -51,9 +51,7 @@ def match(truth: list[dict], detections: list[dict]) -> list[tuple[dict, dict | 
     used: set[int] = set()
     pairs = []
     for i, t in enumerate(truth):
-        candidates = [
-            j for j, d in enumerate(detections) if j not in used and d["class_id"] == t["class_id"]
-        ]
+        candidates = [j for j, d in enumerate(detections) if j not in used and d["class_id"] == t["class_id"]]
         j = max(candidates, key=lambda k: iou[i, k], default=None)
         if j is None or iou[i, j] < MIN_IOU:
             pairs.append((t, None, float(iou[i].max())))

@@ -2,7 +2,7 @@
 
 The browser tests run Debian's `chromium` (`make system-tools` installs it) through Playwright for
 Python against the real server (uvicorn in a subprocess, ONNX Runtime on CPU, warm-up on). Without
-chromium they fail; `YOLOR_SKIP_BROWSER=1` skips them. `YOLOR_PAGE_SCREENSHOT=docs/page.png` also
+chromium they fail; `SKIP_BROWSER_TESTS=1` skips them. `PAGE_SCREENSHOT=docs/page.png` also
 writes the screenshot of the demo sample's result there (the README's picture).
 """
 
@@ -27,7 +27,7 @@ from service.settings import DEMO_MODEL_DIR
 from tests.support.app import assert_error, fake_app, running, topk_rows
 
 ROOT = Path(__file__).resolve().parents[3]
-SKIP_VARIABLE, SCREENSHOT_VARIABLE = "YOLOR_SKIP_BROWSER", "YOLOR_PAGE_SCREENSHOT"
+SKIP_VARIABLE, SCREENSHOT_VARIABLE = "SKIP_BROWSER_TESTS", "PAGE_SCREENSHOT"
 KEY = "page-test-key-0"
 ROWS = [[2, 2, 12, 12, 0.9, 0]]
 START_S = 90.0  # model load + warm-up of every batch size, on a slow CI machine
@@ -77,6 +77,14 @@ async def test_model_sample_needs_the_api_key_like_model(tmp_path):
     assert "sample_image" in spec["components"]["schemas"]["ModelInfo"]["properties"]
 
 
+@pytest.mark.unit
+def test_the_page_puts_server_strings_in_as_text_only():
+    html = (ROOT / "service" / "web" / "index.html").read_text(encoding="utf-8")
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in html, sink
+    assert "textContent" in html and 'aria-label="image file"' in html
+
+
 # ---- the page in chromium --------------------------------------------------------------------------
 
 
@@ -114,7 +122,7 @@ def free_port() -> int:
 
 @contextmanager
 def server(model_dir: Path, log_path: Path, **settings: str) -> Iterator[str]:
-    """`uvicorn --factory service.app:app_factory` on 127.0.0.1 serving `model_dir`; yields its URL once ready."""
+    """`uvicorn --factory service.app:app_factory` on 127.0.0.1 serving `model_dir`; its URL once ready."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("YOLOR_")}
     env.update(
@@ -190,6 +198,12 @@ def expect_result(page: Any, body: dict[str, Any]) -> list[dict[str, Any]]:
 
     result = body["results"][0]
     detections = result["detections"]
+    # this response's timing is on the page (formatted as the page does): it has been drawn
+    page.wait_for_function(
+        "ms => Object.entries(ms).every(([stage, v]) =>"
+        ' document.querySelector(`[data-stage="${stage}"]`).textContent === `${v.toFixed(1)} ms`)',
+        arg={stage: body["timing_ms"][stage] for stage in STAGES},
+    )
     expect(page.locator("#boxes g.box")).to_have_count(len(detections))
     expect(page.locator("#table tbody tr")).to_have_count(len(detections))
     expect(page.locator("#view")).to_be_visible()
@@ -212,6 +226,18 @@ def expect_result(page: Any, body: dict[str, Any]) -> list[dict[str, Any]]:
     return detections
 
 
+def save_small_png(source: Path, target: Path) -> None:
+    """`source` as a 256-colour PNG (about a third of the size; the README's picture stays small)."""
+    from PIL import Image  # Pillow comes with scikit-image (the dev extra)
+
+    with Image.open(source) as image:
+        palette = image.convert("RGB").quantize(
+            256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    palette.save(target, optimize=True)
+
+
 @pytest.mark.api
 @pytest.mark.slow
 def test_page_shows_the_model_and_detects_the_sample(browser, demo_server, tmp_path):
@@ -230,9 +256,12 @@ def test_page_shows_the_model_and_detects_the_sample(browser, demo_server, tmp_p
     detections = expect_result(page, answer.value.json())
     assert len(detections) == len(truth["objects"])  # every shape (tests/train/test_demo_sample.py)
     expect(page.locator("#status")).to_contain_text(f"{len(detections)} detections")
+    with page.expect_response(lambda r: r.request.method == "POST" and "/detect" in r.url) as again:
+        sample.click()  # a second go replaces the first result (and shows warm timings)
+    assert expect_result(page, again.value.json()) == detections
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     if target := os.environ.get(SCREENSHOT_VARIABLE):
-        shutil.copy(tmp_path / "page.png", ROOT / target)
+        save_small_png(tmp_path / "page.png", ROOT / target)
     assert not errors, errors
 
 
@@ -265,4 +294,40 @@ def test_without_a_sample_the_button_is_hidden_and_the_key_is_sent(browser, tmp_
         assert answer.value.status == 200
         assert answer.value.request.headers.get("x-api-key") == KEY
         assert expect_result(page, answer.value.json())
-    assert not [e for e in errors if "401" not in e], errors  # the first GET /model is refused, as it should be
+    assert not [e for e in errors if "401" not in e], (
+        errors
+    )  # the first GET /model is refused, as it should be
+
+
+@pytest.mark.api
+@pytest.mark.slow
+def test_server_strings_are_shown_as_text_and_many_classes_fold(browser, demo_server):
+    """Whatever /model says is text on the page, never markup; 80 class names fold into a <details>."""
+    from playwright.sync_api import expect
+
+    info = httpx.get(f"{demo_server}/model").json()
+    markup = '<img src="x" onerror="window.injected = 1">'
+    names = [markup, *(f"class{i}" for i in range(79))]
+    fake = {
+        **info,
+        "arch": markup,
+        "device": "<b>cpu</b>",
+        "class_names": names,
+        "nc": 80,
+        "sample_image": None,
+    }
+    page = browser.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.route("**/model", lambda route: route.fulfill(json=fake))
+    page.goto(f"{demo_server}/")
+    expect(page.locator('[data-fact="arch"]')).to_have_text(markup)
+    expect(page.locator('[data-fact="device"]')).to_have_text("<b>cpu</b>")
+    expect(page.locator('[data-fact="nc"]')).to_have_text("80")
+    folded = page.locator('[data-fact="class_names"] details')
+    expect(folded.locator("summary")).to_contain_text("(all 80)")
+    assert folded.evaluate("d => d.open") is False
+    folded.locator("summary").click()
+    expect(folded).to_contain_text("class78")
+    assert page.locator("#model img, #model b").count() == 0
+    assert page.evaluate("window.injected") is None
+    expect(page.get_by_role("button", name="Try a sample")).to_be_hidden()
