@@ -123,6 +123,8 @@ async def _warm_up(state: ServiceState, backend: Backend, max_batch: int) -> Non
     started = loop.time()
     try:
         await asyncio.to_thread(warm_up, backend, max_batch, state.stop_warmup)
+        if state.detector is not None and not state.stop_warmup.is_set():
+            await state.detector.warm_up(state.settings.preprocess_workers)
     except Exception as e:
         log.exception("warm-up failed; the server stays not ready")
         state.not_ready_reason = f"warm-up failed: {e}"

@@ -9,12 +9,15 @@ disconnects while its images wait gives them up: the batcher drops them before i
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from service.backends.base import Backend
@@ -132,6 +135,27 @@ class Detector:
         except asyncio.TimeoutError:  # not the builtin before Python 3.11
             return False
         return True
+
+    async def warm_up(self, threads: int) -> None:
+        """Decode, letterbox and post-process a synthetic image once in each of the pool's `threads`,
+        off the metrics: the first calls in a thread pay for lazy initialisation (tens of ms), and a
+        request should not. The backend runs once, for an output to post-process."""
+        size = self.manifest.input_size
+        ok, encoded = cv2.imencode(".png", np.full((size // 2, size, 3), 114, np.uint8))
+        assert ok
+        boxed, lb = letterbox(decode_image(encoded.tobytes(), self.max_pixels), size)
+        output = (await asyncio.to_thread(self.backend.infer, to_input_tensor([boxed])))[0]
+        together = threading.Barrier(threads, timeout=5.0)
+
+        def run() -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                together.wait()  # so that every thread takes one call
+            image = decode_image(encoded.tobytes(), self.max_pixels)
+            to_input_tensor([letterbox(image, size, color=self.manifest.input.letterbox_pad)[0]])
+            self._postprocess(output, lb, DetectParams(conf=0.0))
+
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, run) for _ in range(threads)))
 
     def params(self, *, classes: Sequence[int | str] | None = None, **values: Any) -> DetectParams:
         return DetectParams(classes=resolve_classes(classes, self.manifest.class_names), **values)
