@@ -141,7 +141,8 @@ class Detector:
         off the metrics: the first calls in a thread pay for lazy initialisation (tens of ms), and a
         request should not. The backend runs once, for an output to post-process."""
         size = self.manifest.input_size
-        ok, encoded = cv2.imencode(".png", np.full((size // 2, size, 3), 114, np.uint8))
+        side = max(1, min(32, int(self.max_pixels**0.5)))  # within YOLOR_MAX_IMAGE_PIXELS
+        ok, encoded = cv2.imencode(".png", np.full((side, side, 3), 114, np.uint8))
         assert ok
         boxed, lb = letterbox(decode_image(encoded.tobytes(), self.max_pixels), size)
         output = (await asyncio.to_thread(self.backend.infer, to_input_tensor([boxed])))[0]
