@@ -1,7 +1,9 @@
 """Automatic numerical validation of an exported ONNX model against the unfused PyTorch model.
 
-Runs the ONNX file with ONNX Runtime (CPU) at batch sizes other than the traced one, on real photos
-(scikit-image's bundled samples, letterboxed by the serving code) and on random inputs, and compares:
+Runs the ONNX file through the serving backend (`OnnxRuntimeBackend`, on the CPU) at batch sizes other
+than the traced one, on real photos (scikit-image's bundled samples, letterboxed by the serving code)
+and on random inputs, reads its rows through the head contract (`service.processing.heads`), and
+compares:
 - raw head: max abs / relative error of the predictions;
 - topk head: relative error of the sorted candidate scores, and detection agreement after the
   serving post-processing (threshold + NMS): a reference detection counts as kept when the exported
@@ -12,21 +14,23 @@ FP32 must stay within 1e-4 of max|output| (relative); FP16 must keep >= 99% of d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from export.graph import ExportGraph, Head, topk_candidates
-from service.processing import (
-    Detections,
-    box_iou,
-    decode_raw_predictions,
-    letterbox,
-    select_detections,
-    to_input_tensor,
-)
+from export.graph import ExportGraph, topk_candidates
+from export.onnx_export import INPUT_NAME
+from service.backends.base import BackendError
+from service.backends.onnx_runtime import OnnxRuntimeBackend
+from service.processing import Detections, box_iou, letterbox, select_detections, to_input_tensor
+from service.processing.heads import Head, head_layout
+from service.settings import host_cpu_count
 from yolor.model import YOLOR
+
+FloatArray = npt.NDArray[np.float32]
 
 PHOTOS = ("astronaut", "coffee", "chelsea")  # scikit-image data bundled offline; 3 = not the trace batch
 FP32_MAX_REL_ERROR = 1e-4
@@ -45,7 +49,7 @@ class PostprocessParams:
     max_det: int = 300
 
 
-def photo_batch(img_size: int) -> np.ndarray:
+def photo_batch(img_size: int) -> FloatArray:
     """The sample photos letterboxed exactly as the server does it: (3, 3, S, S) float32."""
     from skimage import data
 
@@ -53,11 +57,11 @@ def photo_batch(img_size: int) -> np.ndarray:
     return to_input_tensor(images)
 
 
-def random_batch(img_size: int, batch: int = 1, seed: int = 0) -> np.ndarray:
+def random_batch(img_size: int, batch: int = 1, seed: int = 0) -> FloatArray:
     return np.random.default_rng(seed).random((batch, 3, img_size, img_size), dtype=np.float32)
 
 
-def reference_output(model: YOLOR, batch: np.ndarray, head: Head, top_k: int | None) -> np.ndarray:
+def reference_output(model: YOLOR, batch: FloatArray, head: Head, top_k: int | None) -> FloatArray:
     """The unfused PyTorch model in float32 through the same head semantics."""
     with torch.no_grad():
         pred = model.eval()(torch.from_numpy(batch))
@@ -73,14 +77,28 @@ def candidates(model: YOLOR, img_size: int) -> int:
     return model.spec.num_anchors * sum((img_size // s) ** 2 for s in model.strides)
 
 
-def run_onnx(path: str, batch: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {session.get_inputs()[0].name: batch})
-    return out, session.get_providers()
+def run_onnx(path: str | Path, batches: list[FloatArray], head: Head) -> tuple[list[FloatArray], list[str]]:
+    """Outputs of `batches` from the ONNX file as the server runs it (`OnnxRuntimeBackend`, CPU, the
+    host's threads), and the providers ONNX Runtime activated. ValidationFailed when the serving
+    backend cannot load or run the file: an export the server cannot run must not be used."""
+    img_size = int(batches[0].shape[-1])
+    try:
+        backend = OnnxRuntimeBackend(
+            Path(path),
+            head=head,
+            max_batch_size=max(int(b.shape[0]) for b in batches),
+            profile=(INPUT_NAME, img_size),
+            device="cpu",
+            intra_op_threads=host_cpu_count(),
+        )
+    except BackendError as e:
+        raise ValidationFailed(f"the serving backend cannot load {path}: {e}") from e
+    try:
+        return [backend.infer(batch) for batch in batches], list(backend.providers)
+    except (BackendError, ValueError) as e:
+        raise ValidationFailed(f"the serving backend cannot run {path}: {e}") from e
+    finally:
+        backend.close()
 
 
 def count_matches(ref: Detections, cand: Detections, iou_min: float = MATCH_IOU) -> int:
@@ -100,21 +118,16 @@ def count_matches(ref: Detections, cand: Detections, iou_min: float = MATCH_IOU)
     return matched
 
 
-def _candidates(img: np.ndarray, head: Head, conf: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(boxes xyxy, scores, class ids) of one image's output scoring above `conf`, either head."""
-    if head == "raw":
-        return decode_raw_predictions(img, conf)
-    keep = img[:, 4] > conf
-    return img[keep, :4], img[keep, 4], img[keep, 5].astype(np.int64)
-
-
-def _detections(out: np.ndarray, head: Head, post: PostprocessParams, floors: np.ndarray) -> list[Detections]:
+def _detections(
+    out: FloatArray, head: Head, post: PostprocessParams, floors: npt.NDArray[np.floating[Any]]
+) -> list[Detections]:
     """The serving post-processing of each image (threshold + NMS) on candidates scoring above the
     image's floor, in a canonical order (score, class, box) so that NMS among equal scores makes the
     same choice whatever order the backend returned them in."""
+    layout = head_layout(head)
     dets = []
     for img, floor in zip(out, floors, strict=True):
-        boxes, scores, class_ids = _candidates(img, head, max(post.conf, float(floor)))
+        boxes, scores, class_ids = layout.candidates(img, max(post.conf, float(floor)))
         scores = np.round(scores, 6)  # equal up to float noise = equal
         rounded = np.round(boxes, 2)
         order = np.lexsort((rounded[:, 3], rounded[:, 2], rounded[:, 1], rounded[:, 0], class_ids, -scores))
@@ -132,7 +145,7 @@ def _detections(out: np.ndarray, head: Head, post: PostprocessParams, floors: np
 
 
 def compare(
-    ref: np.ndarray, got: np.ndarray, head: Head, post: PostprocessParams, truncated: bool
+    ref: FloatArray, got: FloatArray, head: Head, post: PostprocessParams, truncated: bool
 ) -> dict[str, Any]:
     """Error statistics of one batch (see module docstring).
 
@@ -163,8 +176,7 @@ def compare(
     ref_dets, got_dets = _detections(ref, head, post, floors), _detections(got, head, post, none)
     kept = 0
     for r, img in zip(ref_dets, got, strict=True):
-        boxes, scores, class_ids = _candidates(img, head, post.conf * 0.98)
-        kept += count_matches(r, Detections(boxes.astype(np.float32), scores.astype(np.float32), class_ids))
+        kept += count_matches(r, Detections(*head_layout(head).candidates(img, post.conf * 0.98)))
     stats["boundary_score"] = [float(f) for f in floors] if head == "topk" and truncated else None
     stats["detections_reference"] = sum(len(d) for d in ref_dets)
     stats["detections_matched"] = kept
@@ -175,7 +187,7 @@ def compare(
 
 
 def validate_onnx(
-    path: str,
+    path: str | Path,
     model: YOLOR,
     graph: ExportGraph,
     img_size: int,
@@ -186,11 +198,10 @@ def validate_onnx(
     post = post or PostprocessParams()
     batches = {"photos": photo_batch(img_size), "random": random_batch(img_size)}
     per_batch: dict[str, dict[str, Any]] = {}
-    providers: list[str] = []
-    for name, batch in batches.items():
-        got, providers = run_onnx(path, batch)
+    outputs, providers = run_onnx(path, list(batches.values()), graph.head)
+    truncated = graph.top_k is not None and graph.top_k < candidates(model, img_size)
+    for (name, batch), got in zip(batches.items(), outputs, strict=True):
         ref = reference_output(model, batch, graph.head, graph.top_k)
-        truncated = graph.top_k is not None and graph.top_k < candidates(model, img_size)
         per_batch[name] = {
             "batch_size": int(batch.shape[0]),
             **compare(ref, got, graph.head, post, truncated),

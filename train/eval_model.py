@@ -10,13 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from service.processing import (
-    decode_raw_predictions,
-    letterbox,
-    scale_boxes,
-    select_detections,
-    to_input_tensor,
-)
+from service.processing import head_layout, letterbox, scale_boxes, select_detections, to_input_tensor
 from train.data.datasets import load_dataset
 from train.evaluate import coco_map, ground_truth
 
@@ -32,35 +26,42 @@ def torch_predictor(checkpoint: Path) -> tuple[Predictor, int, list[str]]:
     import yolor
 
     model = yolor.load_model(checkpoint)
+    layout = head_layout("raw")  # the checkpoint's forward is the raw head's layout
 
     def predict(x: np.ndarray, conf: float, multi_label: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with torch.no_grad():
             out = model(torch.from_numpy(x))
         assert isinstance(out, torch.Tensor)
-        return decode_raw_predictions(out[0].numpy(), conf, multi_label=multi_label)
+        return layout.candidates(out[0].numpy(), conf, multi_label=multi_label)
 
     return predict, model.input_size, model.class_names
 
 
 def onnx_predictor(model_dir: Path) -> tuple[Predictor, int, list[str]]:
-    import onnxruntime as ort
-
+    """The exported folder's FP32 ONNX as the server runs it (`OnnxRuntimeBackend` on the CPU, the
+    file checked against the manifest's sha256), rows read through the manifest's head contract."""
+    from service.backends.artifacts import resolve_artifact
+    from service.backends.onnx_runtime import OnnxRuntimeBackend
     from service.manifest import load_manifest
+    from service.settings import host_cpu_count
 
     manifest = load_manifest(model_dir)
-    session = ort.InferenceSession(
-        str(model_dir / manifest.artifacts["onnx"].file), providers=["CPUExecutionProvider"]
+    backend = OnnxRuntimeBackend(
+        resolve_artifact(model_dir, manifest, "onnx"),
+        head=manifest.head,
+        max_batch_size=1,
+        profile=(manifest.input.name, manifest.input_size),
+        device="cpu",
+        intra_op_threads=host_cpu_count(),
     )
+    layout = head_layout(manifest.head)
 
     def predict(x: np.ndarray, conf: float, multi_label: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        (out,) = session.run(None, {manifest.input.name: x})
-        if manifest.head == "raw":
-            return decode_raw_predictions(out[0], conf, multi_label=multi_label)
-        if multi_label:
-            raise ValueError(
-                f"{model_dir}: the top-K head keeps one class per box; export with --head raw for multi-label"
-            )
-        return out[0][:, :4], out[0][:, 4], out[0][:, 5].astype(np.int64)
+        out = backend.infer(x)
+        try:
+            return layout.candidates(out[0], conf, multi_label=multi_label)
+        except ValueError as e:  # multi-label on the top-K head: the message says to export --head raw
+            raise ValueError(f"{model_dir}: {e}") from e
 
     return predict, manifest.input_size, manifest.class_names
 

@@ -123,7 +123,7 @@ class OnnxRuntimeBackend(BaseBackend):
         )
         try:
             session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
-        except (RuntimeError, ValueError) as e:  # onnxruntime's exceptions derive from these
+        except Exception as e:  # InvalidProtobuf, NoSuchFile, Fail, ... derive from Exception only
             raise BackendError(f"onnxruntime could not load {model_path}: {e}") from e
         active = session.get_providers()
         on_gpu = any(p in active for p in GPU_PROVIDERS)

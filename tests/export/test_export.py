@@ -123,6 +123,7 @@ def test_manifest_is_complete_and_true(checkpoint, exported, head):
     for precision in ("fp32", "fp16"):
         record = manifest.validation[precision]
         assert record["passed"] and record["agreement"] >= 0.99
+        assert record["providers"] == ["CPUExecutionProvider"]  # run as the server runs it on a CPU
         assert {b["batch_size"] for b in record["batches"].values()} == {3, 1}
     assert manifest.validation["fp32"]["max_rel_error"] <= 1e-4
     assert {"torch", "onnx", "onnxruntime", "opset"} <= set(manifest.versions)

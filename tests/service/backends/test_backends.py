@@ -344,3 +344,13 @@ def test_effective_max_batch_prefers_the_setting_else_what_manifest_and_backend_
     assert effective_max_batch(Settings(model_dir=tmp_path), manifest) == MAX_BATCH
     assert effective_max_batch(Settings(model_dir=tmp_path), manifest, small) == MAX_BATCH - 1
     assert effective_max_batch(Settings(model_dir=tmp_path, max_batch_size=2), manifest, small) == 2
+
+
+@pytest.mark.parametrize("content", [b"not an onnx file", b""])
+def test_an_unreadable_onnx_file_is_a_backend_error(tmp_path, content):
+    from service.backends.onnx_runtime import OnnxRuntimeBackend
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    with pytest.raises(BackendError, match="could not load"):
+        OnnxRuntimeBackend(path, head="topk", max_batch_size=1, profile=("images", 64))
