@@ -1,11 +1,12 @@
-"""Static checks CI runs with the tests: mypy (strict on service/ and export/, see pyproject.toml) and ruff."""
+"""Static checks CI runs with the tests: mypy (strict on service/ and export/; pyproject.toml) and ruff."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +18,8 @@ STRICT_FLAGS = {
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "-m", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 def test_service_and_export_are_held_to_every_strict_flag():
