@@ -4,10 +4,8 @@ the model is package data, found from site-packages, and the `serve` extra bring
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -16,17 +14,12 @@ import numpy as np
 import pytest
 
 from service.processing.boxes import box_iou
+from tests.support.processes import free_port, started_process, wait_until_ok
 from train.data.synth import SynthOptions, generate_image, image_rng
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -63,24 +56,10 @@ def test_installed_yolor_serve_detects_shapes_with_the_demo_model(venv, tmp_path
     assert ok and len(sample.boxes)
     port = free_port()
     log = tmp_path / "server.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [str(venv / "bin" / "yolor"), "serve", "--port", str(port)],
-            cwd=tmp_path, env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert server.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("the installed server did not turn ready in 90 s")
+    command = [str(venv / "bin" / "yolor"), "serve", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with started_process(command, log, cwd=tmp_path, env=clean_env()) as server:
+        wait_until_ok(f"{url}/readyz", server, log, timeout_s=90)
         model = httpx.get(f"{url}/model", timeout=10).json()
         assert model["arch"] == "yolor_csp" and model["class_names"][0] == "circle"
         answer = httpx.post(
@@ -93,6 +72,3 @@ def test_installed_yolor_serve_detects_shapes_with_the_demo_model(venv, tmp_path
         iou = box_iou(sample.boxes.astype(np.float32), boxes)
         hits = (iou > 0.5) & (sample.classes[:, None] == classes[None, :])
         assert hits.any(axis=1).mean() >= 0.5, (sample.boxes, sample.classes, found)  # most shapes found
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

@@ -7,12 +7,10 @@ promtool and prometheus (2.x) must be on PATH (CI installs Debian's `prometheus`
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
+from tests.support.processes import free_port, started_process, wait_until_ok
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
@@ -182,42 +182,6 @@ def test_rule_tests_fail_without_the_for_duration(tmp_path, alert):
 # --- a real Prometheus scraping the real service ------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until_ok(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(
-                f"{process.args} exited with {process.returncode}:\n{log.read_text(errors='replace')[-4000:]}"
-            )
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
-                return
-        time.sleep(0.2)
-    pytest.fail(f"{url} not ready within {timeout_s}s:\n{log.read_text(errors='replace')[-4000:]}")
-
-
-@contextlib.contextmanager
-def running(command: list[str], log: Path, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
-    """A process that is always ended (SIGTERM, then SIGKILL after 10s) when the block exits."""
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, **popen)
-        try:
-            yield process
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
 @pytest.fixture
 def service(tmp_path) -> Iterator[str]:
     """`yolor serve` (the bundled demo model) on 127.0.0.1; yields its base URL once ready."""
@@ -225,7 +189,7 @@ def service(tmp_path) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("YOLOR_")}
     command = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = tmp_path / "service.log"
-    with running(command, log, cwd=REPO, env=env) as process:
+    with started_process(command, log, cwd=REPO, env=env) as process:
         wait_until_ok(f"http://127.0.0.1:{port}/readyz", process, log, timeout_s=60)
         yield f"http://127.0.0.1:{port}"
 
@@ -247,7 +211,7 @@ def prometheus(tmp_path, service) -> Iterator[str]:
         f"--web.listen-address=127.0.0.1:{port}",
     ]
     log = tmp_path / "prometheus.log"
-    with running(command, log, cwd=tmp_path) as process:
+    with started_process(command, log, cwd=tmp_path) as process:
         wait_until_ok(f"http://127.0.0.1:{port}/-/ready", process, log, timeout_s=30)
         yield f"http://127.0.0.1:{port}"
 

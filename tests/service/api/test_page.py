@@ -11,10 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +22,7 @@ import pytest
 
 from service.settings import DEMO_MODEL_DIR
 from tests.support.app import assert_error, fake_app, running, topk_rows
+from tests.support.processes import free_port, started_process, wait_until_ok
 
 ROOT = Path(__file__).resolve().parents[3]
 SKIP_VARIABLE, SCREENSHOT_VARIABLE = "SKIP_BROWSER_TESTS", "PAGE_SCREENSHOT"
@@ -113,13 +111,6 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextmanager
 def server(model_dir: Path, log_path: Path, **settings: str) -> Iterator[str]:
     """`uvicorn --factory service.app:app_factory` on 127.0.0.1 serving `model_dir`; its URL once ready."""
@@ -136,29 +127,9 @@ def server(model_dir: Path, log_path: Path, **settings: str) -> Iterator[str]:
     command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:app_factory"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        give_up = time.monotonic() + START_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited ({process.returncode}):\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > give_up:
-                pytest.fail(f"the server was not ready after {START_S} s:\n{log_path.read_text()}")
-            time.sleep(0.1)
+    with started_process(command, log_path, cwd=ROOT, env=env) as process:
+        wait_until_ok(f"{url}/readyz", process, log_path, timeout_s=START_S)
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
