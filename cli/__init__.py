@@ -1,4 +1,4 @@
-"""The `yolor` command line, above the three packages (yolor <- export -> service).
+"""The `yolor` command line, above the packages (see the README's "Architecture").
 
 Each subcommand module registers its parsers and imports its heavy dependencies (torch, onnx,
 uvicorn) only when it runs, so `yolor serve` works in an image without torch.
@@ -11,12 +11,11 @@ import logging
 from collections.abc import Sequence
 
 from cli import data_command, export_command, model_commands, serve_command, train_command, weights_command
+from cli.errors import CommandError, is_user_error
+
+__all__ = ["CommandError", "build_parser", "main"]
 
 log = logging.getLogger("yolor")
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed without a traceback, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args))
-    except (CommandError, ValueError, FileNotFoundError) as e:  # CheckpointError, ManifestError, ...
+    except Exception as e:
+        if not is_user_error(e):
+            raise  # a bug: its traceback is the report
         log.error("error: %s", e)
         return 2
     except KeyboardInterrupt:

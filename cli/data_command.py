@@ -8,6 +8,7 @@ import os
 import time
 
 from cli.arguments import int_at_least
+from cli.errors import CommandError
 
 non_negative = int_at_least(0)
 
@@ -15,12 +16,14 @@ log = logging.getLogger("yolor")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from cli import CommandError
     from train.data.synth import CLASS_NAMES, SynthOptions, write_dataset
 
-    options = SynthOptions(
-        size=args.size, min_size=args.min_size, max_frac=args.max_frac, max_objects=args.max_objects
-    )
+    try:  # the options are the user's: SynthOptions' bounds checks are user errors here
+        options = SynthOptions(
+            size=args.size, min_size=args.min_size, max_frac=args.max_frac, max_objects=args.max_objects
+        )
+    except ValueError as e:
+        raise CommandError(str(e)) from None
     started = time.perf_counter()
     try:
         counts = write_dataset(

@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 
 from cli.arguments import int_at_least
+from cli.errors import CommandError
 
 positive = int_at_least(1)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from cli import CommandError
     from export.pipeline import ExportError, ExportOptions, run_export
     from export.validate import PostprocessParams, ValidationFailed
 

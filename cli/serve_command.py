@@ -11,6 +11,8 @@ import argparse
 import os
 from pathlib import Path
 
+from cli.errors import CommandError
+
 FACTORY = "service.app:app_factory"
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 
@@ -31,7 +33,6 @@ def _settings_env(args: argparse.Namespace) -> dict[str, str]:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from cli import CommandError
     from service.manifest import MANIFEST_NAME
     from service.settings import Settings
 

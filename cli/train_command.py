@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cli.errors import CommandError
+
 if TYPE_CHECKING:
     from train.trainer import TrainConfig
 
@@ -41,7 +43,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     if args.resume:
         return replace(saved_config(out), **given, out_dir=out, resume=True)
     if "data" not in given:
-        raise SystemExit("yolor train: --data is required (except with --resume)")
+        raise CommandError("--data is required (except with --resume)")
     return TrainConfig(out_dir=out, **given)
 
 

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from cli.errors import CommandError
+
 BASE_URL_VARIABLE = "YOLOR_WEIGHTS_BASE_URL"
 
 
@@ -38,7 +40,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     info = {**dataclasses.asdict(w), "file": w.file, "url": w.url(_base_url(args))}
     if args.field is not None:
         if args.field not in info:
-            raise ValueError(f"no field {args.field!r} (fields: {', '.join(info)})")
+            raise CommandError(f"no field {args.field!r} (fields: {', '.join(info)})")
         sys.stdout.write(f"{info[args.field]}\n")
     else:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
@@ -53,11 +55,12 @@ def _base_url(args: argparse.Namespace) -> str:
 
 def _verifier(arch: str) -> Callable[[Path], None]:
     def verify(path: Path) -> None:
+        from export.download import DownloadError
         from yolor.checkpoint import load_model
 
-        model = load_model(path)  # CheckpointError (a ValueError) on anything it refuses
+        model = load_model(path)  # CheckpointError on anything it refuses
         if model.arch != arch:
-            raise ValueError(f"the downloaded file is a {model.arch}, not the expected {arch}")
+            raise DownloadError(f"the file is a {model.arch}, not the expected {arch}")
 
     return verify
 
@@ -73,7 +76,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
     if dest.exists() and not args.force:
         digest = sha256_file(dest)
         if args.sha256 is not None and digest != args.sha256.lower():
-            raise ValueError(f"{dest} exists with sha256 {digest}, not {args.sha256}; use --force")
+            raise CommandError(f"{dest} exists with sha256 {digest}, not {args.sha256}; use --force")
         verify(dest)
         sys.stdout.write(f"{dest}: already there, {dest.stat().st_size} bytes, sha256 {digest}\n")
         return 0

@@ -47,9 +47,13 @@ OFFICIAL_WEIGHTS: dict[str, OfficialWeights] = {
 }
 
 
+class UnknownWeights(ValueError):
+    """No official checkpoint has this name."""
+
+
 def official_weights(name: str) -> OfficialWeights:
     try:
         return OFFICIAL_WEIGHTS[name]
     except KeyError:
         known = ", ".join(OFFICIAL_WEIGHTS)
-        raise ValueError(f"no official checkpoint named {name!r} (known: {known})") from None
+        raise UnknownWeights(f"no official checkpoint named {name!r} (known: {known})") from None

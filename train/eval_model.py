@@ -16,6 +16,11 @@ from train.evaluate import coco_map, ground_truth
 
 log = logging.getLogger(__name__)
 
+
+class EvaluationError(ValueError):
+    """The model cannot be evaluated on this dataset as asked (other classes, multi-label on top-K)."""
+
+
 # (1, 3, S, S) float32, conf, multi_label -> (boxes xyxy, scores, class ids) in letterboxed pixels
 Predictor = Callable[[np.ndarray, float, bool], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -61,7 +66,7 @@ def onnx_predictor(model_dir: Path) -> tuple[Predictor, int, list[str]]:
         try:
             return layout.candidates(out[0], conf, multi_label=multi_label)
         except ValueError as e:  # multi-label on the top-K head: the message says to export --head raw
-            raise ValueError(f"{model_dir}: {e}") from e
+            raise EvaluationError(f"{model_dir}: {e}") from e
 
     return predict, manifest.input_size, manifest.class_names
 
@@ -83,7 +88,7 @@ def evaluate_model(
     predict, size, names = onnx_predictor(model) if model.is_dir() else torch_predictor(model)
     dataset = load_dataset(data, split)
     if list(dataset.names) != list(names):
-        raise ValueError(f"model classes {names} differ from the dataset's {list(dataset.names)}")
+        raise EvaluationError(f"model classes {names} differ from the dataset's {list(dataset.names)}")
     gts, preds = [], []
     for i in range(len(dataset)):
         sample = dataset[i]

@@ -33,6 +33,10 @@ from train.optim import (
 log = logging.getLogger(__name__)
 
 
+class TrainConfigError(ValueError):
+    """Training settings that cannot be used (a bad option, a resume or fine-tune that does not fit)."""
+
+
 @dataclass
 class TrainConfig:
     data: Path
@@ -64,7 +68,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+            raise TrainConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.lr0 is None:
             self.lr0 = 0.01 if self.optimizer == "sgd" else 0.001
 
@@ -114,7 +118,9 @@ def check_resume(cfg: TrainConfig, run_config: dict[str, Any]) -> None:
     differ = [k for k in wanted if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != wanted[k]]
     if differ:
         detail = ", ".join(f"{k} {saved[k]!r} -> {wanted[k]!r}" for k in differ)
-        raise ValueError(f"--resume continues {cfg.out_dir} with its own settings; these differ: {detail}")
+        raise TrainConfigError(
+            f"--resume continues {cfg.out_dir} with its own settings; these differ: {detail}"
+        )
 
 
 def _initial_model(cfg: TrainConfig, names: list[str]) -> yolor.YOLOR:
@@ -125,7 +131,7 @@ def _initial_model(cfg: TrainConfig, names: list[str]) -> yolor.YOLOR:
         return model
     source = yolor.load_model(cfg.weights)
     if (source.arch, source.scaling) != (model.arch, model.scaling):
-        raise ValueError(
+        raise TrainConfigError(
             f"--weights is {source.arch} {source.scaling}, but training {model.arch} {model.scaling}"
         )
     skipped = transfer_weights(source, model)

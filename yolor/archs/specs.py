@@ -142,9 +142,13 @@ ARCHS: dict[str, ArchSpec] = {
 # fmt: on
 
 
+class UnknownArch(ValueError):
+    """No registered arch has this name."""
+
+
 def get_spec(name: str) -> ArchSpec:
     try:
         return ARCHS[name]
     except KeyError:
         known = ", ".join(sorted(ARCHS))
-        raise ValueError(f"unknown YOLOR arch {name!r}; known: {known}") from None
+        raise UnknownArch(f"unknown YOLOR arch {name!r}; known: {known}") from None
