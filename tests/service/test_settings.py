@@ -101,3 +101,12 @@ def test_api_keys_compare_by_value():
 def test_unknown_variables_are_reported():
     environ = {"YOLOR_MAX_BATCH": "8", "YOLOR_PORT": "1", "YOLOR_CACHE_DIR": "/c", "HOME": "/root"}
     assert unknown_variables(environ) == ["YOLOR_MAX_BATCH"]
+
+
+@pytest.mark.parametrize(
+    ("device", "index"), [("cuda:3", 3), ("cuda:0", 0), ("cuda", 0), ("auto", 0), ("cpu", 0)]
+)
+def test_device_index(device, index):
+    from service.settings import device_index
+
+    assert device_index(device) == index

@@ -196,6 +196,26 @@ async def test_openapi_documents_the_routes(tmp_path):
     assert docs.status_code == 200
 
 
+async def test_the_openapi_schema_is_the_response_models_and_one_set_of_bounds(tmp_path):
+    app, _ = fake_app(tmp_path, topk_rows(ROWS))
+    async with running(app) as client:
+        spec = (await client.get("/openapi.json")).json()
+        answer = await client.post("/detect", files=files(encode(solid(64, 64, (255, 0, 0)))))
+    schemas = spec["components"]["schemas"]
+    for path in ("/detect", "/detect/json"):
+        ok = spec["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok == {"$ref": "#/components/schemas/DetectResponse"}
+    # the answer is exactly the documented model: no field more, none less
+    assert set(answer.json()) == set(schemas["DetectResponse"]["properties"])
+    assert set(answer.json()["timing_ms"]) == set(schemas["Timing"]["properties"])
+    # query string (/detect) and JSON body (/detect/json) share their bounds
+    query = {p["name"]: p["schema"] for p in spec["paths"]["/detect"]["post"]["parameters"]}
+    body = schemas["JsonDetectRequest"]["properties"]
+    for name in ("conf", "iou", "max_det"):
+        bounds = {k: v for k, v in query[name].items() if k in ("minimum", "maximum")}
+        assert bounds and bounds == {k: v for k, v in body[name].items() if k in ("minimum", "maximum")}
+
+
 async def test_start_up_refuses_a_backend_that_does_not_fit_the_manifest(tmp_path):
     from service.app import create_app
     from service.backends import BackendMismatch, FakeBackend
