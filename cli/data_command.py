@@ -7,7 +7,7 @@ import logging
 import os
 import time
 
-from cli.arguments import int_at_least
+from cli.arguments import int_at_least, seed
 from cli.errors import CommandError
 
 non_negative = int_at_least(0)
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--train", type=non_negative, default=2000, help="training images (default 2000)")
     p.add_argument("--val", type=non_negative, default=200, help="validation images (default 200)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--size", type=int, default=320, help="longer image side in pixels (default 320)")
     p.add_argument("--min-size", type=float, default=12.0, help="smallest object diameter in pixels")
     p.add_argument("--max-frac", type=float, default=0.6, help="largest object diameter / shorter side")

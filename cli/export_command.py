@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.arguments import int_at_least
+from cli.arguments import fraction, int_at_least
 from cli.errors import CommandError
 
 positive = int_at_least(1)
+MIN_OPSET = 17  # export.onnx_export.MIN_OPSET, not imported to keep the parser light
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.opt_batch is not None and args.opt_batch > args.max_batch:  # else refused after the ONNX work
+        raise CommandError(f"--opt-batch {args.opt_batch} is larger than --max-batch {args.max_batch}")
     from export.pipeline import ExportError, ExportOptions, run_export
     from export.validate import PostprocessParams, ValidationFailed
 
@@ -70,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timing-cache", help="TensorRT timing cache file (default: per GPU under ~/.cache/yolor)"
     )
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
-    p.add_argument("--val-conf", type=float, default=0.25, help="score threshold used by validation")
-    p.add_argument("--val-iou", type=float, default=0.45, help="NMS IoU used by validation")
+    p.add_argument("--opset", type=int_at_least(MIN_OPSET), default=18, help=f"ONNX opset (>= {MIN_OPSET})")
+    p.add_argument("--val-conf", type=fraction, default=0.25, help="score threshold used by validation")
+    p.add_argument("--val-iou", type=fraction, default=0.45, help="NMS IoU used by validation")
     p.set_defaults(func=_cmd_export)

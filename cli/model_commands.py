@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from cli.errors import CommandError
 
 
 def _cmd_archs(args: argparse.Namespace) -> int:
@@ -41,6 +44,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from yolor.checkpoint import load_model, save_checkpoint
 
+    out = Path(args.out)  # checked first: torch.save reports a bad path as a bare RuntimeError
+    if out.is_dir():
+        raise CommandError(f"{out} is a directory; give the output file's name")
+    if not out.parent.is_dir():
+        raise CommandError(f"cannot write {out}: {out.parent} is not a directory")
     model = load_model(args.checkpoint, arch=args.arch)
     save_checkpoint(model, args.out, half=args.half)
     sys.stdout.write(f"wrote {args.out} ({model.arch}, {model.nc} classes{', fp16' if args.half else ''})\n")

@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cli.errors import CommandError
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 FACTORY = "service.app:app_factory"
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
@@ -30,20 +34,32 @@ def _settings_env(args: argparse.Namespace) -> dict[str, str]:
     return {name: str(value) for name, value in given.items() if value is not None}
 
 
+def _one_line(error: ValidationError) -> str:
+    """pydantic's report in one line, each problem named by its setting and YOLOR_* variable (the values
+    left out: one may be an API key)."""
+    problems = []
+    for e in error.errors(include_url=False, include_input=False):
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        field = str(e["loc"][0]) if e["loc"] else None
+        problems.append(f"{field} (YOLOR_{field.upper()}): {msg}" if field else msg)
+    return "; ".join(problems)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from service.manifest import MANIFEST_NAME
+    from service.manifest import MANIFEST_NAME, load_manifest
     from service.settings import Settings
 
     os.environ.update(_settings_env(args))
     try:
         settings = Settings()
     except ValidationError as e:
-        raise CommandError(f"invalid settings:\n{e}") from None
+        raise CommandError(f"invalid settings: {_one_line(e)}") from None
     model_dir = Path(settings.model_dir)
     if not (model_dir / MANIFEST_NAME).is_file():
         raise CommandError(f"no model at {model_dir} (no {MANIFEST_NAME}): run `yolor export` first")
+    load_manifest(model_dir)  # ManifestError now, not a server that never gets ready
 
     import uvicorn
 

@@ -10,12 +10,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cli.arguments import fraction, int_at_least, non_negative_float, positive_float, seed
 from cli.errors import CommandError
 
 if TYPE_CHECKING:
     from train.trainer import TrainConfig
 
 log = logging.getLogger("yolor")
+
+positive = int_at_least(1)
 
 
 # command-line option -> TrainConfig field, for the options that map one to one
@@ -41,10 +44,23 @@ def _config(args: argparse.Namespace) -> TrainConfig:
             given[key] = Path(given[key])
     out = Path(args.out)
     if args.resume:
-        return replace(saved_config(out), **given, out_dir=out, resume=True)
-    if "data" not in given:
+        cfg = replace(saved_config(out), **given, out_dir=out, resume=True)
+    elif "data" not in given:
         raise CommandError("--data is required (except with --resume)")
-    return TrainConfig(out_dir=out, **given)
+    else:
+        cfg = TrainConfig(out_dir=out, **given)
+    _check_arch_and_size(cfg)
+    return cfg
+
+
+def _check_arch_and_size(cfg: TrainConfig) -> None:
+    """Before the data loads: an unknown arch (UnknownArch), an input size the net cannot take (else a
+    ValueError from the first forward pass)."""
+    from yolor.archs.specs import get_spec
+
+    stride = max(get_spec(cfg.arch).strides)
+    if cfg.img_size % stride:
+        raise CommandError(f"--img-size {cfg.img_size} must be a multiple of {stride} for {cfg.arch}")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -82,26 +98,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset.json (yolor data synth), a YOLO folder or COCO json")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--arch", help="registered arch (yolor archs; default yolor-p6)")
-    p.add_argument("--depth", type=float, help="depth multiplier (default 1.0)")
-    p.add_argument("--width", type=float, help="width multiplier (default 1.0)")
-    p.add_argument("--img-size", type=int, help="square training input (default 640)")
-    p.add_argument("--epochs", type=int, help="default 100")
-    p.add_argument("--batch", type=int, help="images per forward pass (default 16)")
+    p.add_argument("--depth", type=positive_float, help="depth multiplier (default 1.0)")
+    p.add_argument("--width", type=positive_float, help="width multiplier (default 1.0)")
+    p.add_argument("--img-size", type=positive, help="square training input (default 640)")
+    p.add_argument("--epochs", type=positive, help="default 100")
+    p.add_argument("--batch", type=positive, help="images per forward pass (default 16)")
     p.add_argument("--optimizer", choices=["sgd", "adam"], help="sgd (official default) or adam")
-    p.add_argument("--lr0", type=float, help="initial LR (default: sgd 0.01, adam 0.001)")
-    p.add_argument("--warmup-bias-lr", type=float, help="bias LR at the start of warm-up (default 0.1)")
-    p.add_argument("--mosaic", type=float, help="mosaic probability (default 1.0)")
-    p.add_argument("--warmup-epochs", type=float, help="default 3")
-    p.add_argument("--nominal-batch", type=int, help="accumulate gradients to this batch size (default 64)")
-    p.add_argument("--workers", type=int, help="data loader processes (default 2)")
-    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--lr0", type=positive_float, help="initial LR (default: sgd 0.01, adam 0.001)")
+    p.add_argument(
+        "--warmup-bias-lr", type=non_negative_float, help="bias LR at the start of warm-up (default 0.1)"
+    )
+    p.add_argument("--mosaic", type=fraction, help="mosaic probability (default 1.0)")
+    p.add_argument("--warmup-epochs", type=non_negative_float, help="default 3")
+    p.add_argument(
+        "--nominal-batch", type=positive, help="accumulate gradients to this batch size (default 64)"
+    )
+    p.add_argument("--workers", type=int_at_least(0), help="data loader processes (default 2)")
+    p.add_argument("--seed", type=seed, help="default 0")
     p.add_argument("--weights", help="fine-tune from this checkpoint (official or ours)")
     p.add_argument(
         "--resume",
         action="store_true",
         help="continue --out/last.pt with the run's saved settings (--epochs, --workers may change)",
     )
-    p.add_argument("--max-steps", type=int, help="stop after this many batches (smoke runs)")
+    p.add_argument("--max-steps", type=positive, help="stop after this many batches (smoke runs)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
@@ -114,8 +134,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="checkpoint file or exported model folder")
     p.add_argument("--data", required=True, help="dataset.json, YOLO folder or COCO json")
     p.add_argument("--split", default="val")
-    p.add_argument("--conf", type=float, default=0.001, help="score threshold (official test: 0.001)")
-    p.add_argument("--iou", type=float, default=0.65, help="NMS IoU (official test: 0.65)")
+    p.add_argument("--conf", type=fraction, default=0.001, help="score threshold (official test: 0.001)")
+    p.add_argument("--iou", type=fraction, default=0.65, help="NMS IoU (official test: 0.65)")
     p.add_argument(
         "--multi-label",
         action="store_true",

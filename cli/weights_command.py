@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,13 @@ from pathlib import Path
 from cli.errors import CommandError
 
 BASE_URL_VARIABLE = "YOLOR_WEIGHTS_BASE_URL"
+
+
+def sha256_hex(text: str) -> str:
+    """An argparse `type`: 64 hex digits (checked before any download)."""
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise argparse.ArgumentTypeError(f"must be 64 hex digits, got {text!r}")
+    return text.lower()
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -112,7 +120,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("name")
     q.add_argument("--out", type=Path, default=Path("weights"), help="directory (default: weights)")
-    q.add_argument("--sha256", default=None, help="expected sha256 (the official release publishes none)")
+    q.add_argument(
+        "--sha256",
+        type=sha256_hex,
+        default=None,
+        help="expected sha256 (the official release publishes none)",
+    )
     _add_base_url(q)
     q.add_argument("--force", action="store_true", help="download again even if OUT/NAME.pt exists")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
