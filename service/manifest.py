@@ -110,4 +110,8 @@ def load_manifest(model_dir: str | Path) -> ModelManifest:
     except FileNotFoundError:
         raise ManifestError(f"no {MANIFEST_NAME} in {Path(model_dir)}: export the model first") from None
     except ValidationError as e:
-        raise ManifestError(f"{path}: invalid manifest: {e}") from None
+        problems = []  # one line: pydantic's own report spans lines and links its docs
+        for err in e.errors(include_url=False, include_input=False):
+            where = ".".join(map(str, err["loc"])) or MANIFEST_NAME
+            problems.append(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
+        raise ManifestError(f"{path}: invalid manifest: {'; '.join(problems)}") from None

@@ -166,8 +166,12 @@ def _is_state_dict(obj: Any) -> bool:
 
 
 def _from_ours(ckpt: Mapping[str, Any], arch: str | None) -> YOLOR:
-    spec = get_spec(arch or ckpt["arch"])
-    sd = ckpt["state_dict"]
+    if arch is None and ckpt.get("arch") not in ARCHS:
+        raise CheckpointError(f"checkpoint names arch {ckpt.get('arch')!r}, which is not registered")
+    spec = get_spec(arch or ckpt["arch"])  # an explicit unknown arch: UnknownArch
+    sd = ckpt.get("state_dict")
+    if not isinstance(sd, Mapping) or "anchors" not in sd:
+        raise CheckpointError("checkpoint has no state_dict with anchors (not written by save_checkpoint?)")
     try:
         model = YOLOR(
             spec,
@@ -177,7 +181,7 @@ def _from_ours(ckpt: Mapping[str, Any], arch: str | None) -> YOLOR:
             anchors=sd["anchors"],
         )
         model.load_state_dict(sd, strict=True)
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint of {ckpt['arch']} does not fit arch {spec.name!r}: {e}") from None
     model.input_size = int(ckpt.get("input_size") or spec.input_size)
     return model.eval()

@@ -158,3 +158,20 @@ def test_missing_corrupt_truncated_and_foreign_files(tmp_path):
     torch.save({"epoch": 1}, empty)
     with pytest.raises(CheckpointError, match="no YOLOR model found"):
         yolor.load_model(empty)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"arch": "yolor-x9", "state_dict": {}}, "not registered"),
+        ({"arch": "yolor_csp"}, "no state_dict"),
+        ({"arch": "yolor_csp", "state_dict": {"anchors": torch.zeros(3, 3, 2)}}, "does not fit"),
+    ],
+)
+def test_a_malformed_checkpoint_of_ours_is_a_checkpoint_error(tmp_path, content, message):
+    from yolor.checkpoint import FORMAT
+
+    path = tmp_path / "bad.pt"
+    torch.save({"format": FORMAT, **content}, path)
+    with pytest.raises(CheckpointError, match=message):
+        yolor.load_model(path)

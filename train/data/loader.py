@@ -87,7 +87,7 @@ class DetectionData(Dataset[Item]):
         seed: int = 0,
     ) -> None:
         if len(dataset) == 0:
-            raise ValueError(f"{dataset}: no images")
+            raise DatasetError(f"{dataset}: no images")
         self.dataset = dataset
         self.size = size
         self.train = train
