@@ -10,7 +10,15 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from cli import data_command, export_command, model_commands, serve_command, train_command, weights_command
+from cli import (
+    bench_command,
+    data_command,
+    export_command,
+    model_commands,
+    serve_command,
+    train_command,
+    weights_command,
+)
 from cli.errors import CommandError, is_user_error
 
 __all__ = ["CommandError", "build_parser", "main"]
@@ -29,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         train_command,
         export_command,
         serve_command,
+        bench_command,
     ):
         module.register(sub)
     return parser

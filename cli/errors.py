@@ -7,6 +7,11 @@ imports it). Anything else propagates with its traceback.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class CommandError(Exception):
     """A user-facing failure raised by a command itself."""
@@ -40,3 +45,14 @@ USER_ERRORS = frozenset(
 def is_user_error(error: BaseException) -> bool:
     """Whether `error` is (a subclass of) one of USER_ERRORS."""
     return any(f"{cls.__module__}.{cls.__qualname__}" in USER_ERRORS for cls in type(error).__mro__)
+
+
+def settings_problems(error: ValidationError) -> str:
+    """pydantic's report in one line, each problem named by its setting and YOLOR_* variable (the values
+    left out: one may be an API key)."""
+    problems = []
+    for e in error.errors(include_url=False, include_input=False):
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        field = str(e["loc"][0]) if e["loc"] else None
+        problems.append(f"{field} (YOLOR_{field.upper()}): {msg}" if field else msg)
+    return "; ".join(problems)

@@ -10,12 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from cli.errors import CommandError
-
-if TYPE_CHECKING:
-    from pydantic import ValidationError
+from cli.errors import CommandError, settings_problems
 
 FACTORY = "service.app:app_factory"
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
@@ -34,17 +30,6 @@ def _settings_env(args: argparse.Namespace) -> dict[str, str]:
     return {name: str(value) for name, value in given.items() if value is not None}
 
 
-def _one_line(error: ValidationError) -> str:
-    """pydantic's report in one line, each problem named by its setting and YOLOR_* variable (the values
-    left out: one may be an API key)."""
-    problems = []
-    for e in error.errors(include_url=False, include_input=False):
-        msg = str(e["msg"]).removeprefix("Value error, ")
-        field = str(e["loc"][0]) if e["loc"] else None
-        problems.append(f"{field} (YOLOR_{field.upper()}): {msg}" if field else msg)
-    return "; ".join(problems)
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -55,7 +40,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings()
     except ValidationError as e:
-        raise CommandError(f"invalid settings: {_one_line(e)}") from None
+        raise CommandError(f"invalid settings: {settings_problems(e)}") from None
     model_dir = Path(settings.model_dir)
     if not (model_dir / MANIFEST_NAME).is_file():
         raise CommandError(f"no model at {model_dir} (no {MANIFEST_NAME}): run `yolor export` first")

@@ -6,9 +6,10 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("yolor", "export", "train", "service", "cli")
+PACKAGES = ("yolor", "export", "train", "service", "cli", "bench")
 ALLOWED = {
-    "cli": {"train", "export", "service", "yolor"},
+    "cli": {"train", "export", "service", "yolor", "bench"},
+    "bench": {"service"},
     "train": {"service", "yolor"},
     "export": {"service", "yolor"},
     "service": set(),

@@ -1,0 +1,26 @@
+"""Latency summaries: percentiles of a list of durations, in milliseconds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Percentiles and mean of durations, in ms (percentiles by linear interpolation, numpy's default)."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Latency:
+        if not seconds:
+            raise ValueError("no durations to summarise")
+        ms = np.asarray(seconds, dtype=np.float64) * 1000
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return cls(float(p50), float(p90), float(p99), float(ms.mean()))

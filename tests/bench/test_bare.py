@@ -1,0 +1,92 @@
+"""`yolor bench bare`: batch sizes, the arithmetic of images/s and percentiles, and the command."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import numpy as np
+import pytest
+
+from bench.bare import batch_sizes, bench_bare, bench_batch, markdown_table
+from bench.stats import Latency
+from cli import main
+from service.backends import FakeBackend
+from service.settings import DEMO_MODEL_DIR
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "sizes"),
+    [(1, [1]), (2, [1, 2]), (6, [1, 2, 4, 6]), (8, [1, 2, 4, 8]), (9, [1, 2, 4, 8, 9])],
+)
+def test_batch_sizes_are_powers_of_two_and_the_largest(max_batch, sizes):
+    assert batch_sizes(max_batch) == sizes
+
+
+class Timed:
+    """A fake clock and a fake backend on it: each call takes `base + per_image * batch` seconds."""
+
+    def __init__(self, base: float, per_image: float) -> None:
+        self.now, self.base, self.per_image = 0.0, base, per_image
+        self.backend = FakeBackend(self._infer, input_size=32, output_shape=(4, 6), max_batch_size=8)
+
+    def clock(self) -> float:
+        return self.now
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        self.now += self.base + self.per_image * len(batch)
+        return np.zeros((len(batch), 4, 6), np.float32)
+
+
+def test_images_per_second_and_latency_follow_the_call_time():
+    timed = Timed(base=0.010, per_image=0.005)
+    (one, eight) = bench_bare(timed.backend, [1, 8], min_seconds=0.5, min_calls=5, warmup_calls=2,
+                              clock=timed.clock)  # fmt: skip
+    # batch 1: 15 ms a call -> 66.7 images/s; batch 8: 50 ms a call -> 160 images/s
+    assert one.images_per_s == pytest.approx(1 / 0.015) and eight.images_per_s == pytest.approx(8 / 0.050)
+    assert one.latency.p50_ms == pytest.approx(15.0) and eight.latency.p99_ms == pytest.approx(50.0)
+    assert one.calls == 34 and eight.calls == 10  # until 0.5 s measured (warm-up calls not counted)
+    assert timed.backend.batch_sizes == [1] * (2 + 34) + [8] * (2 + 10)
+
+
+def test_at_least_min_calls_even_when_slow():
+    timed = Timed(base=1.0, per_image=0.0)
+    result = bench_batch(timed.backend, 2, min_seconds=0.1, min_calls=4, warmup_calls=0, clock=timed.clock)
+    assert result.calls == 4 and result.seconds == pytest.approx(4.0)
+
+
+def test_latency_percentiles_match_a_brute_force_median_and_mean():
+    seconds = list(np.random.default_rng(0).random(101))
+    lat = Latency.of(seconds)
+    assert lat.p50_ms == pytest.approx(statistics.median(seconds) * 1000)
+    assert lat.mean_ms == pytest.approx(statistics.fmean(seconds) * 1000)
+    assert lat.p50_ms <= lat.p90_ms <= lat.p99_ms <= max(seconds) * 1000
+    with pytest.raises(ValueError):
+        Latency.of([])
+
+
+def test_the_markdown_table_has_a_row_per_batch_size():
+    timed = Timed(base=0.01, per_image=0.0)
+    results = bench_bare(timed.backend, [1, 2], min_seconds=0.05, clock=timed.clock)
+    rows = markdown_table(results).splitlines()
+    assert len(rows) == 4 and rows[2].startswith("| 1 | 100.0 |") and rows[3].startswith("| 2 | 200.0 |")
+
+
+def test_yolor_bench_bare_on_the_demo_model(tmp_path, capsys):
+    out = tmp_path / "bare.json"
+    assert main(["bench", "bare", str(DEMO_MODEL_DIR), "--seconds", "0.05", "--max-batch", "4",
+                 "--device", "cpu", "--json", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["model"]["arch"] == "yolor_csp" and report["backend"]["name"] == "onnxruntime"
+    assert [r["batch_size"] for r in report["results"]] == [1, 2, 4]
+    for r in report["results"]:
+        assert r["images_per_s"] == pytest.approx(r["batch_size"] * r["calls"] / r["seconds"])
+        assert 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"]
+    assert capsys.readouterr().out.count("\n") == 2 + 3
+
+
+def test_a_batch_larger_than_the_model_allows_is_a_user_error(caplog):
+    assert main(["bench", "bare", str(DEMO_MODEL_DIR), "--max-batch", "64", "--device", "cpu"]) == 2
+    assert "max batch 64" in caplog.text
