@@ -32,6 +32,7 @@ COPY export ./export
 COPY service ./service
 COPY cli ./cli
 COPY train ./train
+COPY bench ./bench
 RUN --mount=type=secret,id=pip_cert,required=false \
     if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
     && python3 -m venv /opt/build \
