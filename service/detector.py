@@ -140,20 +140,18 @@ class Detector:
         """Decode, letterbox and post-process a synthetic image once in each of the pool's `threads`,
         off the metrics: the first calls in a thread pay for lazy initialisation (tens of ms), and a
         request should not. The backend runs once, for an output to post-process."""
-        size = self.manifest.input_size
         side = max(1, min(32, int(self.max_pixels**0.5)))  # within YOLOR_MAX_IMAGE_PIXELS
         ok, encoded = cv2.imencode(".png", np.full((side, side, 3), 114, np.uint8))
         assert ok
-        boxed, lb = letterbox(decode_image(encoded.tobytes(), self.max_pixels), size)
-        output = (await asyncio.to_thread(self.backend.infer, to_input_tensor([boxed])))[0]
+        sample = self._preprocess(encoded.tobytes(), keep_image=False)
+        output = (await asyncio.to_thread(self.backend.infer, sample.tensor[None]))[0]
         together = threading.Barrier(threads, timeout=5.0)
 
         def run() -> None:
             with contextlib.suppress(threading.BrokenBarrierError):
                 together.wait()  # so that every thread takes one call
-            image = decode_image(encoded.tobytes(), self.max_pixels)
-            to_input_tensor([letterbox(image, size, color=self.manifest.input.letterbox_pad)[0]])
-            self._postprocess(output, lb, DetectParams(conf=0.0))
+            self._preprocess(encoded.tobytes(), keep_image=False)
+            self._postprocess(output, sample.lb, DetectParams(conf=0.0))
 
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._pool, run) for _ in range(threads)))
@@ -225,11 +223,15 @@ class Detector:
 
     def _prepare(self, data: bytes, keep_image: bool) -> Prepared:
         start = time.monotonic()
+        prepared = self._preprocess(data, keep_image)
+        self._metrics.preprocess.observe(time.monotonic() - start)
+        return prepared
+
+    def _preprocess(self, data: bytes, keep_image: bool) -> Prepared:
+        """Decode + letterbox + input tensor of one file (unmeasured; `_prepare` times it)."""
         image = decode_image(data, self.max_pixels)
         boxed, lb = letterbox(image, self.manifest.input_size, color=self.manifest.input.letterbox_pad)
-        tensor = to_input_tensor([boxed])[0]
-        self._metrics.preprocess.observe(time.monotonic() - start)
-        return Prepared(tensor, lb, image if keep_image else None)
+        return Prepared(to_input_tensor([boxed])[0], lb, image if keep_image else None)
 
     async def _infer(
         self, tensors: list[np.ndarray], deadline: float, disconnected: Disconnected | None
