@@ -21,7 +21,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, int]:
     """(manifest, backend, largest batch) as `yolor serve` would load them with these options."""
     from pydantic import ValidationError
 
-    from service.backends import check_backend, create_backend, effective_max_batch
+    from service.backends import load_checked_backend
     from service.manifest import load_manifest
     from service.settings import Settings
 
@@ -34,9 +34,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, int]:
     except ValidationError as e:
         raise CommandError(f"invalid settings: {settings_problems(e)}") from None
     manifest = load_manifest(settings.model_dir)
-    backend = create_backend(settings, manifest)
-    max_batch = effective_max_batch(settings, manifest, backend)
-    check_backend(backend, manifest, max_batch)
+    backend, max_batch = load_checked_backend(settings, manifest)
     return manifest, backend, max_batch
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -22,7 +22,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import detect, system
 from service.auth import ApiKeys
-from service.backends import Backend, BackendError, check_backend, create_backend, effective_max_batch
+from service.backends import Backend, BackendError, create_backend, load_checked_backend
+from service.backends.factory import BackendFactory
 from service.batcher import DynamicBatcher
 from service.detector import Detector
 from service.errors import install_error_handlers
@@ -35,8 +36,6 @@ from service.state import ServiceState
 from service.watchdog import BackendWatchdog
 
 log = logging.getLogger(__name__)
-
-BackendFactory = Callable[[Settings, ModelManifest], Backend]
 
 
 def warm_up(backend: Backend, max_batch_size: int, stop: threading.Event | None = None) -> None:
@@ -55,13 +54,7 @@ def warm_up(backend: Backend, max_batch_size: int, stop: threading.Event | None 
 async def _load(settings: Settings, backend_factory: BackendFactory) -> tuple[ModelManifest, Backend, int]:
     """The manifest, the backend checked against it, and the largest batch to form."""
     manifest = load_manifest(settings.model_dir)
-    backend = await asyncio.to_thread(backend_factory, settings, manifest)
-    max_batch = effective_max_batch(settings, manifest, backend)
-    try:
-        check_backend(backend, manifest, max_batch)
-    except BackendError:
-        backend.close()
-        raise
+    backend, max_batch = await asyncio.to_thread(load_checked_backend, settings, manifest, backend_factory)
     log.info("serving %s with %r, batches up to %d", manifest.arch, backend, max_batch)
     return manifest, backend, max_batch
 

@@ -5,7 +5,13 @@ Only the interface and the fake are imported here: each real backend module impo
 """
 
 from service.backends.base import Backend, BackendClosed, BackendError, BackendUnavailable, BaseBackend
-from service.backends.factory import BackendMismatch, check_backend, create_backend, effective_max_batch
+from service.backends.factory import (
+    BackendMismatch,
+    check_backend,
+    create_backend,
+    effective_max_batch,
+    load_checked_backend,
+)
 from service.backends.fake import FakeBackend
 
 __all__ = [
@@ -19,4 +25,5 @@ __all__ = [
     "check_backend",
     "create_backend",
     "effective_max_batch",
+    "load_checked_backend",
 ]

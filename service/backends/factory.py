@@ -8,6 +8,7 @@ imported here lazily so that a host pays only for the runtime it uses.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from service.backends.artifacts import onnx_key, resolve_artifact
 from service.backends.base import Backend, BackendError, BackendUnavailable
@@ -95,6 +96,26 @@ def create_backend(settings: Settings, manifest: ModelManifest) -> Backend:
         except BackendUnavailable as e:
             log.info("TensorRT backend not used: %s", e)
     return _onnxruntime(settings, manifest)
+
+
+BackendFactory = Callable[[Settings, ModelManifest], Backend]  # create_backend, or a fake in tests
+
+
+def load_checked_backend(
+    settings: Settings, manifest: ModelManifest, factory: BackendFactory = create_backend
+) -> tuple[Backend, int]:
+    """The backend `factory` loads, checked against the manifest, and the largest batch to form.
+
+    A backend that does not fit is closed before BackendMismatch propagates.
+    """
+    backend = factory(settings, manifest)
+    max_batch = effective_max_batch(settings, manifest, backend)
+    try:
+        check_backend(backend, manifest, max_batch)
+    except BackendError:
+        backend.close()
+        raise
+    return backend, max_batch
 
 
 def check_backend(backend: Backend, manifest: ModelManifest, max_batch_size: int) -> None:
