@@ -43,22 +43,16 @@ def torch_predictor(checkpoint: Path) -> tuple[Predictor, int, list[str]]:
 
 
 def onnx_predictor(model_dir: Path) -> tuple[Predictor, int, list[str]]:
-    """The exported folder's FP32 ONNX as the server runs it (`OnnxRuntimeBackend` on the CPU, the
-    file checked against the manifest's sha256), rows read through the manifest's head contract."""
-    from service.backends.artifacts import resolve_artifact
-    from service.backends.onnx_runtime import OnnxRuntimeBackend
+    """The exported folder's FP32 ONNX loaded as `yolor serve --backend onnxruntime --device cpu` loads
+    it (create_backend: the file checked against the manifest's sha256, the host's threads), rows read
+    through the manifest's head contract."""
+    from service.backends import create_backend
     from service.manifest import load_manifest
-    from service.settings import host_cpu_count
+    from service.settings import Settings
 
     manifest = load_manifest(model_dir)
-    backend = OnnxRuntimeBackend(
-        resolve_artifact(model_dir, manifest, "onnx"),
-        head=manifest.head,
-        max_batch_size=1,
-        profile=(manifest.input.name, manifest.input_size),
-        device="cpu",
-        intra_op_threads=host_cpu_count(),
-    )
+    settings = Settings(model_dir=model_dir, backend="onnxruntime", device="cpu", precision="fp32")
+    backend = create_backend(settings, manifest)
     layout = head_layout(manifest.head)
 
     def predict(x: np.ndarray, conf: float, multi_label: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
