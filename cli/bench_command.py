@@ -12,9 +12,9 @@ from typing import Any
 
 from cli.arguments import int_at_least, positive_float
 from cli.errors import CommandError, settings_problems
+from cli.serve_command import BACKENDS
 
 log = logging.getLogger("yolor")
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, int]:
