@@ -74,6 +74,7 @@ async def _start(state: ServiceState, backend_factory: BackendFactory) -> None:
         max_delay_s=settings.max_delay_ms / 1000,
         queue_size=settings.queue_size,
         metrics=state.metrics,
+        workers=backend.concurrency,
     )
     await state.batcher.start()
     state.watchdog = BackendWatchdog(

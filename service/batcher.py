@@ -3,20 +3,30 @@
 After Ray Serve's `batching.py`: a bounded `asyncio.Queue` of items (tensor, future, deadline); the
 future exists before the item is queued; one task takes up to `max_batch_size` items within
 `max_delay_s` of the first, drops the expired ones (LitServe's `collate_requests`), runs the batch in
-a single worker thread (one batch in flight per backend, the event loop never blocks) and fans the
-copied outputs out. A failing batch fails exactly its own futures.
+a worker thread (the event loop never blocks) and fans the copied outputs out. A failing batch fails
+exactly its own futures.
 
-Stopping waits (bounded) for the batch in the worker thread: the caller releases the backend only
-when `stop` says the worker is idle. `inflight_age` lets a watchdog see a batch stuck in the backend.
+A batch does not wait for images nobody is preparing: the detector announces the images it is
+decoding (`incoming`), and once the queue is empty and none are announced the batch goes at once
+instead of after `max_delay_s` (a lone request pays no delay; under load the queue is never empty).
+
+`workers` batches may be in the backend at once (Triton's instance count): a CPU backend whose
+runs are single-threaded answers more images/s with two independent batches in flight than with one
+batch on two threads. A batch is formed only once a worker is free, so it takes whatever queued
+meanwhile.
+
+Stopping waits (bounded) for the batches in the worker threads: the caller releases the backend
+only when `stop` says they are idle. `inflight_age` lets a watchdog see a batch stuck in the backend.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -48,23 +58,38 @@ class _Item:
     queued_at: float
 
 
+@dataclass(eq=False)
+class _Batch:
+    items: list[_Item]
+    task: asyncio.Task[None] | None = None  # answers the items once the thread is done
+    thread: concurrent.futures.Future[np.ndarray] | None = None  # the call in the worker thread
+    started: float = 0.0
+
+
 class DynamicBatcher:
     """`submit` images, await their futures; `start` before and `stop` after (graceful drain)."""
 
     def __init__(
-        self, infer: InferFn, *, max_batch_size: int, max_delay_s: float, queue_size: int, metrics: Metrics
+        self,
+        infer: InferFn,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        queue_size: int,
+        metrics: Metrics,
+        workers: int = 1,
     ) -> None:
-        if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0:
-            raise ValueError("need max_batch_size >= 1, queue_size >= 1, max_delay_s >= 0")
+        if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0 or workers < 1:
+            raise ValueError("need max_batch_size >= 1, queue_size >= 1, max_delay_s >= 0, workers >= 1")
         self._infer = infer
-        self.max_batch_size, self.max_delay_s = max_batch_size, max_delay_s
+        self.max_batch_size, self.max_delay_s, self.workers = max_batch_size, max_delay_s, workers
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
         self._metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="yolor-infer")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="yolor-infer")
+        self._free = asyncio.Semaphore(workers)
         self._task: asyncio.Task[None] | None = None
-        self._running: list[_Item] = []
-        self._worker: concurrent.futures.Future[np.ndarray] | None = None  # the batch in the thread
-        self._worker_started = 0.0
+        self._batches: set[_Batch] = set()  # formed and not yet answered
+        self._incoming = 0  # images being prepared, to be submitted soon
         self._accepting = False
 
     async def start(self) -> None:
@@ -86,12 +111,19 @@ class DynamicBatcher:
         self._metrics.queue_depth.set(self._queue.qsize())
         return futures
 
+    @contextlib.contextmanager
+    def incoming(self, images: int) -> Iterator[None]:
+        """Announce `images` being prepared for `submit` (a batch waits for them, up to its delay)."""
+        self._incoming += images
+        try:
+            yield
+        finally:
+            self._incoming -= images
+
     def inflight_age(self) -> float:
-        """Seconds the batch now in the backend has been running; 0.0 when none is."""
-        worker = self._worker
-        if worker is None or worker.done():
-            return 0.0
-        return time.monotonic() - self._worker_started
+        """Seconds the oldest batch now in the backend has been running; 0.0 when none is."""
+        running = [b.started for b in self._batches if b.thread is not None and not b.thread.done()]
+        return time.monotonic() - min(running) if running else 0.0
 
     async def stop(self, timeout_s: float) -> bool:
         """Refuse new work, finish what was accepted and fail what is left, all within `timeout_s`.
@@ -110,47 +142,70 @@ class DynamicBatcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        leftover = self._running + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        batches = list(self._batches)
+        for batch in batches:  # on cancellation the threads run on: waited for below
+            if batch.task is not None:
+                batch.task.cancel()
+        await asyncio.gather(*(b.task for b in batches if b.task is not None), return_exceptions=True)
+        leftover = [i for b in batches for i in b.items]
+        leftover += [self._queue.get_nowait() for _ in range(self._queue.qsize())]
         for item in leftover:
             if self._fail(item, ShuttingDown("the server shut down before this image was run")):
                 self._metrics.dropped_images.labels(reason="shutdown").inc()
         self._metrics.queue_depth.set(0)
-        idle = await self._wait_for_worker(deadline - time.monotonic())
+        threads = [b.thread for b in batches if b.thread is not None]
+        idle = await self._wait_for_threads(threads, deadline - time.monotonic())
         self._executor.shutdown(wait=False)
         return idle
 
-    async def _wait_for_worker(self, timeout_s: float) -> bool:
-        worker = self._worker
-        if worker is None or worker.done():
+    async def _wait_for_threads(
+        self, threads: list[concurrent.futures.Future[np.ndarray]], timeout_s: float
+    ) -> bool:
+        running = [t for t in threads if not t.done()]
+        if not running:
             return True
-        done, _ = await asyncio.to_thread(concurrent.futures.wait, [worker], max(0.0, timeout_s))
-        if not done:
+        _, not_done = await asyncio.to_thread(concurrent.futures.wait, running, max(0.0, timeout_s))
+        if not_done:
             log.error(
-                "a batch has been in the backend for %.1f s and is still running at shutdown",
+                "%d batch(es) still running at shutdown, the oldest for %.1f s",
+                len(not_done),
                 self.inflight_age(),
             )
-        return bool(done)
+        return not not_done
 
     async def _loop(self) -> None:
         while True:
-            items = await self._collect()
-            self._metrics.queue_depth.set(self._queue.qsize())
+            await self._free.acquire()  # form a batch only once a worker can take it
             try:
-                live = self._drop_finished(items)
-                if live:
-                    await self._run(live)
-            finally:
-                for _ in items:
-                    self._queue.task_done()
+                items = await self._collect()
+            except BaseException:
+                self._free.release()
+                raise
+            self._metrics.queue_depth.set(self._queue.qsize())
+            live = self._drop_finished(items)
+            if not live:
+                self._done(items)
+                continue
+            batch = _Batch(live)
+            self._batches.add(batch)
+            batch.task = asyncio.create_task(self._run(batch, items), name="yolor-batch")
+
+    def _done(self, items: list[_Item]) -> None:
+        self._free.release()
+        for _ in items:
+            self._queue.task_done()
 
     async def _collect(self) -> list[_Item]:
-        """The first item, then whatever arrives until the batch is full or `max_delay_s` has passed."""
+        """The first item, then whatever arrives until the batch is full, `max_delay_s` has passed or
+        nothing more is on its way."""
         items = [await self._queue.get()]
         flush_at = time.monotonic() + self.max_delay_s
         while len(items) < self.max_batch_size:
             if not self._queue.empty():
                 items.append(self._queue.get_nowait())
                 continue
+            if self._incoming == 0:  # nothing else on its way
+                break
             remaining = flush_at - time.monotonic()
             if remaining <= 0:
                 break
@@ -174,16 +229,17 @@ class DynamicBatcher:
             live.append(item)
         return live
 
-    async def _run(self, items: list[_Item]) -> None:
-        self._running = items
-        started = time.monotonic()
+    async def _run(self, batch: _Batch, collected: list[_Item]) -> None:
+        """Run `batch` in a worker thread and answer its items; `collected` (the live items and the
+        dropped ones) are marked done in the queue at the end, and the worker is freed."""
+        items = batch.items
+        started = batch.started = time.monotonic()
         self._metrics.inflight_batches.inc()
         try:
-            self._worker = self._executor.submit(self._infer_copy, [i.tensor for i in items])
-            self._worker_started = started
-            # On cancellation (stop) the thread runs on: stop() waits for `_worker` before the
-            # backend may be closed.
-            outputs = await asyncio.wrap_future(self._worker)
+            batch.thread = self._executor.submit(self._infer_copy, [i.tensor for i in items])
+            # On cancellation (stop) the thread runs on: stop() waits for it before the backend may
+            # be closed, and fails the batch's futures (the batch stays in `_batches`).
+            outputs = await asyncio.wrap_future(batch.thread)
         except Exception as e:
             self._metrics.inference_errors.inc()
             log.exception("batch of %d failed", len(items))
@@ -192,11 +248,11 @@ class DynamicBatcher:
             )
             for item in items:
                 self._fail(item, error)
-            self._running = []
+            self._batches.discard(batch)
+            self._done(collected)
             return
-        finally:  # on cancellation (stop) `_running` stays set: stop() fails those futures
+        finally:
             self._metrics.inflight_batches.dec()
-        self._running = []
         elapsed = time.monotonic() - started
         self._metrics.inference.observe(elapsed)
         self._metrics.batch_size.observe(len(items))
@@ -204,6 +260,8 @@ class DynamicBatcher:
             self._metrics.queue_wait.observe(started - item.queued_at)
             if not item.future.done():
                 item.future.set_result(BatchOutput(output, started - item.queued_at, elapsed, len(items)))
+        self._batches.discard(batch)
+        self._done(collected)
 
     def _infer_copy(self, tensors: list[np.ndarray]) -> np.ndarray:
         """Worker thread: stack, infer, check one output per input, copy (backends reuse buffers)."""

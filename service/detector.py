@@ -91,6 +91,15 @@ class Prepared:
     image: np.ndarray | None  # RGB original, kept only when it will be drawn on
 
 
+def preprocess(
+    data: bytes, manifest: ModelManifest, *, max_pixels: int, keep_image: bool = False
+) -> Prepared:
+    """Decode + letterbox + input tensor of one uploaded file, as every request does it."""
+    image = decode_image(data, max_pixels)
+    boxed, lb = letterbox(image, manifest.input_size, color=manifest.input.letterbox_pad)
+    return Prepared(to_input_tensor([boxed])[0], lb, image if keep_image else None)
+
+
 @dataclass(frozen=True)
 class ImageDetections:
     width: int
@@ -198,10 +207,11 @@ class Detector:
         deadline = started + self.timeout_s
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
-        done = await asyncio.gather(
-            *(loop.run_in_executor(self._pool, self._prepare, f, keep_images) for f in files),
-            return_exceptions=True,
-        )
+        with self.batcher.incoming(len(files)):
+            done = await asyncio.gather(
+                *(loop.run_in_executor(self._pool, self._prepare, f, keep_images) for f in files),
+                return_exceptions=True,
+            )
         prepared = [result for result in done if isinstance(result, Prepared)]
         if len(prepared) < len(done):  # the first bad image, in request order, answers for the request
             raise next(result for result in done if isinstance(result, BaseException))
@@ -228,10 +238,8 @@ class Detector:
         return prepared
 
     def _preprocess(self, data: bytes, keep_image: bool) -> Prepared:
-        """Decode + letterbox + input tensor of one file (unmeasured; `_prepare` times it)."""
-        image = decode_image(data, self.max_pixels)
-        boxed, lb = letterbox(image, self.manifest.input_size, color=self.manifest.input.letterbox_pad)
-        return Prepared(to_input_tensor([boxed])[0], lb, image if keep_image else None)
+        """`preprocess` (unmeasured; `_prepare` times it)."""
+        return preprocess(data, self.manifest, max_pixels=self.max_pixels, keep_image=keep_image)
 
     async def _infer(
         self, tensors: list[np.ndarray], deadline: float, disconnected: Disconnected | None

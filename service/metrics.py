@@ -7,7 +7,7 @@ timings follow Triton's breakdown: queue wait, preprocess (decode + letterbox), 
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -22,6 +22,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
+        # process_cpu_seconds_total, process_resident_memory_bytes, ... (Linux; nothing elsewhere)
+        ProcessCollector(registry=registry)
         self.requests = Counter(
             "yolor_requests",
             "HTTP requests by route template and status code",

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("yolor", "export", "train", "service", "cli", "bench")
 ALLOWED = {
     "cli": {"train", "export", "service", "yolor", "bench"},
-    "bench": {"service"},
+    "bench": {"service", "yolor", "export"},  # yolor/export: only `yolor bench torch` (bench/eager.py)
     "train": {"service", "yolor"},
     "export": {"service", "yolor"},
     "service": set(),

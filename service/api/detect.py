@@ -42,7 +42,7 @@ ClassesQuery = Annotated[
 AgnosticQuery = Annotated[bool, Query(description="NMS across classes")]
 
 
-def detect_params(
+async def detect_params(
     detector: DetectorDep,
     conf: ConfQuery = DEFAULT_CONF,
     iou: IouQuery = DEFAULT_IOU,

@@ -38,6 +38,8 @@ class Backend(Protocol):
     `input_shape` is one image, `(3, S, S)`; `output_shape` is one image's output, e.g. `(K, 6)` for
     the top-K head or `(N, 5 + nc)` for the raw head (None for a dimension only known at run time).
     `head` names that layout. `device` says where it runs, in words (providers, GPU).
+    `concurrency` is how many `infer` calls may run at once (the batcher keeps that many batches in
+    flight): 1 unless the runtime is thread-safe and gains from it (ONNX Runtime on the CPU).
     """
 
     name: str
@@ -48,6 +50,7 @@ class Backend(Protocol):
     input_name: str
     input_shape: tuple[int, int, int]
     output_shape: tuple[int | None, ...]
+    concurrency: int
 
     @property
     def closed(self) -> bool: ...
@@ -71,8 +74,9 @@ class Backend(Protocol):
 class BaseBackend(ABC):
     """Implements the validated `infer` around a subclass's `_infer`, and `close` around `_release`.
 
-    One `infer` runs at a time (backends keep per-call buffers), and `close` waits for it: no
-    runtime is released under a running call, whichever thread calls `close`.
+    At most `concurrency` calls of `infer` run at once (default 1: most backends keep per-call
+    buffers; more callers wait), and `close` waits for all of them: no runtime is released under a
+    running call, whichever thread calls `close`.
     """
 
     def __init__(
@@ -86,15 +90,21 @@ class BaseBackend(ABC):
         input_name: str,
         input_shape: tuple[int, int, int],
         output_shape: tuple[int | None, ...],
+        concurrency: int = 1,
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_batch_size < 1 or concurrency < 1:
+            raise ValueError(
+                f"max_batch_size and concurrency must be >= 1, got {max_batch_size}, {concurrency}"
+            )
         self.name, self.precision, self.device, self.head = name, precision, device, head
         self.max_batch_size = max_batch_size
         self.input_name = input_name
         self.input_shape = input_shape
         self.output_shape = output_shape
-        self._call_lock = threading.Lock()
+        self.concurrency = concurrency
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._calls = threading.Condition()  # guards _running and _closed
+        self._running = 0
         self._closed = False
 
     @property
@@ -110,10 +120,17 @@ class BaseBackend(ABC):
             )
         if not 1 <= batch.shape[0] <= self.max_batch_size:
             raise ValueError(f"batch size {batch.shape[0]} is outside [1, {self.max_batch_size}]")
-        with self._call_lock:
-            if self._closed:
-                raise BackendClosed(f"the {self.name} backend is closed")
-            out = self._infer(np.ascontiguousarray(batch))
+        with self._slots:
+            with self._calls:
+                if self._closed:
+                    raise BackendClosed(f"the {self.name} backend is closed")
+                self._running += 1
+            try:
+                out = self._infer(np.ascontiguousarray(batch))
+            finally:
+                with self._calls:
+                    self._running -= 1
+                    self._calls.notify_all()
         self._check_output(out, batch.shape[0])
         return out
 
@@ -134,14 +151,13 @@ class BaseBackend(ABC):
 
     def close(self, timeout_s: float | None = None) -> bool:
         """See `Backend.close`. Idempotent."""
-        if not self._call_lock.acquire(timeout=-1 if timeout_s is None else max(0.0, timeout_s)):
-            return False
-        try:
+        with self._calls:
+            timeout = None if timeout_s is None else max(0.0, timeout_s)
+            if not self._calls.wait_for(lambda: self._running == 0, timeout):
+                return False
             if not self._closed:
-                self._closed = True
+                self._closed = True  # under the lock: no call starts from here on
                 self._release()
-        finally:
-            self._call_lock.release()
         return True
 
     def _release(self) -> None:  # noqa: B027 - most backends hold nothing that needs releasing

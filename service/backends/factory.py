@@ -48,6 +48,7 @@ def _onnxruntime(settings: Settings, manifest: ModelManifest) -> Backend:
         profile=(manifest.input.name, manifest.input_size),
         device=settings.device if on_gpu else "cpu",
         intra_op_threads=settings.intra_op_threads,
+        parallel_runs=1 if on_gpu else settings.parallel_runs,
         fp16=_wants_fp16(settings, on_gpu),
         cache_dir=settings.engine_dir or settings.model_dir,
     )

@@ -27,6 +27,7 @@ class FakeBackend(BaseBackend):
         head: Head = "topk",
         input_name: str = "images",
         precision: str = "fp32",
+        concurrency: int = 1,
     ) -> None:
         super().__init__(
             name="fake",
@@ -37,6 +38,7 @@ class FakeBackend(BaseBackend):
             input_name=input_name,
             input_shape=(3, input_size, input_size),
             output_shape=output_shape,
+            concurrency=concurrency,
         )
         self._fn = fn
         self._lock = threading.Lock()

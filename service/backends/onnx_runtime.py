@@ -88,6 +88,11 @@ def requested_providers(
 class OnnxRuntimeBackend(BaseBackend):
     """One `InferenceSession` with graph optimisation level ALL and host-sized thread pools.
 
+    `parallel_runs` > 1 (CPU): that many `infer` calls may run at once on the session (`run` is
+    thread-safe), each on its own `intra_op_threads`; the batcher keeps that many independent
+    batches in flight. Intra-op threads do not spin while waiting for work, so they leave idle
+    cores to the server's decode threads.
+
     `profile` (input name, input size) only shapes the TensorRT provider's profile; the backend's
     input and output shapes are read from the loaded graph, so the server can check them against
     the manifest.
@@ -102,6 +107,7 @@ class OnnxRuntimeBackend(BaseBackend):
         profile: tuple[str, int],
         device: str = "cpu",
         intra_op_threads: int = 1,
+        parallel_runs: int = 1,
         fp16: bool = False,
         cache_dir: Path | None = None,
     ) -> None:
@@ -112,6 +118,7 @@ class OnnxRuntimeBackend(BaseBackend):
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1  # sequential execution: parallelism lives inside each op
         options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = requested_providers(
             device,
             ort.get_available_providers(),
@@ -147,12 +154,14 @@ class OnnxRuntimeBackend(BaseBackend):
         super().__init__(
             name="onnxruntime",
             precision="fp16" if self._input_dtype == np.float16 or (fp16 and TENSORRT in active) else "fp32",
-            device=", ".join(active) + ("" if on_gpu else f" ({intra_op_threads} intra-op threads)"),
+            device=", ".join(active)
+            + ("" if on_gpu else f" ({_cpu_threads(parallel_runs, intra_op_threads)})"),
             head=head,
             max_batch_size=batch_dim if isinstance(batch_dim, int) else max_batch_size,
             input_name=inp.name,
             input_shape=tuple(d if isinstance(d, int) else -1 for d in chw),  # type: ignore[arg-type]
             output_shape=tuple(d if isinstance(d, int) else None for d in out.shape[1:]),
+            concurrency=parallel_runs,
         )
         log.info("onnxruntime %s loaded %s on %s", ort.__version__, model_path.name, self.device)
 
@@ -163,3 +172,8 @@ class OnnxRuntimeBackend(BaseBackend):
 
     def _release(self) -> None:
         self._session = None
+
+
+def _cpu_threads(parallel_runs: int, intra_op_threads: int) -> str:
+    threads = f"{intra_op_threads} intra-op thread{'s' if intra_op_threads > 1 else ''}"
+    return threads if parallel_runs == 1 else f"{parallel_runs} concurrent runs x {threads}"

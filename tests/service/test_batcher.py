@@ -82,19 +82,44 @@ async def test_concurrent_requests_are_batched_and_order_is_preserved():
     assert [o.batch_size for o in answers[0]] == [4, 4, 4]
 
 
-async def test_a_lone_item_waits_at_most_max_delay():
+async def test_a_lone_item_with_nothing_else_coming_goes_at_once():
     model = Model()
-    batcher = await started(model, max_delay_s=0.05)
+    batcher = await started(model, max_delay_s=0.5)
     start = time.monotonic()
     (output,) = await results(batcher.submit([item(1)], later()))
     waited = time.monotonic() - start
+    await batcher.stop(TIMEOUT)
+    assert model.sizes == [1]
+    assert waited < 0.25 and output.queue_s < 0.25  # not the 0.5 s delay
+
+
+async def test_a_batch_waits_at_most_max_delay_for_announced_images():
+    model = Model()
+    batcher = await started(model, max_delay_s=0.05)
+    with batcher.incoming(1):  # an image being decoded that never arrives (its decode failed)
+        start = time.monotonic()
+        (output,) = await results(batcher.submit([item(1)], later()))
+        waited = time.monotonic() - start
     await batcher.stop(TIMEOUT)
     assert model.sizes == [1]
     assert 0.04 <= waited < 1.0
     assert output.queue_s >= 0.04
 
 
-async def test_items_arriving_within_the_delay_join_the_batch():
+async def test_announced_items_arriving_within_the_delay_join_the_batch():
+    model = Model()
+    batcher = await started(model, max_delay_s=0.3)
+    with batcher.incoming(2):
+        first = batcher.submit([item(1)], later())
+        await asyncio.sleep(0.02)
+        second = batcher.submit([item(2), item(3)], later())
+    outputs = await results(first + second)
+    await batcher.stop(TIMEOUT)
+    assert model.sizes == [3]
+    assert [float(o.output[0]) for o in outputs] == [10, 20, 30]
+
+
+async def test_unannounced_items_do_not_hold_a_batch_back():
     model = Model()
     batcher = await started(model, max_delay_s=0.3)
     first = batcher.submit([item(1)], later())
@@ -102,8 +127,47 @@ async def test_items_arriving_within_the_delay_join_the_batch():
     second = batcher.submit([item(2), item(3)], later())
     outputs = await results(first + second)
     await batcher.stop(TIMEOUT)
-    assert model.sizes == [3]
+    assert model.sizes == [1, 2]
     assert [float(o.output[0]) for o in outputs] == [10, 20, 30]
+
+
+async def test_workers_keep_that_many_batches_in_the_backend_at_once():
+    class Counting(Model):
+        def __init__(self) -> None:
+            super().__init__(gated=True)
+            self.lock, self.inside, self.most = threading.Lock(), 0, 0
+            self.both = threading.Event()
+
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            with self.lock:
+                self.inside += 1
+                self.most = max(self.most, self.inside)
+                if self.inside == 2:
+                    self.both.set()
+            try:
+                return super().__call__(batch)
+            finally:
+                with self.lock:
+                    self.inside -= 1
+
+    model = Counting()
+    batcher = DynamicBatcher(
+        model, max_batch_size=2, max_delay_s=0.0, queue_size=64, metrics=Metrics(), workers=2
+    )
+    await batcher.start()
+    try:
+        futures = batcher.submit([item(i) for i in range(6)], later())
+        await wait_for_event(model.both)  # two batches of 2 in the backend, 2 images still queued
+        assert batcher.inflight_age() > 0
+        await asyncio.sleep(0.05)
+        assert model.most == 2 and sorted(model.sizes) == [2, 2]
+    finally:
+        model.release.set()
+    outputs = await results(futures)
+    assert await batcher.stop(TIMEOUT)
+    assert [float(o.output[0]) for o in outputs] == [10 * i for i in range(6)]
+    assert model.most == 2 and model.sizes == [2, 2, 2]
+    assert batcher.inflight_age() == 0.0
 
 
 async def test_a_full_queue_refuses_whole_requests():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -83,7 +85,9 @@ def test_fake_backend_runs_its_function_and_records_batches():
 def test_onnxruntime_backend_on_the_tiny_model(tmp_path):
     pytest.importorskip("onnx")
     manifest = write_model_dir(tmp_path, onnx=True)
-    settings = Settings(model_dir=tmp_path, backend="onnxruntime", device="cpu", onnx_intra_op_threads=2)
+    settings = Settings(
+        model_dir=tmp_path, backend="onnxruntime", device="cpu", onnx_intra_op_threads=2, onnx_parallel_runs=1
+    )
     backend = create_backend(settings, manifest)
     batch = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)
     try:
@@ -308,6 +312,61 @@ def test_close_waits_for_the_running_infer_and_never_releases_under_it():
     worker.join(5)
     closer.join(5)
     assert events == ["infer returned", "released"] and backend.closed
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_at_most_concurrency_calls_run_at_once_and_close_waits_for_all(concurrency):
+    lock, inside, most = threading.Lock(), [0], [0]
+    release = threading.Event()
+    events: list[str] = []
+
+    def blocking(batch):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        assert release.wait(5)
+        with lock:
+            inside[0] -= 1
+            events.append("infer returned")
+        return np.zeros((len(batch), TOP_K, 6), np.float32)
+
+    class Recording(FakeBackend):
+        def _release(self) -> None:
+            events.append("released")
+
+    backend = Recording(blocking, input_size=64, output_shape=(TOP_K, 6), concurrency=concurrency)
+    callers = [
+        threading.Thread(target=backend.infer, args=(np.zeros((1, 3, 64, 64), np.float32),)) for _ in range(3)
+    ]
+    for caller in callers:
+        caller.start()
+    time.sleep(0.1)
+    assert most[0] == concurrency  # the third caller (and the second, at 1) waits for a slot
+    assert backend.close(timeout_s=0.05) is False and events == []
+    release.set()
+    for caller in callers:
+        caller.join(5)
+    assert backend.close(timeout_s=5) is True
+    assert events == ["infer returned"] * 3 + ["released"] and most[0] == concurrency
+
+
+def test_the_onnxruntime_backend_runs_concurrent_calls_on_the_cpu(tmp_path):
+    pytest.importorskip("onnx")
+    manifest = write_model_dir(tmp_path, onnx=True)
+    settings = Settings(model_dir=tmp_path, device="cpu", onnx_parallel_runs=2, onnx_intra_op_threads=1)
+    backend = create_backend(settings, manifest)
+    batches = [np.random.default_rng(i).random((2, 3, 64, 64), dtype=np.float32) for i in range(8)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            outputs = list(pool.map(backend.infer, batches))
+    finally:
+        backend.close()
+    assert (
+        backend.concurrency == 2
+        and backend.device == "CPUExecutionProvider (2 concurrent runs x 1 intra-op thread)"
+    )
+    for batch, out in zip(batches, outputs, strict=True):
+        np.testing.assert_allclose(out, tiny_reference(batch), atol=1e-6)
 
 
 def test_the_onnxruntime_backend_refuses_to_infer_after_close(tmp_path):
