@@ -1,14 +1,16 @@
 """`yolor bench bare`: the backend alone, per batch size, as the server would load it.
 
 For each batch size (1, 2, 4, ... up to the largest the server forms) the backend runs the same
-batch repeatedly after a warm-up: images/s = batch size x calls / time spent in `infer`, and the
-latency percentiles of one call. The input is a fixed pseudo-random batch in [0, 1] (inference cost
-does not depend on the pixels); pre- and post-processing are not part of it (`yolor bench serve`
-measures the whole request).
+batch repeatedly after a warm-up, from as many threads at once as the server keeps batches in
+flight (`backend.concurrency`): images/s = images / wall time of the measured calls, latency
+percentiles of one call, and the process CPU time per image. The input is a fixed pseudo-random
+batch in [0, 1] (inference cost does not depend on the pixels); pre- and post-processing are not
+part of it (`yolor bench serve` measures the whole request).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -16,10 +18,21 @@ from typing import Any
 
 import numpy as np
 
-from bench.stats import Latency
+from bench.stats import Latency, process_cpu_seconds
+from service.backends import load_checked_backend
 from service.backends.base import Backend
+from service.manifest import ModelManifest, load_manifest
+from service.settings import Settings
 
 Clock = Callable[[], float]
+
+
+def load_backend(settings: Settings) -> tuple[ModelManifest, Backend, int]:
+    """(manifest, backend, largest batch) of `settings.model_dir`, loaded and checked as `yolor serve`
+    loads it."""
+    manifest = load_manifest(settings.model_dir)
+    backend, max_batch = load_checked_backend(settings, manifest)
+    return manifest, backend, max_batch
 
 
 def batch_sizes(max_batch: int) -> list[int]:
@@ -34,9 +47,11 @@ def batch_sizes(max_batch: int) -> list[int]:
 class BatchResult:
     batch_size: int
     calls: int
-    seconds: float  # time spent in the measured calls
+    callers: int  # threads calling at once (the backend's concurrency)
+    seconds: float  # wall time of the measured calls
     images_per_s: float
     latency: Latency  # of one call (one batch)
+    cpu_ms_per_image: float  # process CPU time in the measured calls / images
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "latency": asdict(self.latency)}
@@ -50,26 +65,74 @@ def bench_batch(
     min_calls: int = 5,
     warmup_calls: int = 3,
     clock: Clock = time.perf_counter,
+    cpu_clock: Clock = process_cpu_seconds,
     seed: int = 0,
 ) -> BatchResult:
-    """Run `batch_size` images through `backend.infer` until both `min_seconds` and `min_calls` are
-    reached (after `warmup_calls` unmeasured calls)."""
+    """Run `batch_size` images through `backend.infer` from `backend.concurrency` threads until both
+    `min_seconds` and `min_calls` are reached (after `warmup_calls` unmeasured calls)."""
     batch = np.random.default_rng(seed).random((batch_size, *backend.input_shape), dtype=np.float32)
-    for _ in range(warmup_calls):
-        backend.infer(batch)
-    durations: list[float] = []
-    while len(durations) < min_calls or sum(durations) < min_seconds:
-        start = clock()
-        backend.infer(batch)
-        durations.append(clock() - start)
-    total = sum(durations)
-    return BatchResult(
-        batch_size=batch_size,
-        calls=len(durations),
-        seconds=total,
-        images_per_s=batch_size * len(durations) / total if total > 0 else float("inf"),
-        latency=Latency.of(durations),
+    timed = time_calls(
+        lambda: backend.infer(batch),
+        callers=backend.concurrency,
+        min_seconds=min_seconds,
+        min_calls=min_calls,
+        warmup_calls=warmup_calls,
+        clock=clock,
+        cpu_clock=cpu_clock,
     )
+    return timed.result(batch_size)
+
+
+@dataclass(frozen=True)
+class TimedCalls:
+    durations: list[float]
+    callers: int
+    wall_s: float
+    cpu_s: float
+
+    def result(self, batch_size: int) -> BatchResult:
+        images = batch_size * len(self.durations)
+        return BatchResult(
+            batch_size=batch_size,
+            calls=len(self.durations),
+            callers=self.callers,
+            seconds=self.wall_s,
+            images_per_s=images / self.wall_s if self.wall_s > 0 else float("inf"),
+            latency=Latency.of(self.durations),
+            cpu_ms_per_image=self.cpu_s * 1000 / images,
+        )
+
+
+def time_calls(
+    call: Callable[[], object],
+    *,
+    callers: int = 1,
+    min_seconds: float = 2.0,
+    min_calls: int = 5,
+    warmup_calls: int = 3,
+    clock: Clock = time.perf_counter,
+    cpu_clock: Clock = process_cpu_seconds,
+) -> TimedCalls:
+    """`call()` from `callers` threads at once until both `min_seconds` (wall) and `min_calls` are
+    reached, after `warmup_calls` unmeasured calls."""
+    for _ in range(warmup_calls):
+        call()
+    durations: list[float] = []
+    cpu0, start = cpu_clock(), clock()
+
+    def call_until_done() -> None:
+        while len(durations) < min_calls or clock() - start < min_seconds:
+            t0 = clock()
+            call()
+            durations.append(clock() - t0)  # list.append is atomic
+
+    threads = [threading.Thread(target=call_until_done) for _ in range(callers - 1)]
+    for thread in threads:
+        thread.start()
+    call_until_done()
+    for thread in threads:
+        thread.join()
+    return TimedCalls(durations, callers, clock() - start, cpu_clock() - cpu0)
 
 
 def bench_bare(
@@ -91,13 +154,13 @@ def bench_bare(
 
 def markdown_table(results: list[BatchResult]) -> str:
     lines = [
-        "| batch | images/s | p50 ms | p90 ms | p99 ms | calls |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| batch | images/s | p50 ms | p90 ms | p99 ms | CPU ms/image | calls |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lat = r.latency
         lines.append(
             f"| {r.batch_size} | {r.images_per_s:.1f} | {lat.p50_ms:.2f} | {lat.p90_ms:.2f} | "
-            f"{lat.p99_ms:.2f} | {r.calls} |"
+            f"{lat.p99_ms:.2f} | {r.cpu_ms_per_image:.2f} | {r.calls} |"
         )
     return "\n".join(lines) + "\n"

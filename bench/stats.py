@@ -1,7 +1,8 @@
-"""Latency summaries: percentiles of a list of durations, in milliseconds."""
+"""Latency summaries (percentiles of durations, in milliseconds) and this process's CPU time."""
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,3 +25,9 @@ class Latency:
         ms = np.asarray(seconds, dtype=np.float64) * 1000
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
         return cls(float(p50), float(p90), float(p99), float(ms.mean()))
+
+
+def process_cpu_seconds() -> float:
+    """This process's user + system CPU time, all its threads (ONNX Runtime's intra-op pool too)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 
 import numpy as np
 import pytest
@@ -75,16 +76,37 @@ def test_the_markdown_table_has_a_row_per_batch_size():
 
 
 def test_yolor_bench_bare_on_the_demo_model(tmp_path, capsys):
-    out = tmp_path / "bare.json"
     assert main(["bench", "bare", str(DEMO_MODEL_DIR), "--seconds", "0.05", "--max-batch", "4",
-                 "--device", "cpu", "--json", str(out)]) == 0  # fmt: skip
-    report = json.loads(out.read_text())
+                 "--device", "cpu", "--out", str(tmp_path)]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "bare.json").read_text())
     assert report["model"]["arch"] == "yolor_csp" and report["backend"]["name"] == "onnxruntime"
     assert [r["batch_size"] for r in report["results"]] == [1, 2, 4]
     for r in report["results"]:
         assert r["images_per_s"] == pytest.approx(r["batch_size"] * r["calls"] / r["seconds"])
-        assert 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"]
-    assert capsys.readouterr().out.count("\n") == 2 + 3
+        assert 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"] and r["cpu_ms_per_image"] > 0
+    table = capsys.readouterr().out
+    assert table.count("\n") == 2 + 3 and (tmp_path / "bare.md").read_text() == table
+
+
+def test_cpu_time_per_image_is_the_cpu_clock_over_the_images():
+    timed = Timed(base=0.010, per_image=0.005)  # the CPU clock is the same fake clock: 1 core busy
+    result = bench_batch(timed.backend, 4, min_seconds=0.2, warmup_calls=1, clock=timed.clock,
+                         cpu_clock=timed.clock)  # fmt: skip
+    assert result.cpu_ms_per_image == pytest.approx((10 + 5 * 4) / 4)
+
+
+def test_concurrent_callers_as_many_as_the_backend_runs_at_once():
+    def sleepy(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.02)
+        return np.zeros((len(batch), 4, 6), np.float32)
+
+    speeds = {}
+    for concurrency in (1, 2):
+        backend = FakeBackend(sleepy, input_size=32, output_shape=(4, 6), concurrency=concurrency)
+        result = bench_batch(backend, 2, min_seconds=0.3, warmup_calls=1)
+        assert result.callers == concurrency and result.latency.p50_ms >= 20
+        speeds[concurrency] = result.images_per_s
+    assert speeds[1] <= 2 / 0.02 and speeds[2] > 1.5 * speeds[1]  # sleeping calls overlap
 
 
 def test_a_batch_larger_than_the_model_allows_is_a_user_error(caplog):

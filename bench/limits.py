@@ -1,0 +1,121 @@
+"""What a CPU-only server can reach at most, measured on this machine, and the ratios to it.
+
+Every served image costs the server the backend's CPU time for its share of a batch plus decoding
+and letterboxing it, so with `cores` CPUs it cannot answer more than
+
+    cores / (inference CPU s per image + decode/letterbox CPU s per image)   images/s.
+
+Both terms are measured here: the first from a bare backend run at the server's max batch (process
+CPU time over images: it counts every intra-op thread, spinning included), the second by
+pre-processing the benchmark's own JPEGs exactly as a request does (`service.detector.preprocess`),
+on one thread. HTTP, JSON and post-processing are left out of the limit: they are the overheads
+the served number pays for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from service.detector import preprocess
+from service.manifest import ModelManifest
+
+
+def preprocess_cpu_ms(
+    jpegs: Sequence[bytes], manifest: ModelManifest, *, max_pixels: int, min_seconds: float = 1.0
+) -> float:
+    """Mean CPU ms of this thread to pre-process one of `jpegs` (each at least once, after one warm-up)."""
+    preprocess(jpegs[0], manifest, max_pixels=max_pixels)
+    done, cpu0, wall0 = 0, time.thread_time(), time.perf_counter()
+    while done < len(jpegs) or time.perf_counter() - wall0 < min_seconds:
+        preprocess(jpegs[done % len(jpegs)], manifest, max_pixels=max_pixels)
+        done += 1
+    return (time.thread_time() - cpu0) * 1000 / done
+
+
+@dataclass(frozen=True)
+class CpuLimit:
+    cores: int
+    inference_cpu_ms: float  # per image, bare backend at the max batch
+    preprocess_cpu_ms: float  # per image: decode + letterbox + tensor
+
+    @property
+    def images_per_s(self) -> float:
+        return self.cores * 1000 / (self.inference_cpu_ms + self.preprocess_cpu_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "images_per_s": self.images_per_s}
+
+
+@dataclass(frozen=True)
+class Round:
+    """One side-by-side round: the bare backend, then the server, each for the same time, back to back."""
+
+    bare_images_per_s: float  # at the max batch
+    bare_cpu_ms_per_image: float  # at the max batch
+    served_images_per_s: float  # at the compared concurrency
+    bare_p50_ms_b1: float  # batch 1
+    served_p50_ms_c1: float  # concurrency 1
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The issue's three ratios: the median over rounds of each round's ratio (a machine that other
+    work slows for a while slows both sides of a round, not one ratio)."""
+
+    max_batch: int
+    concurrency: int  # the served level compared (the best of the sweep at >= 2 x max batch)
+    cores: int
+    preprocess_cpu_ms: float
+    rounds: list[Round]
+
+    def _median(self, values: list[float]) -> float:
+        return float(np.median(values))
+
+    @property
+    def served_over_bare(self) -> float:
+        return self._median([r.served_images_per_s / r.bare_images_per_s for r in self.rounds])
+
+    def limit(self, r: Round) -> CpuLimit:
+        return CpuLimit(self.cores, r.bare_cpu_ms_per_image, self.preprocess_cpu_ms)
+
+    @property
+    def limit_images_per_s(self) -> float:
+        return self._median([self.limit(r).images_per_s for r in self.rounds])
+
+    @property
+    def served_over_limit(self) -> float:
+        return self._median([r.served_images_per_s / self.limit(r).images_per_s for r in self.rounds])
+
+    @property
+    def p50_overhead_ms(self) -> float:
+        return self._median([r.served_p50_ms_c1 - r.bare_p50_ms_b1 for r in self.rounds])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "served_over_bare": self.served_over_bare,
+            "limit_images_per_s": self.limit_images_per_s,
+            "served_over_limit": self.served_over_limit,
+            "p50_overhead_ms": self.p50_overhead_ms,
+        }
+
+    def lines(self) -> list[str]:
+        med = self._median
+        served = med([r.served_images_per_s for r in self.rounds])
+        bare = med([r.bare_images_per_s for r in self.rounds])
+        inference = med([r.bare_cpu_ms_per_image for r in self.rounds])
+        n = f"median of {len(self.rounds)} side-by-side rounds"
+        return [
+            f"served/bare at max batch {self.max_batch}: {self.served_over_bare:.3f} ({n}; served "
+            f"{served:.1f} images/s at concurrency {self.concurrency}, bare {bare:.1f})",
+            f"CPU limit {self.limit_images_per_s:.1f} images/s = {self.cores} cores / ({inference:.2f} ms "
+            f"inference + {self.preprocess_cpu_ms:.2f} ms decode/letterbox CPU per image); "
+            f"served/limit: {self.served_over_limit:.3f}",
+            f"p50 at concurrency 1: {med([r.served_p50_ms_c1 for r in self.rounds]):.2f} ms, bare batch-1 "
+            f"p50 {med([r.bare_p50_ms_b1 for r in self.rounds]):.2f} ms: +{self.p50_overhead_ms:.2f} ms",
+        ]
