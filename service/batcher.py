@@ -13,7 +13,7 @@ instead of after `max_delay_s` (a lone request pays no delay; under load the que
 `workers` batches may be in the backend at once (Triton's instance count): a CPU backend whose
 runs are single-threaded answers more images/s with two independent batches in flight than with one
 batch on two threads. A batch is formed only once a worker is free, so it takes whatever queued
-meanwhile.
+meanwhile; while other workers are idle it takes only its share.
 
 Stopping waits (bounded) for the batches in the worker threads: the caller releases the backend
 only when `stop` says they are idle. `inflight_age` lets a watchdog see a batch stuck in the backend.
@@ -197,8 +197,16 @@ class DynamicBatcher:
 
     async def _collect(self) -> list[_Item]:
         """The first item, then whatever arrives until the batch is full, `max_delay_s` has passed or
-        nothing more is on its way."""
+        nothing more is on its way. While other workers are idle, only this worker's share of what
+        is queued now: two images on two idle single-threaded workers run side by side, not one
+        after the other in one batch."""
         items = [await self._queue.get()]
+        idle_others = self.workers - len(self._batches) - 1
+        if idle_others > 0:  # share what is queued with the idle workers, and wait for nothing
+            share = -(-(1 + self._queue.qsize()) // (idle_others + 1))  # ceil
+            while len(items) < min(share, self.max_batch_size) and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            return items
         flush_at = time.monotonic() + self.max_delay_s
         while len(items) < self.max_batch_size:
             if not self._queue.empty():
