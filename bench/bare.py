@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.stats import Latency, process_cpu_seconds
+from bench.stats import Latency, process_cpu_seconds, rate
 from service.backends import load_checked_backend
 from service.backends.base import Backend
 from service.manifest import ModelManifest, load_manifest
@@ -160,7 +160,7 @@ def markdown_table(results: list[BatchResult]) -> str:
     for r in results:
         lat = r.latency
         lines.append(
-            f"| {r.batch_size} | {r.images_per_s:.1f} | {lat.p50_ms:.2f} | {lat.p90_ms:.2f} | "
+            f"| {r.batch_size} | {rate(r.images_per_s)} | {lat.p50_ms:.2f} | {lat.p90_ms:.2f} | "
             f"{lat.p99_ms:.2f} | {r.cpu_ms_per_image:.2f} | {r.calls} |"
         )
     return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.stats import rate
 from service.detector import preprocess
 from service.manifest import ModelManifest
 
@@ -112,8 +113,8 @@ class Comparison:
         n = f"median of {len(self.rounds)} side-by-side rounds"
         return [
             f"served/bare at max batch {self.max_batch}: {self.served_over_bare:.3f} ({n}; served "
-            f"{served:.1f} images/s at concurrency {self.concurrency}, bare {bare:.1f})",
-            f"CPU limit {self.limit_images_per_s:.1f} images/s = {self.cores} cores / ({inference:.2f} ms "
+            f"{rate(served)} images/s at concurrency {self.concurrency}, bare {rate(bare)})",
+            f"CPU limit {rate(self.limit_images_per_s)} images/s = {self.cores} cores / ({inference:.2f} ms "
             f"inference + {self.preprocess_cpu_ms:.2f} ms decode/letterbox CPU per image); "
             f"served/limit: {self.served_over_limit:.3f}",
             f"p50 at concurrency 1: {med([r.served_p50_ms_c1 for r in self.rounds]):.2f} ms, bare batch-1 "

@@ -46,7 +46,9 @@ def plot_serve(report: ServeReport, path: Path) -> None:
     model = report.sweeps[0].model
     left.set(xlabel="images/s", ylabel="latency (ms)", yscale="log",
              title=f"{model.arch} {model.input_size} px, {model.backend} {model.precision}")  # fmt: skip
-    left.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    left.yaxis.set_major_formatter(plain)
+    left.yaxis.set_minor_formatter(plain)
     left.grid(True, alpha=0.3)
     left.legend(fontsize=8)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from bench.load import STAGES, Window, closed_loop
 from bench.scrape import ServerCounters
-from bench.stats import Latency
+from bench.stats import Latency, rate
 
 Progress = Callable[[int, float], None]  # (concurrency, seconds of its window so far)
 
@@ -168,7 +168,7 @@ def markdown_table(results: Sequence[LevelResult]) -> str:
         p = (f"{lat.p50_ms:.1f} | {lat.p90_ms:.1f} | {lat.p99_ms:.1f}") if lat else "- | - | -"
         errors = ", ".join(f"{k}: {v}" for k, v in r.errors.items()) or "0"
         lines.append(
-            f"| {r.concurrency} | {r.images_per_s:.1f} | {p} | {_num(r.mean_batch, 2)} | "
+            f"| {r.concurrency} | {rate(r.images_per_s)} | {p} | {_num(r.mean_batch, 2)} | "
             f"{st.get('preprocess', 0):.1f} | {st.get('queue', 0):.1f} | {st.get('inference', 0):.1f} | "
             f"{st.get('postprocess', 0):.1f} | {st.get('other', 0):.1f} | "
             f"{_num(r.server_cpu_ms_per_image, 2)} | {_num(r.client_cpu_ms_per_image, 2)} | {errors} |"

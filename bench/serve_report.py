@@ -190,18 +190,24 @@ def _log_level(name: str, r: LevelResult) -> None:
              name, r.concurrency, r.images_per_s, p50, batch, r.errors or 0)  # fmt: skip
 
 
-def _sweep_one(name: str, base_url: str, config: ServeBenchConfig, progress: Progress | None) -> Sweep:
+def _sweep_one(
+    name: str,
+    base_url: str,
+    config: ServeBenchConfig,
+    progress: Progress | None,
+    levels: Sequence[int] | None = None,
+) -> Sweep:
     async def go() -> Sweep:
         async with aiohttp.ClientSession(headers=config.headers) as session:
             model = await served_model(session, base_url)
-        levels = config.levels or concurrency_levels(model.max_batch_size)
+        chosen = levels or config.levels or concurrency_levels(model.max_batch_size)
         log.info("%s: %s %d px, %s %s on %s, max batch %d; concurrency %s, %g s each", name, model.arch,
                  model.input_size, model.backend, model.precision, model.device, model.max_batch_size,
-                 list(levels), config.seconds)  # fmt: skip
+                 list(chosen), config.seconds)  # fmt: skip
         results = await sweep(
             base_url,
             config.jpegs,
-            levels,
+            chosen,
             seconds=config.seconds,
             warmup_s=config.warmup_s,
             headers=config.headers,
@@ -245,7 +251,8 @@ def run(config: ServeBenchConfig, progress: Progress | None = None) -> ServeRepo
                 batched(base_url)
             if config.unbatched:
                 with spawned_server(config.model_dir, {**config.server_env, **UNBATCHED}) as (base_url, _):
-                    sweeps.append(_sweep_one("unbatched", base_url, config, progress))
+                    levels = [r.concurrency for r in sweeps[0].results]  # the batched server's levels
+                    sweeps.append(_sweep_one("unbatched", base_url, config, progress, levels))
     finally:
         if bare is not None:
             bare.close()

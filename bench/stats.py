@@ -31,3 +31,8 @@ def process_cpu_seconds() -> float:
     """This process's user + system CPU time, all its threads (ONNX Runtime's intra-op pool too)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def rate(value: float) -> str:
+    """images/s for a table: one decimal, two below 10 (a big model on a CPU answers 0.5/s)."""
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"

@@ -193,7 +193,8 @@ class _Progress:
         if level != self._level:
             self.close()
             self._level = level
-            self._bar = tqdm(total=None, desc=f"concurrency {level}", unit="s", leave=False,
+            # disable=None: no bar unless stderr is a terminal (a log file would get every refresh)
+            self._bar = tqdm(total=None, desc=f"concurrency {level}", unit="s", leave=False, disable=None,
                              bar_format="{desc}: {n:.0f} s measured")  # fmt: skip
         self._bar.n = seconds
         self._bar.refresh()

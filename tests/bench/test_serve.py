@@ -115,10 +115,13 @@ def test_a_sweep_counts_failures_by_status(tmp_path):
 @pytest.mark.slow
 def test_yolor_bench_serve_on_the_demo_model(tmp_path, capsys):
     assert main(["bench", "serve", "--device", "cpu", "--seconds", "0.5", "--warmup", "0.2", "--bare-seconds",
-                 "0.05", "--concurrency", "1,16", "--rounds", "1", "--round-seconds", "0.3",
+                 "0.05", "--concurrency", "1,16", "--rounds", "1", "--round-seconds", "0.3", "--unbatched",
                  "--out", str(tmp_path)]) == 0  # fmt: skip
     report = json.loads((tmp_path / "serve.json").read_text())
-    (batched,) = report["sweeps"]
+    batched, unbatched = report["sweeps"]
+    assert unbatched["name"] == "unbatched" and unbatched["served"]["max_batch_size"] == 1
+    assert [lv["concurrency"] for lv in unbatched["levels"]] == [1, 16]  # the batched server's levels
+    assert all(lv["mean_batch"] == 1.0 for lv in unbatched["levels"])
     assert batched["served"]["arch"] == "yolor_csp" and batched["served"]["max_batch_size"] == 8
     assert [lv["concurrency"] for lv in batched["levels"]] == [1, 16]
     assert all(lv["requests"] > 0 and lv["errors"] == {} for lv in batched["levels"])
