@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every CPU number in docs/benchmarks.md, on this machine: the demo model and yolor_p6 (random
+# weights: speed does not depend on them) at 640 and 1280, served and bare, and the eager PyTorch
+# forward beside our export. About 35 minutes on the project's 2-core VM; run it on an otherwise
+# idle machine (the load generator shares it, and reports its own CPU time).
+#
+#   benchmarks/cpu.sh [OUT_DIR]        (default benchmarks/results/cpu; needs `make install`)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-benchmarks/results/cpu}
+BIN=${BIN:-.venv/bin}
+MODELS=${MODELS:-$(mktemp -d)}
+mkdir -p "$OUT"
+
+# The demo model: 256 px, max batch 8; batching on and off.
+"$BIN/yolor" bench serve --model service/demo_model --device cpu --unbatched \
+    --seconds 10 --rounds 3 --round-seconds 6 --out "$OUT/demo"
+"$BIN/yolor" bench torch service/demo_model/checkpoint.pt --batch 1,8 --out "$OUT/torch-demo"
+
+# yolor_p6 with random weights, exported at 640 (max batch 4) and 1280 (max batch 2).
+if [ ! -f "$MODELS/p6-1280/model.json" ]; then  # MODELS=DIR reuses an earlier run's exports
+    "$BIN/python" - "$MODELS/yolor_p6.pt" <<'PY'
+import sys, torch, yolor
+torch.manual_seed(0)
+yolor.save_checkpoint(yolor.build_model("yolor_p6", nc=80), sys.argv[1], input_size=1280)
+PY
+    "$BIN/yolor" export "$MODELS/yolor_p6.pt" --out "$MODELS/p6-640" --img-size 640 --max-batch 4
+    "$BIN/yolor" export "$MODELS/yolor_p6.pt" --out "$MODELS/p6-1280" --img-size 1280 --max-batch 2
+fi
+"$BIN/yolor" bench serve --model "$MODELS/p6-640" --device cpu --concurrency 1,2,4,8,16 \
+    --seconds 30 --warmup 5 --bare-seconds 10 --rounds 2 --round-seconds 20 --out "$OUT/p6-640"
+"$BIN/yolor" bench serve --model "$MODELS/p6-1280" --device cpu --concurrency 1,2,4,8 \
+    --seconds 40 --warmup 8 --bare-seconds 15 --rounds 2 --round-seconds 25 --out "$OUT/p6-1280"
+"$BIN/yolor" bench torch "$MODELS/yolor_p6.pt" --img-size 640 --batch 1,4 --seconds 10 --out "$OUT/torch-p6-640"
+"$BIN/yolor" bench torch "$MODELS/yolor_p6.pt" --img-size 1280 --batch 1 --seconds 15 --out "$OUT/torch-p6-1280"
+echo "results in $OUT"
