@@ -47,6 +47,7 @@ from service.schemas import (
 )
 
 Disconnected = Callable[[], Awaitable[None]]  # returns once the client has gone away
+WARMUP_ROWS = 1000  # output rows post-processed by the warm-up
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,9 @@ class Detector:
         ok, encoded = cv2.imencode(".png", np.full((side, side, 3), 114, np.uint8))
         assert ok
         sample = self._preprocess(encoded.tobytes(), keep_image=False)
-        output = (await asyncio.to_thread(self.backend.infer, sample.tensor[None]))[0]
+        # Every row a candidate (conf 0), but at most WARMUP_ROWS of them: on a raw head at 1280 px
+        # NMS over all ~100k rows would take seconds per thread and delay readiness for nothing.
+        output = (await asyncio.to_thread(self.backend.infer, sample.tensor[None]))[0][:WARMUP_ROWS]
         together = threading.Barrier(threads, timeout=5.0)
 
         def run() -> None:

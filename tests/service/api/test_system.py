@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from tests.support.app import (
@@ -17,6 +18,7 @@ from tests.support.app import (
     topk_rows,
     wait_until,
 )
+from tests.support.model_files import write_model_dir
 
 pytestmark = [pytest.mark.api, pytest.mark.anyio]
 
@@ -220,7 +222,6 @@ async def test_start_up_refuses_a_backend_that_does_not_fit_the_manifest(tmp_pat
     from service.app import create_app
     from service.backends import BackendMismatch, FakeBackend
     from service.settings import Settings
-    from tests.support.model_files import write_model_dir
 
     write_model_dir(tmp_path)
     made = []
@@ -258,3 +259,28 @@ async def test_cors_for_configured_origins_only(tmp_path):
     assert allowed.headers["access-control-allow-origin"] == "https://ui.example"
     assert "access-control-allow-origin" not in other.headers
     assert error.status_code == 415 and error.headers["access-control-allow-origin"] == "https://ui.example"
+
+
+async def test_warm_up_post_processes_a_bounded_number_of_rows(tmp_path, monkeypatch):
+    import service.detector
+
+    rows = 50 * service.detector.WARMUP_ROWS  # a raw head at 1280 px has ~100k rows
+    write_model_dir(tmp_path, head="raw", raw_rows=rows)
+    seen: list[int] = []
+    select = service.detector.select_detections
+
+    def counting(boxes, *args, **kwargs):
+        seen.append(len(boxes))
+        return select(boxes, *args, **kwargs)
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(batch), rows, 5 + 3), np.float32)
+        out[..., :4] = [20, 20, 8, 8]
+        out[..., 4:] = 0.5  # every row a candidate at conf 0
+        return out
+
+    monkeypatch.setattr(service.detector, "select_detections", counting)
+    app, _ = fake_app(tmp_path, model, head="raw")
+    async with running(app):
+        pass
+    assert seen and max(seen) <= service.detector.WARMUP_ROWS * 3  # rows x classes at most
