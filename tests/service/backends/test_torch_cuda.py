@@ -1,0 +1,312 @@
+"""The torch CUDA backend: chunk plan, model preparation and import guard on the CPU; its pipeline's
+bookkeeping with torch.cuda faked (sequential, so this checks indexing, not stream ordering); the
+real thing on a GPU (skipped without one: never run in CI or so far in any session)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.backends.base import BackendClosed, BackendUnavailable
+from service.backends.torch_cuda import (
+    Chunk,
+    TorchCudaBackend,
+    inference_forward,
+    output_rows,
+    plan_chunks,
+    prepare_model,
+    run_sizes,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
+MAX_BATCH = 7
+
+
+def rel_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b.astype(np.float64)))
+
+
+@pytest.mark.unit
+def test_run_sizes():
+    assert run_sizes(32) == (1, 2, 3, 4, 5, 6, 7, 8)
+    assert run_sizes(3) == (1, 2, 3)
+    assert run_sizes(32, [8, 1, 4, 8]) == (1, 4, 8)
+    for bad in ([], [0, 4], [33]):
+        with pytest.raises(ValueError, match="graph_sizes"):
+            run_sizes(32, bad)
+
+
+def _brute_force_plan(batch_size: int, sizes: tuple[int, ...]) -> list[Chunk]:
+    """Whole chunks of the largest size, then the one smallest size that holds the rest."""
+    whole, rest = divmod(batch_size, sizes[-1])
+    chunks = [Chunk(i * sizes[-1], sizes[-1], sizes[-1]) for i in range(whole)]
+    if rest:
+        chunks.append(Chunk(whole * sizes[-1], rest, min(s for s in sizes if s >= rest)))
+    return chunks
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("sizes", [(1, 2, 3, 4, 5, 6, 7, 8), (1, 2, 4, 8), (8,), (3, 5), (1, 16), (32,)])
+def test_plan_chunks_covers_the_batch_padding_only_the_last_chunk(sizes):
+    for batch_size in range(1, 70):
+        plan = plan_chunks(batch_size, sizes)
+        assert plan == _brute_force_plan(batch_size, sizes)
+        starts = [c.start for c in plan]
+        assert starts == [sum(c.count for c in plan[:i]) for i in range(len(plan))]
+        assert sum(c.count for c in plan) == batch_size
+        assert all(c.size in sizes and c.count <= c.size for c in plan)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, int]:
+    """A tiny random main-branch checkpoint (see tests.support.nets) and its input size."""
+    pytest.importorskip("torch")
+    from tests.support.nets import IMG_SIZE, tiny_checkpoint
+
+    path = tiny_checkpoint("yolor_csp", tmp_path_factory.mktemp("torch_cuda") / "tiny.pt")
+    return path, IMG_SIZE["yolor_csp"]
+
+
+def _reference(checkpoint: Path, batch: np.ndarray) -> np.ndarray:
+    """The unfused FP32 model's own eval output, on the CPU."""
+    import torch
+
+    import yolor
+
+    model = yolor.load_model(checkpoint).eval()
+    with torch.inference_mode():
+        return model(torch.from_numpy(batch)).numpy()
+
+
+@pytest.mark.model
+def test_output_rows_and_the_prepared_model_match_the_unfused_model(tiny):
+    import torch
+
+    import yolor
+
+    checkpoint, size = tiny
+    batch = np.random.default_rng(0).random((2, 3, size, size), dtype=np.float32)
+    want = _reference(checkpoint, batch)
+    model = yolor.load_model(checkpoint)
+    assert want.shape == (2, output_rows(size, model.strides, model.spec.num_anchors), 5 + model.nc)
+    for half, tolerance in ((False, 1e-4), (True, 1e-2)):
+        prepared, anchors = prepare_model(model, torch.device("cpu"), half=half)
+        assert not prepared.training and not any(p.requires_grad for p in prepared.parameters())
+        assert anchors.dtype == torch.float32
+        x = torch.from_numpy(batch).to(next(prepared.parameters()).dtype)
+        with torch.inference_mode():
+            got = inference_forward(prepared, anchors)(x.contiguous(memory_format=torch.channels_last))
+        assert got.dtype == torch.float32
+        assert rel_error(got.numpy(), want) < tolerance
+
+
+@pytest.mark.unit
+def test_the_module_imports_without_torch_and_the_backend_is_then_unavailable(tmp_path):
+    script = f"""
+import sys
+for name in ("torch", "yolor"):
+    sys.modules[name] = None  # any import of these now raises ImportError
+from service.backends.base import BackendUnavailable
+from service.backends.torch_cuda import TorchCudaBackend, plan_chunks
+assert plan_chunks(3, (1, 2)) and "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
+try:
+    TorchCudaBackend({str(tmp_path / "x.pt")!r}, input_size=64, max_batch_size=1)
+except BackendUnavailable as e:
+    print(e)
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "needs torch" in out.stdout
+
+
+@pytest.mark.unit
+def test_without_a_gpu_the_backend_is_unavailable(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    with pytest.raises(BackendUnavailable, match="CUDA GPU"):
+        TorchCudaBackend(tmp_path / "x.pt", input_size=64, max_batch_size=1)
+
+
+class _FakeStream:
+    def __init__(self, *args: object) -> None:
+        pass
+
+    def wait_stream(self, other: object) -> None:
+        pass
+
+    def wait_event(self, event: _FakeEvent) -> None:
+        assert event.recorded, "waits on an event that was never recorded"
+
+
+class _FakeEvent:
+    def __init__(self) -> None:
+        self.recorded = False
+
+    def record(self, stream: object = None) -> None:
+        self.recorded = True
+
+    def synchronize(self) -> None:
+        assert self.recorded, "synchronizes on an event that was never recorded"
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch.cuda as a sequential no-op: streams, events, device contexts; tensors stay on the CPU."""
+    torch = pytest.importorskip("torch")
+    real_empty = torch.empty
+
+    def empty(*args, pin_memory=False, **kwargs):
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    fakes = {
+        "is_available": lambda: True,
+        "get_device_name": lambda device=None: "fake GPU",
+        "Stream": _FakeStream,
+        "Event": _FakeEvent,
+        "stream": lambda stream: contextlib.nullcontext(),
+        "device": lambda device: contextlib.nullcontext(),
+        "current_stream": lambda device=None: _FakeStream(),
+        "synchronize": lambda device=None: None,
+        "empty_cache": lambda: None,
+        "graph_pool_handle": lambda: object(),
+        "CUDAGraph": object,
+    }
+    for name, value in fakes.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # the backend sets it: undo after
+    return torch
+
+
+def _echo_forward(rows: int, columns: int):
+    """A stand-in net whose output is its own input, repeated and cut to (B, rows, columns) float32:
+    any image or row that lands in the wrong place shows."""
+
+    def forward(x):
+        flat = x.float().reshape(len(x), -1)
+        repeats = -(-rows * columns // flat.shape[1])  # ceil
+        return flat.repeat(1, repeats)[:, : rows * columns].view(-1, rows, columns)
+
+    return forward
+
+
+def _echo_expected(batch: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    flat = batch.astype(np.float16).astype(np.float32).reshape(len(batch), -1)
+    return np.tile(flat, -(-rows * columns // flat.shape[1]))[:, : rows * columns].reshape(-1, rows, columns)
+
+
+@pytest.fixture
+def echo(monkeypatch):
+    """Backends built from here on run `_echo_forward` instead of the net."""
+    from service.backends import torch_cuda
+
+    def stand_in(model, anchors):
+        return _echo_forward(output_rows(model.input_size, model.strides, anchors.shape[1]), 5 + model.nc)
+
+    monkeypatch.setattr(torch_cuda, "inference_forward", stand_in)
+
+
+def _check_every_batch_size(backend: TorchCudaBackend, want) -> None:
+    """Every size from 1 to MAX_BATCH, twice (copied and not), each time with other images."""
+    rng = np.random.default_rng(1)
+    _, size, _ = backend.input_shape
+    for n in [*range(1, MAX_BATCH + 1), MAX_BATCH, 1]:
+        for copy_output in (True, False):
+            backend.copy_output = copy_output
+            batch = rng.random((n, 3, size, size), dtype=np.float32)
+            got = backend.infer(batch)
+            assert got.shape == (n, *backend.output_shape)
+            want(got, batch)
+            assert np.shares_memory(got, backend._pipeline.host_out.numpy()) is not copy_output
+
+
+def _exactly(rows: int, columns: int):
+    def check(got: np.ndarray, batch: np.ndarray) -> None:
+        np.testing.assert_array_equal(got, _echo_expected(batch, rows, columns))
+
+    return check
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("graph_sizes", [None, (1, 2, 4), (3,), (2, 5)])
+def test_the_pipeline_puts_every_image_of_every_chunk_in_place(fake_cuda, echo, tiny, graph_sizes):
+    checkpoint, size = tiny
+    backend = TorchCudaBackend(
+        checkpoint,
+        input_size=size,
+        max_batch_size=MAX_BATCH,
+        device="cpu",
+        graph_sizes=graph_sizes,
+        cuda_graphs=False,
+    )
+    assert backend.graph_sizes == run_sizes(MAX_BATCH, graph_sizes)
+    _check_every_batch_size(backend, _exactly(*backend.output_shape))
+    assert backend.close() and backend.closed
+    with pytest.raises(BackendClosed):
+        backend.infer(np.zeros((1, 3, size, size), np.float32))
+
+
+@pytest.mark.model
+def test_a_failed_capture_falls_back_to_eager(fake_cuda, echo, tiny, monkeypatch, caplog):
+    def no_capture(graph, pool=None):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(fake_cuda.cuda, "graph", no_capture)
+    checkpoint, size = tiny
+    backend = TorchCudaBackend(checkpoint, input_size=size, max_batch_size=MAX_BATCH, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="service.backends.torch_cuda"):
+        _check_every_batch_size(backend, _exactly(*backend.output_shape))
+    fallbacks = [r.getMessage() for r in caplog.records if "no CUDA graph" in r.getMessage()]
+    assert len(fallbacks) == MAX_BATCH  # one warning per size, the first time it runs
+    assert "stream is capturing" in fallbacks[0]
+    backend.close()
+
+
+def _gpu():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    return torch
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("graph_sizes", "cuda_graphs"), [(None, True), ((1, 2, 4), True), ((3,), False)])
+def test_on_a_gpu_the_pipeline_puts_every_image_in_place(echo, tiny, graph_sizes, cuda_graphs):
+    _gpu()
+    checkpoint, size = tiny
+    backend = TorchCudaBackend(
+        checkpoint,
+        input_size=size,
+        max_batch_size=MAX_BATCH,
+        graph_sizes=graph_sizes,
+        cuda_graphs=cuda_graphs,
+    )
+    backend._pipeline.host_out.fill_(float("nan"))  # poison: every returned row must have been written
+    _check_every_batch_size(backend, _exactly(*backend.output_shape))
+    assert backend.close()
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_net_matches_the_fp32_model(tiny):
+    _gpu()
+    checkpoint, size = tiny
+    backend = TorchCudaBackend(checkpoint, input_size=size, max_batch_size=MAX_BATCH, graph_sizes=(1, 2, 4))
+
+    def close_to_fp32(got: np.ndarray, batch: np.ndarray) -> None:
+        want = _reference(checkpoint, batch)
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got[..., 4:], want[..., 4:], rtol=0, atol=2e-3)  # scores
+        np.testing.assert_allclose(got[..., :4], want[..., :4], rtol=2e-3, atol=0.5)  # boxes, pixels
+
+    _check_every_batch_size(backend, close_to_fp32)
+    batch = np.random.default_rng(2).random((MAX_BATCH, 3, size, size), dtype=np.float32)
+    first, again = backend.infer(batch), backend.infer(batch)
+    np.testing.assert_array_equal(first, again)  # a replay computes what the last one did
+    assert backend.close()
