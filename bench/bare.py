@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.stats import Latency, process_cpu_seconds, rate
+from bench.stats import Latency, doubling, process_cpu_seconds, rate
 from service.backends import load_checked_backend
 from service.backends.base import Backend
 from service.manifest import ModelManifest, load_manifest
@@ -37,10 +37,7 @@ def load_backend(settings: Settings) -> tuple[ModelManifest, Backend, int]:
 
 def batch_sizes(max_batch: int) -> list[int]:
     """Powers of two up to `max_batch`, and `max_batch` itself: 1, 2, 4, 8 (8); 1, 2, 4, 6 (6)."""
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch]
-    return sizes if sizes[-1] == max_batch else [*sizes, max_batch]
+    return doubling(max_batch)
 
 
 @dataclass(frozen=True)

@@ -19,18 +19,14 @@ import numpy as np
 
 from bench.load import STAGES, Window, closed_loop
 from bench.scrape import ServerCounters
-from bench.stats import Latency, rate
+from bench.stats import Latency, doubling, rate
 
 Progress = Callable[[int, float], None]  # (concurrency, seconds of its window so far)
 
 
 def concurrency_levels(max_batch: int, up_to: int | None = None) -> list[int]:
     """1, 2, 4, ... up to `up_to` (default 4 x max batch), which is included."""
-    top = up_to if up_to is not None else 4 * max_batch
-    if top < 1:
-        raise ValueError(f"the largest concurrency must be >= 1, got {top}")
-    levels = [1 << i for i in range(top.bit_length()) if 1 << i <= top]
-    return levels if levels[-1] == top else [*levels, top]
+    return doubling(up_to if up_to is not None else 4 * max_batch)
 
 
 @dataclass(frozen=True)

@@ -47,12 +47,17 @@ def spawned_server(
             _wait_ready(base_url, process, log, ready_timeout_s)
             yield base_url, process.pid
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            end_process(process)
+
+
+def end_process(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after `grace_s`; returns once it has exited."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def _wait_ready(base_url: str, process: subprocess.Popen[bytes], log: IO[bytes], timeout_s: float) -> None:

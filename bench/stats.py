@@ -36,3 +36,11 @@ def process_cpu_seconds() -> float:
 def rate(value: float) -> str:
     """images/s for a table: one decimal, two below 10 (a big model on a CPU answers 0.5/s)."""
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def doubling(top: int) -> list[int]:
+    """1, 2, 4, ... up to `top`, and `top` itself: 8 -> [1, 2, 4, 8]; 6 -> [1, 2, 4, 6]."""
+    if top < 1:
+        raise ValueError(f"need a largest value >= 1, got {top}")
+    values = [1 << i for i in range(top.bit_length()) if 1 << i <= top]
+    return values if values[-1] == top else [*values, top]

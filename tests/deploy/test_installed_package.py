@@ -13,8 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.server import free_port
 from service.processing.boxes import box_iou
-from tests.support.processes import free_port, started_process, wait_until_ok
+from tests.support.processes import started_process, wait_until_ok
 from train.data.synth import SynthOptions, generate_image, image_rng
 
 pytestmark = pytest.mark.slow

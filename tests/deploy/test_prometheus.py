@@ -22,7 +22,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.processes import free_port, started_process, wait_until_ok
+from bench.server import free_port
+from tests.support.processes import started_process, wait_until_ok
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"

@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.server import free_port
 from service.settings import DEMO_MODEL_DIR
 from tests.support.app import assert_error, fake_app, running, topk_rows
-from tests.support.processes import free_port, started_process, wait_until_ok
+from tests.support.processes import started_process, wait_until_ok
 
 ROOT = Path(__file__).resolve().parents[3]
 SKIP_VARIABLE, SCREENSHOT_VARIABLE = "SKIP_BROWSER_TESTS", "PAGE_SCREENSHOT"
