@@ -105,6 +105,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from bench.server import ServerFailed
     from service.settings import DEMO_MODEL_DIR
 
+    if args.unbatched and args.url:
+        raise CommandError("--unbatched starts its own servers: give --model, not a URL")
     model_dir = args.model if args.model is not None or args.url else DEMO_MODEL_DIR
     values = _settings_values(args)
     if model_dir is not None:

@@ -133,3 +133,8 @@ def test_yolor_bench_serve_on_the_demo_model(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "served/bare at max batch 8" in out and (tmp_path / "serve.md").read_text() == out.lstrip("\n")
     assert (tmp_path / "serve.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_unbatched_needs_a_model_folder_not_a_url(caplog):
+    assert main(["bench", "serve", "http://127.0.0.1:9", "--unbatched"]) == 2
+    assert "--unbatched starts its own servers" in caplog.text
