@@ -102,8 +102,7 @@ class BaseBackend(ABC):
         self.input_shape = input_shape
         self.output_shape = output_shape
         self.concurrency = concurrency
-        self._slots = threading.BoundedSemaphore(concurrency)
-        self._calls = threading.Condition()  # guards _running and _closed
+        self._calls = threading.Condition()  # guards _running and _closed; notified when either changes
         self._running = 0
         self._closed = False
 
@@ -120,17 +119,17 @@ class BaseBackend(ABC):
             )
         if not 1 <= batch.shape[0] <= self.max_batch_size:
             raise ValueError(f"batch size {batch.shape[0]} is outside [1, {self.max_batch_size}]")
-        with self._slots:
+        with self._calls:  # wait for a free slot (at most `concurrency` calls run at once)
+            self._calls.wait_for(lambda: self._closed or self._running < self.concurrency)
+            if self._closed:
+                raise BackendClosed(f"the {self.name} backend is closed")
+            self._running += 1
+        try:
+            out = self._infer(np.ascontiguousarray(batch))
+        finally:
             with self._calls:
-                if self._closed:
-                    raise BackendClosed(f"the {self.name} backend is closed")
-                self._running += 1
-            try:
-                out = self._infer(np.ascontiguousarray(batch))
-            finally:
-                with self._calls:
-                    self._running -= 1
-                    self._calls.notify_all()
+                self._running -= 1
+                self._calls.notify_all()
         self._check_output(out, batch.shape[0])
         return out
 
@@ -158,6 +157,7 @@ class BaseBackend(ABC):
             if not self._closed:
                 self._closed = True  # under the lock: no call starts from here on
                 self._release()
+                self._calls.notify_all()  # callers waiting for a slot now raise BackendClosed
         return True
 
     def _release(self) -> None:  # noqa: B027 - most backends hold nothing that needs releasing
