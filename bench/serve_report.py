@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ class ServeBenchConfig:
     url: str | None = None  # a running server; None: start one for model_dir
     model_dir: Path | None = None  # for the bare terms (and the server started here)
     server_env: dict[str, str] = field(default_factory=dict)  # YOLOR_* for the started server(s)
-    settings: dict[str, Any] = field(default_factory=dict)  # the same, as Settings fields, for bare
+    settings: Settings | None = None  # the same, for the bare side (default: Settings(model_dir=...))
     levels: Sequence[int] | None = None  # None: 1, 2, 4, ... 4 x max batch
     seconds: float = 10.0
     warmup_s: float = 2.0
@@ -103,7 +103,7 @@ class BareSide:
     def __init__(self, config: ServeBenchConfig) -> None:
         assert config.model_dir is not None
         self.config = config
-        self.settings = Settings(model_dir=config.model_dir, **config.settings)
+        self.settings = config.settings or Settings(model_dir=config.model_dir)
         self.manifest, self.backend, self.max_batch = load_backend(self.settings)
 
     def sweep(self) -> list[BatchResult]:
@@ -168,7 +168,12 @@ def side_by_side(
 
 
 def _measure(
-    base_url: str, levels: Sequence[int], config: ServeBenchConfig, seconds: float, progress: Progress | None
+    base_url: str,
+    levels: Sequence[int],
+    config: ServeBenchConfig,
+    seconds: float,
+    progress: Progress | None,
+    on_level: Callable[[LevelResult], None] | None = None,
 ) -> list[LevelResult]:
     return asyncio.run(
         sweep(
@@ -179,6 +184,7 @@ def _measure(
             warmup_s=config.warmup_s,
             headers=config.headers,
             progress=progress,
+            on_level=on_level,
         )
     )
 
@@ -197,26 +203,17 @@ def _sweep_one(
     progress: Progress | None,
     levels: Sequence[int] | None = None,
 ) -> Sweep:
-    async def go() -> Sweep:
+    async def describe() -> ServedModel:
         async with aiohttp.ClientSession(headers=config.headers) as session:
-            model = await served_model(session, base_url)
-        chosen = levels or config.levels or concurrency_levels(model.max_batch_size)
-        log.info("%s: %s %d px, %s %s on %s, max batch %d; concurrency %s, %g s each", name, model.arch,
-                 model.input_size, model.backend, model.precision, model.device, model.max_batch_size,
-                 list(chosen), config.seconds)  # fmt: skip
-        results = await sweep(
-            base_url,
-            config.jpegs,
-            chosen,
-            seconds=config.seconds,
-            warmup_s=config.warmup_s,
-            headers=config.headers,
-            progress=progress,
-            on_level=lambda r: _log_level(name, r),
-        )
-        return Sweep(name, model, results)
+            return await served_model(session, base_url)
 
-    return asyncio.run(go())
+    model = asyncio.run(describe())
+    chosen = levels or config.levels or concurrency_levels(model.max_batch_size)
+    log.info("%s: %s %d px, %s %s on %s, max batch %d; concurrency %s, %g s each", name, model.arch,
+             model.input_size, model.backend, model.precision, model.device, model.max_batch_size,
+             list(chosen), config.seconds)  # fmt: skip
+    results = _measure(base_url, chosen, config, config.seconds, progress, lambda r: _log_level(name, r))
+    return Sweep(name, model, results)
 
 
 def run(config: ServeBenchConfig, progress: Progress | None = None) -> ServeReport:

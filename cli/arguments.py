@@ -44,3 +44,12 @@ def float_in(low: float, high: float | None = None, *, low_open: bool = False) -
 fraction = float_in(0.0, 1.0)  # probabilities and thresholds: [0, 1]
 positive_float = float_in(0.0, low_open=True)
 non_negative_float = float_in(0.0)
+
+
+def positive_int_list(text: str) -> list[int]:
+    """An argparse `type`: "1,2,4,16" -> [1, 2, 4, 16], sorted, without repeats, each >= 1."""
+    parse = int_at_least(1)
+    try:
+        return sorted({parse(part) for part in text.split(",") if part.strip()})
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.arguments import int_at_least, non_negative_float, positive_float
+from cli.arguments import int_at_least, non_negative_float, positive_float, positive_int_list
 from cli.errors import CommandError, settings_problems
 from cli.serve_command import BACKENDS
 
@@ -109,8 +109,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError("--unbatched starts its own servers: give --model, not a URL")
     model_dir = args.model if args.model is not None or args.url else DEMO_MODEL_DIR
     values = _settings_values(args)
-    if model_dir is not None:
-        _checked_settings(model_dir, values)
+    settings = _checked_settings(model_dir, values) if model_dir is not None else None
     try:
         jpegs = load_images(args.images) if args.images else sample_jpegs()
     except (OSError, ValueError) as e:
@@ -120,7 +119,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         url=args.url,
         model_dir=model_dir,
         server_env=_server_env(values),
-        settings=values,
+        settings=settings,
         levels=args.concurrency,
         seconds=args.seconds,
         warmup_s=args.warmup,
@@ -205,15 +204,6 @@ class _Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-
-
-def positive_int_list(text: str) -> list[int]:
-    """argparse type: "1,2,4,16" -> [1, 2, 4, 16] (each >= 1; also batch sizes)."""
-    parse = int_at_least(1)
-    try:
-        return sorted({parse(part) for part in text.split(",") if part.strip()})
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _backend_options(q: argparse.ArgumentParser) -> None:
