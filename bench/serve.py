@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import aiohttp
@@ -75,7 +75,7 @@ def summarise(window: Window, server: ServerCounters) -> LevelResult:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServedModel:
     """What `GET /model` says is served."""
 
@@ -86,12 +86,10 @@ class ServedModel:
     device: str
     max_batch_size: int
     max_delay_ms: float
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @classmethod
     def of(cls, info: dict[str, Any]) -> ServedModel:
-        keys = ("arch", "input_size", "backend", "precision", "device", "max_batch_size", "max_delay_ms")
-        return cls(**{k: info[k] for k in keys}, raw=info)
+        return cls(**{f.name: info[f.name] for f in fields(cls)})
 
 
 async def served_model(session: aiohttp.ClientSession, base_url: str) -> ServedModel:

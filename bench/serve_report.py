@@ -14,7 +14,7 @@ import asyncio
 import logging
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +55,11 @@ class Sweep:
     results: list[LevelResult]
 
     def to_dict(self) -> dict[str, Any]:
-        info = {k: v for k, v in vars(self.model).items() if k != "raw"}
-        return {"name": self.name, "served": info, "levels": [r.to_dict() for r in self.results]}
+        return {
+            "name": self.name,
+            "served": asdict(self.model),
+            "levels": [r.to_dict() for r in self.results],
+        }
 
 
 @dataclass
