@@ -3,8 +3,10 @@
 After Ray Serve's `batching.py`: a bounded `asyncio.Queue` of items (tensor, future, deadline); the
 future exists before the item is queued; one task takes up to `max_batch_size` items within
 `max_delay_s` of the first, drops the expired ones (LitServe's `collate_requests`), runs the batch in
-a worker thread (the event loop never blocks) and fans the copied outputs out. A failing batch fails
-exactly its own futures.
+a worker thread (the event loop never blocks) and fans the outputs out. A failing batch fails
+exactly its own futures. An item may bring a `finish` function (post-processing) that the worker
+thread applies to its output row right after the batch: no further thread hop per image, and the
+backend's output buffer is read before the next call can reuse it.
 
 A batch does not wait for images nobody is preparing: the detector announces the images it is
 decoding (`incoming`), and once the queue is empty and none are announced the batch goes at once
@@ -29,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,13 +41,15 @@ from service.metrics import Metrics
 log = logging.getLogger(__name__)
 
 InferFn = Callable[[np.ndarray], np.ndarray]
+Finish = Callable[[np.ndarray], Any]  # worker thread: one output row -> the image's answer
 
 
 @dataclass(frozen=True)
 class BatchOutput:
-    """One image's share of a batch: its output row and how it got there."""
+    """One image's share of a batch: `finish(row)` (a copy of the row without `finish`), and how
+    it got there: seconds queued, seconds of the backend call, images in the batch."""
 
-    output: np.ndarray
+    output: Any
     queue_s: float
     inference_s: float
     batch_size: int
@@ -56,13 +61,22 @@ class _Item:
     future: asyncio.Future[BatchOutput]
     deadline: float  # time.monotonic() seconds
     queued_at: float
+    finish: Finish | None
+
+
+@dataclass(frozen=True)
+class _Ran:
+    """A batch's answers from the worker thread: one per item (a value, or what `finish` raised)."""
+
+    answers: list[Any | BaseException]
+    inference_s: float
 
 
 @dataclass(eq=False)
 class _Batch:
     items: list[_Item]
     task: asyncio.Task[None] | None = None  # answers the items once the thread is done
-    thread: concurrent.futures.Future[np.ndarray] | None = None  # the call in the worker thread
+    thread: concurrent.futures.Future[_Ran] | None = None  # the call in the worker thread
     started: float = 0.0
 
 
@@ -96,17 +110,22 @@ class DynamicBatcher:
         self._task = asyncio.create_task(self._loop(), name="yolor-batcher")
         self._accepting = True
 
-    def submit(self, tensors: Sequence[np.ndarray], deadline: float) -> list[asyncio.Future[BatchOutput]]:
-        """Queue one request's images (all or none); raise ShuttingDown or Overloaded (queue full)."""
+    def submit(
+        self, tensors: Sequence[np.ndarray], deadline: float, finish: Sequence[Finish] | None = None
+    ) -> list[asyncio.Future[BatchOutput]]:
+        """Queue one request's images (all or none), each with its `finish` if given; raise
+        ShuttingDown or Overloaded (queue full). A future fails with what its `finish` raised."""
         if not self._accepting:
             raise ShuttingDown("the server is shutting down")
         if self._queue.maxsize - self._queue.qsize() < len(tensors):
             raise Overloaded(f"batch queue full ({self._queue.qsize()}/{self._queue.maxsize} images waiting)")
+        if finish is not None and len(finish) != len(tensors):
+            raise ValueError(f"{len(finish)} finish functions for {len(tensors)} images")
         loop, now = asyncio.get_running_loop(), time.monotonic()
         futures = []
-        for tensor in tensors:
+        for i, tensor in enumerate(tensors):
             future: asyncio.Future[BatchOutput] = loop.create_future()
-            self._queue.put_nowait(_Item(tensor, future, deadline, now))
+            self._queue.put_nowait(_Item(tensor, future, deadline, now, finish[i] if finish else None))
             futures.append(future)
         self._metrics.queue_depth.set(self._queue.qsize())
         return futures
@@ -159,7 +178,7 @@ class DynamicBatcher:
         return idle
 
     async def _wait_for_threads(
-        self, threads: list[concurrent.futures.Future[np.ndarray]], timeout_s: float
+        self, threads: list[concurrent.futures.Future[_Ran]], timeout_s: float
     ) -> bool:
         running = [t for t in threads if not t.done()]
         if not running:
@@ -244,10 +263,10 @@ class DynamicBatcher:
         started = batch.started = time.monotonic()
         self._metrics.inflight_batches.inc()
         try:
-            batch.thread = self._executor.submit(self._infer_copy, [i.tensor for i in items])
+            batch.thread = self._executor.submit(self._run_in_thread, items)
             # On cancellation (stop) the thread runs on: stop() waits for it before the backend may
             # be closed, and fails the batch's futures (the batch stays in `_batches`).
-            outputs = await asyncio.wrap_future(batch.thread)
+            ran = await asyncio.wrap_future(batch.thread)
         except Exception as e:
             self._metrics.inference_errors.inc()
             log.exception("batch of %d failed", len(items))
@@ -261,22 +280,35 @@ class DynamicBatcher:
             return
         finally:
             self._metrics.inflight_batches.dec()
-        elapsed = time.monotonic() - started
-        self._metrics.inference.observe(elapsed)
+        self._metrics.inference.observe(ran.inference_s)
         self._metrics.batch_size.observe(len(items))
-        for item, output in zip(items, outputs, strict=True):
-            self._metrics.queue_wait.observe(started - item.queued_at)
-            if not item.future.done():
-                item.future.set_result(BatchOutput(output, started - item.queued_at, elapsed, len(items)))
+        for item, answer in zip(items, ran.answers, strict=True):
+            queued_s = started - item.queued_at
+            self._metrics.queue_wait.observe(queued_s)
+            if item.future.done():
+                continue
+            if isinstance(answer, BaseException):
+                item.future.set_exception(answer)
+            else:
+                item.future.set_result(BatchOutput(answer, queued_s, ran.inference_s, len(items)))
         self._batches.discard(batch)
         self._done(collected)
 
-    def _infer_copy(self, tensors: list[np.ndarray]) -> np.ndarray:
-        """Worker thread: stack, infer, check one output per input, copy (backends reuse buffers)."""
-        outputs = self._infer(np.stack(tensors))
-        if len(outputs) != len(tensors):
-            raise InferenceFailed(f"backend returned {len(outputs)} outputs for a batch of {len(tensors)}")
-        return np.array(outputs, copy=True)
+    def _run_in_thread(self, items: list[_Item]) -> _Ran:
+        """Worker thread: stack, infer, check one output per input, then each item's `finish` (or a
+        copy of its row: backends reuse their output buffers) before the next call."""
+        start = time.monotonic()
+        outputs = self._infer(np.stack([item.tensor for item in items]))
+        inference_s = time.monotonic() - start
+        if len(outputs) != len(items):
+            raise InferenceFailed(f"backend returned {len(outputs)} outputs for a batch of {len(items)}")
+        answers: list[Any | BaseException] = []
+        for item, row in zip(items, outputs, strict=True):
+            try:
+                answers.append(np.array(row, copy=True) if item.finish is None else item.finish(row))
+            except Exception as e:  # this image's answer; the batch's other images are unaffected
+                answers.append(e)
+        return _Ran(answers, inference_s)
 
     @staticmethod
     def _fail(item: _Item, error: BaseException) -> bool:

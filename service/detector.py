@@ -1,15 +1,17 @@
 """One detection request end to end: decode + letterbox (thread pool), batch inference, post-processing.
 
 Decoding and letterboxing run in a thread pool, so they overlap with the batch the backend is
-running; post-processing is vectorised numpy (`service.processing`), also off the event loop. Boxes
-come back in original-image pixels through the exact inverse of the letterbox. A client that
-disconnects while its images wait gives them up: the batcher drops them before inference.
+running; post-processing is vectorised numpy (`service.processing`) that the batch's worker thread
+runs on each output row right after the batch (no extra thread hop). Boxes come back in
+original-image pixels through the exact inverse of the letterbox. A client that disconnects while
+its images wait gives them up: the batcher drops them before inference.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -102,6 +104,12 @@ def preprocess(
 
 
 @dataclass(frozen=True)
+class Postprocessed:
+    detections: Detections  # original-image pixels
+    seconds: float
+
+
+@dataclass(frozen=True)
 class ImageDetections:
     width: int
     height: int
@@ -147,26 +155,30 @@ class Detector:
         return True
 
     async def warm_up(self, threads: int) -> None:
-        """Decode, letterbox and post-process a synthetic image once in each of the pool's `threads`,
-        off the metrics: the first calls in a thread pay for lazy initialisation (tens of ms), and a
-        request should not. The backend runs once, for an output to post-process."""
+        """Decode and letterbox a synthetic image once in each of the pool's `threads`, and
+        post-process a backend output once, off the metrics: the first calls in a thread pay for
+        lazy initialisation (tens of ms), and a request should not."""
         side = max(1, min(32, int(self.max_pixels**0.5)))  # within YOLOR_MAX_IMAGE_PIXELS
         ok, encoded = cv2.imencode(".png", np.full((side, side, 3), 114, np.uint8))
         assert ok
         sample = self._preprocess(encoded.tobytes(), keep_image=False)
-        # Every row a candidate (conf 0), but at most WARMUP_ROWS of them: on a raw head at 1280 px
-        # NMS over all ~100k rows would take seconds per thread and delay readiness for nothing.
-        output = (await asyncio.to_thread(self.backend.infer, sample.tensor[None]))[0][:WARMUP_ROWS]
+
+        def infer_and_postprocess() -> None:
+            # Every row a candidate (conf 0), but at most WARMUP_ROWS of them: on a raw head at
+            # 1280 px NMS over all ~100k rows would take seconds and delay readiness for nothing.
+            output = self.backend.infer(sample.tensor[None])[0][:WARMUP_ROWS]
+            self._postprocess(output, sample.lb, DetectParams(conf=0.0))
+
+        await asyncio.to_thread(infer_and_postprocess)
         together = threading.Barrier(threads, timeout=5.0)
 
-        def run() -> None:
+        def decode() -> None:
             with contextlib.suppress(threading.BrokenBarrierError):
                 together.wait()  # so that every thread takes one call
             self._preprocess(encoded.tobytes(), keep_image=False)
-            self._postprocess(output, sample.lb, DetectParams(conf=0.0))
 
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._pool, run) for _ in range(threads)))
+        await asyncio.gather(*(loop.run_in_executor(self._pool, decode) for _ in range(threads)))
 
     def params(self, *, classes: Sequence[int | str] | None = None, **values: Any) -> DetectParams:
         return DetectParams(classes=resolve_classes(classes, self.manifest.class_names), **values)
@@ -219,18 +231,20 @@ class Detector:
         if len(prepared) < len(done):  # the first bad image, in request order, answers for the request
             raise next(result for result in done if isinstance(result, BaseException))
         t1 = time.monotonic()
-        outputs = await self._infer([p.tensor for p in prepared], deadline, disconnected)
-        t2 = time.monotonic()
-        images = await loop.run_in_executor(self._pool, self._postprocess_all, prepared, outputs, params)
-        t3 = time.monotonic()
+        outputs = await self._infer(prepared, params, deadline, disconnected)
+        done_at = time.monotonic()
+        images = []
+        for item, out in zip(prepared, outputs, strict=True):
+            height, width = item.lb.source_hw
+            images.append(ImageDetections(width, height, out.output.detections, item.image))
         self._metrics.images.inc(len(images))
         self._metrics.detections.inc(sum(len(i.detections) for i in images))
         timing = {
             "preprocess": t1 - t0,
             "queue": max(o.queue_s for o in outputs),
             "inference": max(o.inference_s for o in outputs),
-            "postprocess": t3 - t2,
-            "total": t3 - started,
+            "postprocess": sum(o.output.seconds for o in outputs),
+            "total": done_at - started,
         }
         return DetectOutcome(images, {k: round(v * 1000, 3) for k, v in timing.items()})
 
@@ -245,9 +259,15 @@ class Detector:
         return preprocess(data, self.manifest, max_pixels=self.max_pixels, keep_image=keep_image)
 
     async def _infer(
-        self, tensors: list[np.ndarray], deadline: float, disconnected: Disconnected | None
+        self,
+        prepared: list[Prepared],
+        params: DetectParams,
+        deadline: float,
+        disconnected: Disconnected | None,
     ) -> list[BatchOutput]:
-        futures = self.batcher.submit(tensors, deadline)
+        """Batch outputs whose `output` is a `Postprocessed`."""
+        finish = [functools.partial(self._finish, lb=item.lb, params=params) for item in prepared]
+        futures = self.batcher.submit([item.tensor for item in prepared], deadline, finish)
         results = asyncio.gather(*futures)
         gone = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:
@@ -268,17 +288,13 @@ class Detector:
             if results.done() and not results.cancelled():
                 results.exception()  # retrieved: a failure is reported once, by the result above
 
-    def _postprocess_all(
-        self, prepared: list[Prepared], outputs: list[BatchOutput], params: DetectParams
-    ) -> list[ImageDetections]:
-        results = []
-        for item, out in zip(prepared, outputs, strict=True):
-            start = time.monotonic()
-            detections = self._postprocess(out.output, item.lb, params)
-            self._metrics.postprocess.observe(time.monotonic() - start)
-            height, width = item.lb.source_hw
-            results.append(ImageDetections(width, height, detections, item.image))
-        return results
+    def _finish(self, output: np.ndarray, *, lb: Letterbox, params: DetectParams) -> Postprocessed:
+        """Batch worker thread: `_postprocess`, timed."""
+        start = time.monotonic()
+        detections = self._postprocess(output, lb, params)
+        seconds = time.monotonic() - start
+        self._metrics.postprocess.observe(seconds)
+        return Postprocessed(detections, seconds)
 
     def _postprocess(self, output: np.ndarray, lb: Letterbox, params: DetectParams) -> Detections:
         """One image's backend output -> thresholded, NMS'd detections in original pixels."""

@@ -44,7 +44,7 @@ class Timing(BaseModel):
     preprocess: float = Field(description="decode + letterbox, all images (ms)")
     queue: float = Field(description="longest wait in the batch queue (ms)")
     inference: float = Field(description="longest backend call among the request's batches (ms)")
-    postprocess: float = Field(description="threshold + NMS + box scaling (ms)")
+    postprocess: float = Field(description="threshold + NMS + box scaling, all images (ms)")
     total: float
 
 

@@ -63,6 +63,12 @@ async def _read_uploads(images: list[UploadFile] | None, image: UploadFile | Non
     return [await upload.read() for upload in uploads]
 
 
+def _json(response: DetectResponse) -> Response:
+    """`response` serialised once by pydantic-core: returned as a model, FastAPI would validate it
+    again against `response_model` and encode it in a second pass (that stays the documented schema)."""
+    return Response(response.model_dump_json(), media_type="application/json")
+
+
 def _decode_base64(text: str, index: int) -> bytes:
     if text.startswith("data:"):  # a data URL, as browsers' FileReader produces
         text = text.partition(",")[2]
@@ -90,7 +96,7 @@ async def detect(
 @router.post("/detect/json", response_model=DetectResponse)
 async def detect_json(
     detector: DetectorDep, body: JsonDetectRequest, disconnected: DisconnectedDep
-) -> DetectResponse:
+) -> Response:
     """The same as `/detect` for clients that cannot send multipart: base64 images in JSON."""
     started = time.monotonic()
     params = detector.params(
@@ -98,7 +104,7 @@ async def detect_json(
     )
     files = [_decode_base64(text, i) for i, text in enumerate(body.images)]
     outcome = await detector.detect(files, params, started=started, disconnected=disconnected)
-    return detector.to_response(outcome)
+    return _json(detector.to_response(outcome))
 
 
 def _render(outcome: DetectOutcome, class_names: list[str]) -> bytes:

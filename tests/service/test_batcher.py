@@ -258,6 +258,45 @@ async def test_outputs_are_copied_before_the_backend_reuses_its_buffer():
     assert float(first[0].output[0]) == 7
 
 
+async def test_finish_runs_on_the_row_in_the_worker_thread_before_the_buffer_is_reused():
+    buffer = np.zeros((4, 1), np.float32)
+
+    def reusing(batch: np.ndarray) -> np.ndarray:
+        buffer[: len(batch), 0] = batch[:, 0, 0, 0]
+        return buffer[: len(batch)]
+
+    def finish(row: np.ndarray) -> tuple[float, str]:
+        return float(row[0]) * 2, threading.current_thread().name
+
+    batcher = await started(reusing, max_batch_size=2, max_delay_s=0.05)
+    both = batcher.submit([item(3), item(4)], later(), [finish, finish])
+    outputs = await results(both)
+    await results(batcher.submit([item(8)], later(), [finish]))
+    await batcher.stop(TIMEOUT)
+    assert [o.output[0] for o in outputs] == [6.0, 8.0]  # read before the second call overwrote it
+    assert all(o.output[1].startswith("yolor-infer") and o.batch_size == 2 for o in outputs)
+
+
+async def test_a_failing_finish_fails_only_its_own_image():
+    def finish(row: np.ndarray) -> float:
+        if row[0] == 20:
+            raise ValueError("post-processing broke")
+        return float(row[0])
+
+    batcher = await started(Model(), max_batch_size=3, max_delay_s=0.05)
+    outputs = await results(batcher.submit([item(1), item(2), item(3)], later(), [finish] * 3))
+    await batcher.stop(TIMEOUT)
+    assert outputs[0].output == 10 and outputs[2].output == 30
+    assert isinstance(outputs[1], ValueError) and outputs[0].batch_size == 3
+
+
+async def test_finish_functions_must_match_the_images():
+    batcher = await started(Model())
+    with pytest.raises(ValueError, match="1 finish functions for 2 images"):
+        batcher.submit([item(1), item(2)], later(), [float])
+    await batcher.stop(TIMEOUT)
+
+
 async def test_abandoned_items_are_skipped():
     model = Model(gated=True)
     batcher = await started(model, max_batch_size=4)
