@@ -123,7 +123,12 @@ class BareSide:
         )
 
     def preprocess_cpu_ms(self) -> float:
-        return preprocess_cpu_ms(self.config.jpegs, self.manifest, max_pixels=self.settings.max_image_pixels)
+        return preprocess_cpu_ms(
+            self.config.jpegs,
+            self.manifest,
+            max_pixels=self.settings.max_image_pixels,
+            reduced_decode=self.settings.jpeg_reduced_decode,
+        )
 
     def batch(self, size: int, seconds: float) -> BatchResult:
         return bench_batch(self.backend, size, min_seconds=seconds)

@@ -93,6 +93,7 @@ async def _start(state: ServiceState, backend_factory: BackendFactory) -> None:
         state.metrics,
         max_images=settings.max_images_per_request,
         max_pixels=settings.max_image_pixels,
+        reduced_decode=settings.jpeg_reduced_decode,
         timeout_s=settings.request_timeout_s,
     )
     if settings.warmup:

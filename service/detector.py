@@ -25,7 +25,7 @@ import numpy as np
 from service.backends.base import Backend
 from service.batcher import BatchOutput, DynamicBatcher
 from service.errors import ClientDisconnected, DeadlineExceeded, InvalidParameter, NoImages, TooManyImages
-from service.images import decode_image
+from service.images import decode
 from service.manifest import ModelManifest
 from service.metrics import Metrics
 from service.processing import (
@@ -95,12 +95,23 @@ class Prepared:
 
 
 def preprocess(
-    data: bytes, manifest: ModelManifest, *, max_pixels: int, keep_image: bool = False
+    data: bytes,
+    manifest: ModelManifest,
+    *,
+    max_pixels: int,
+    keep_image: bool = False,
+    reduced_decode: bool = False,
 ) -> Prepared:
-    """Decode + letterbox + input tensor of one uploaded file, as every request does it."""
-    image = decode_image(data, max_pixels)
-    boxed, lb = letterbox(image, manifest.input_size, color=manifest.input.letterbox_pad)
-    return Prepared(to_input_tensor([boxed])[0], lb, image if keep_image else None)
+    """Decode + letterbox + input tensor of one uploaded file, as every request does it.
+
+    `reduced_decode`: a large JPEG is decoded at reduced scale (`service.images.decode`), unless
+    the full image is kept (to draw on); the letterbox still maps boxes to the full image."""
+    fit = manifest.input_size if reduced_decode and not keep_image else None
+    decoded = decode(data, max_pixels, fit=fit)
+    boxed, lb = letterbox(decoded.image, manifest.input_size, color=manifest.input.letterbox_pad)
+    if lb.source_hw != (decoded.height, decoded.width):
+        lb = lb.from_source(decoded.height, decoded.width)
+    return Prepared(to_input_tensor([boxed])[0], lb, decoded.image if keep_image else None)
 
 
 @dataclass(frozen=True)
@@ -137,11 +148,13 @@ class Detector:
         max_images: int,
         max_pixels: int,
         timeout_s: float,
+        reduced_decode: bool = False,
     ) -> None:
         self.manifest, self.backend, self.batcher = manifest, backend, batcher
         self._head = head_layout(backend.head)  # the torch backend answers raw rows for any manifest
         self._pool, self._metrics = pool, metrics
         self.max_images, self.max_pixels, self.timeout_s = max_images, max_pixels, timeout_s
+        self.reduced_decode = reduced_decode
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -256,7 +269,13 @@ class Detector:
 
     def _preprocess(self, data: bytes, keep_image: bool) -> Prepared:
         """`preprocess` (unmeasured; `_prepare` times it)."""
-        return preprocess(data, self.manifest, max_pixels=self.max_pixels, keep_image=keep_image)
+        return preprocess(
+            data,
+            self.manifest,
+            max_pixels=self.max_pixels,
+            keep_image=keep_image,
+            reduced_decode=self.reduced_decode,
+        )
 
     async def _infer(
         self,

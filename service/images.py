@@ -9,11 +9,17 @@ EXIF orientation: `cv2.imdecode(..., cv2.IMREAD_COLOR)` applies a JPEG's EXIF Or
 (rotation/mirroring) unless `IMREAD_IGNORE_ORIENTATION` is given, so the decoded image and the
 returned width/height are as a viewer shows them (`tests/service/test_images.py` proves it with a
 hand-built EXIF segment).
+
+Reduced decoding (`fit`, off unless YOLOR_JPEG_REDUCED_DECODE is set): a JPEG several times larger than
+the model input is decoded at 1/2, 1/4 or 1/8 scale by libjpeg-turbo's DCT scaling (OpenCV's
+`IMREAD_REDUCED_COLOR_*`), never below the size its letterbox needs: 3-4x less decoding for a large
+photo, slightly different pixels than a full decode + resize (docs/benchmarks.md measures the mAP).
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -24,6 +30,7 @@ from service.errors import InvalidImage, TooManyPixels
 SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _JPEG_NO_LENGTH = {0x01, *range(0xD0, 0xDA)}  # TEM, RSTn, SOI, EOI
+_REDUCED_JPEG = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -77,6 +84,23 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """An uploaded image decoded to (h, w, 3) uint8 RGB, possibly at a reduced scale; `height` and
+    `width` are the full image's, as a viewer shows it (EXIF orientation applied)."""
+
+    image: npt.NDArray[np.uint8]
+    height: int
+    width: int
+
+
+def jpeg_reduction(width: int, height: int, fit: int) -> int:
+    """The largest of 8, 4 and 2 by which a `width` x `height` JPEG can be decoded and still be at
+    least as large as its letterbox into `fit` x `fit`; 1 when none can."""
+    ratio = min(fit / width, fit / height)
+    return next((f for f in _REDUCED_JPEG if f * ratio <= 1), 1)
+
+
 def decode_image(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
     """Decode an uploaded file to an (H, W, 3) uint8 RGB image, EXIF orientation applied.
 
@@ -84,18 +108,41 @@ def decode_image(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
     undecodable) and TooManyPixels (more than `max_pixels`, checked from the header first when the
     format allows, else after decoding).
     """
+    return decode(data, max_pixels).image
+
+
+def decode(data: bytes, max_pixels: int, *, fit: int | None = None) -> Decoded:
+    """`decode_image`; with `fit`, a JPEG is decoded at the `jpeg_reduction` for a `fit` x `fit`
+    letterbox. Only when the decoded shape says unambiguously whether EXIF rotated the image (the
+    reduced sides differ, or the full ones are equal): the full size is then known exactly."""
     if not data:
         raise InvalidImage("empty image file")
     declared = header_size(data)
     if declared is not None and declared[0] * declared[1] > max_pixels:
         raise TooManyPixels(f"image is {declared[0]}x{declared[1]}, more than {max_pixels} pixels")
+    factor = 1
+    if fit is not None and declared is not None and data.startswith(b"\xff\xd8"):
+        width, height = declared
+        factor = jpeg_reduction(width, height, fit)
+        if factor > 1 and width != height and -(-width // factor) == -(-height // factor):
+            factor = 1  # a rotated and an unrotated result would look the same
+    bgr = _imdecode(data, _REDUCED_JPEG.get(factor, cv2.IMREAD_COLOR))
+    height, width = bgr.shape[:2]
+    if factor > 1:
+        assert declared is not None
+        rotated = (height, width) != (-(-declared[1] // factor), -(-declared[0] // factor))
+        width, height = (declared[1], declared[0]) if rotated else declared
+    if height * width > max_pixels:
+        raise TooManyPixels(f"image is {width}x{height}, more than {max_pixels} pixels")
+    rgb = np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+    return Decoded(rgb, height, width)
+
+
+def _imdecode(data: bytes, flags: int) -> np.ndarray:
     try:
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error:
         bgr = None
     if bgr is None or bgr.size == 0:
         raise InvalidImage(f"not a decodable image (supported: {SUPPORTED})")
-    height, width = bgr.shape[:2]
-    if height * width > max_pixels:
-        raise TooManyPixels(f"image is {width}x{height}, more than {max_pixels} pixels")
-    return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+    return bgr

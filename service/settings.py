@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=32 << 20, ge=1024, le=1 << 30)
     max_images_per_request: int = Field(default=16, ge=1, le=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=1, le=1 << 30, description="width * height")
+    jpeg_reduced_decode: bool = Field(
+        default=False,
+        description="decode JPEGs 2x+ larger than the input at 1/2, 1/4 or 1/8 scale (faster, pixels differ)",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="comma-separated or JSON list; empty: no auth"
     )

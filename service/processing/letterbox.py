@@ -7,7 +7,7 @@ All boxes are ``(N, 4)`` xyxy in pixels. Images are ``(H, W, 3)`` uint8; graysca
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -34,6 +34,17 @@ class Letterbox:
     pad_top: int
     source_hw: tuple[int, int]
     target_hw: tuple[int, int]
+
+    def from_source(self, height: int, width: int) -> Letterbox:
+        """The same letterbox seen from a `height` x `width` original that was first shrunk to
+        `source_hw` (a JPEG decoded at reduced scale): boxes then map back to the original."""
+        small_h, small_w = self.source_hw
+        return replace(
+            self,
+            scale_x=self.scale_x * small_w / width,
+            scale_y=self.scale_y * small_h / height,
+            source_hw=(height, width),
+        )
 
 
 def _target_hw(size: int | tuple[int, int]) -> tuple[int, int]:

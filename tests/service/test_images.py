@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.errors import InvalidImage, TooManyPixels
-from service.images import decode_image, header_size
+from service.images import decode, decode_image, header_size, jpeg_reduction
 
 pytestmark = pytest.mark.unit
 
@@ -138,3 +138,52 @@ def test_grayscale_and_alpha_become_rgb():
 def test_undecodable_data(data):
     with pytest.raises(InvalidImage):
         decode_image(data, BIG)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "fit", "factor"),
+    [(640, 480, 256, 2), (640, 480, 320, 2), (640, 480, 321, 1), (4000, 3000, 640, 4), (4000, 3000, 256, 8)],
+)
+def test_jpeg_reduction_never_goes_below_the_letterbox(width, height, fit, factor):
+    assert jpeg_reduction(width, height, fit) == factor
+    ratio = min(fit / width, fit / height)
+    assert -(-width // factor) >= round(width * ratio) and -(-height // factor) >= round(height * ratio)
+
+
+def quadrants_jpeg(width: int, height: int, orientation: int = 1) -> bytes:
+    jpeg = encoded(cv2.resize(bgr_quadrants(), (width, height)), ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return with_exif_orientation(jpeg, orientation)
+
+
+@pytest.mark.parametrize(
+    ("orientation", "shape", "red_at"),
+    [(1, (757, 1001), (378, 20)), (6, (1001, 757), (20, 378))],  # red left; rotated: red on top
+)
+def test_reduced_decoding_reports_the_full_size_and_keeps_the_orientation(orientation, shape, red_at):
+    data = quadrants_jpeg(1001, 757, orientation)
+    full, reduced = decode(data, BIG), decode(data, BIG, fit=240)  # 1001 px -> 240: 1/4
+    assert full.image.shape[:2] == shape and (full.height, full.width) == shape
+    assert (reduced.height, reduced.width) == shape  # the full image's, not the decoded one's
+    assert reduced.image.shape[:2] == tuple(-(-side // 4) for side in shape)
+    assert close(reduced.image[red_at[0] // 4, red_at[1] // 4], RED)
+    assert close(full.image[red_at], RED)
+
+
+def test_reduced_decoding_is_skipped_when_it_cannot_tell_a_rotation():
+    data = quadrants_jpeg(1000, 999, 6)  # 1/8: 125 x 125 either way
+    decoded = decode(data, BIG, fit=100)
+    assert decoded.image.shape[:2] == (1000, 999) and (decoded.height, decoded.width) == (1000, 999)
+
+
+def test_reduced_decoding_is_for_large_jpegs_only():
+    png = encoded(cv2.resize(bgr_quadrants(), (800, 400)), ".png")
+    assert decode(png, BIG, fit=100).image.shape[:2] == (400, 800)
+    small = quadrants_jpeg(300, 200)
+    assert decode(small, BIG, fit=200).image.shape[:2] == (200, 300)  # 1/2 would be below 200 px
+
+
+def test_the_pixel_limit_counts_the_full_image_when_reduced():
+    data = quadrants_jpeg(1000, 800)
+    with pytest.raises(TooManyPixels, match="1000x800"):
+        decode(data, max_pixels=799_999, fit=100)
+    assert decode(data, max_pixels=800_000, fit=100).image.shape[:2] == (100, 125)

@@ -74,3 +74,34 @@ async def test_concurrent_requests_share_onnxruntime_batches(onnx_app):
     assert [r.json()["results"][0]["width"] for r in responses] == [100, 60, 64] * 2  # each got its own
     batches = float(metrics.split("yolor_batch_size_count ")[1].split()[0])
     assert batches < 6  # at least two requests were run together
+
+
+async def test_reduced_jpeg_decoding_answers_in_full_image_pixels(tmp_path):
+    """YOLOR_JPEG_REDUCED_DECODE: large JPEGs (here 1/4 and 1/8 of 300-500 px sides for a 64 px
+    input) give the full size and, for flat colours that any scale decodes alike, the same boxes."""
+    from service.app import create_app
+
+    write_model_dir(tmp_path, onnx=True)
+    blobs = [
+        encode(solid(h, w, rgb), ".jpg")
+        for (h, w, rgb) in [(300, 500, (250, 30, 180)), (520, 260, (20, 220, 90))]
+    ]
+    answers = []
+    for reduced in (False, True):
+        settings = Settings(
+            model_dir=tmp_path, backend="onnxruntime", device="cpu", jpeg_reduced_decode=reduced
+        )
+        app = create_app(settings)
+        async with running(app) as client:
+            r = await client.post("/detect", files=files(*blobs), params={"conf": 0.1})
+            assert app.state.service.detector.reduced_decode is reduced
+        assert r.status_code == 200, r.text
+        answers.append(r.json()["results"])
+    full, reduced_results = answers
+    assert [(x["width"], x["height"]) for x in reduced_results] == [(500, 300), (260, 520)]
+    assert sum(len(x["detections"]) for x in full) > 0
+    for a, b in zip(full, reduced_results, strict=True):
+        assert [d["class_id"] for d in a["detections"]] == [d["class_id"] for d in b["detections"]]
+        for da, db in zip(a["detections"], b["detections"], strict=True):
+            assert da["box"] == pytest.approx(db["box"], abs=2.0)
+            assert da["score"] == pytest.approx(db["score"], abs=1e-3)
