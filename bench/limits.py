@@ -70,6 +70,8 @@ class Round:
     served_images_per_s: float  # at the compared concurrency
     bare_p50_ms_b1: float  # batch 1
     served_p50_ms_c1: float  # concurrency 1
+    served_cpu_ms_per_image: float | None = None  # the server process, at the compared concurrency
+    client_cpu_ms_per_image: float | None = None  # the load generator, the same
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,20 @@ class Comparison:
     def p50_overhead_ms(self) -> float:
         return self._median([r.served_p50_ms_c1 - r.bare_p50_ms_b1 for r in self.rounds])
 
+    @property
+    def cores_busy(self) -> float | None:
+        """Median share of the cores that the server and the load generator kept busy."""
+        busy = [
+            r.served_images_per_s * (r.served_cpu_ms_per_image + r.client_cpu_ms_per_image) / 1000
+            for r in self.rounds
+            if r.served_cpu_ms_per_image is not None and r.client_cpu_ms_per_image is not None
+        ]
+        return self._median(busy) / self.cores if busy else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
+            "cores_busy": self.cores_busy,
             "served_over_bare": self.served_over_bare,
             "limit_images_per_s": self.limit_images_per_s,
             "served_over_limit": self.served_over_limit,
@@ -128,4 +141,19 @@ class Comparison:
             f"served/limit: {self.served_over_limit:.3f}",
             f"p50 at concurrency 1: {med([r.served_p50_ms_c1 for r in self.rounds]):.2f} ms, bare batch-1 "
             f"p50 {med([r.bare_p50_ms_b1 for r in self.rounds]):.2f} ms: +{self.p50_overhead_ms:.2f} ms",
+            *self._cpu_lines(inference),
+        ]
+
+    def _cpu_lines(self, inference_ms: float) -> list[str]:
+        """Where the served images' CPU went, against the limit's two terms."""
+        server = [r.served_cpu_ms_per_image for r in self.rounds if r.served_cpu_ms_per_image is not None]
+        client = [r.client_cpu_ms_per_image for r in self.rounds if r.client_cpu_ms_per_image is not None]
+        busy = self.cores_busy
+        if not server or not client or busy is None:
+            return []
+        return [
+            f"served CPU per image: server {self._median(server):.2f} ms + load generator "
+            f"{self._median(client):.2f} ms (the limit counts "
+            f"{inference_ms + self.preprocess_cpu_ms:.2f} ms); "
+            f"cores busy {100 * busy:.0f}%"
         ]

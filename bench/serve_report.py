@@ -169,6 +169,8 @@ def side_by_side(
                 served_images_per_s=loaded.images_per_s,
                 bare_p50_ms_b1=at_one.latency.p50_ms,
                 served_p50_ms_c1=single.latency.p50_ms,
+                served_cpu_ms_per_image=loaded.server_cpu_ms_per_image,
+                client_cpu_ms_per_image=loaded.client_cpu_ms_per_image,
             )
         )
         log.info("round %d: served/bare %.3f", index + 1, loaded.images_per_s / at_max.images_per_s)

@@ -52,7 +52,7 @@ def test_the_ratios_are_medians_of_the_rounds():
         Round(bare_images_per_s=50, bare_cpu_ms_per_image=30, served_images_per_s=48, bare_p50_ms_b1=20,
               served_p50_ms_c1=30),
         Round(bare_images_per_s=120, bare_cpu_ms_per_image=14, served_images_per_s=60, bare_p50_ms_b1=9,
-              served_p50_ms_c1=12),
+              served_p50_ms_c1=12, served_cpu_ms_per_image=20, client_cpu_ms_per_image=2),
     ]  # fmt: skip
     c = Comparison(max_batch=8, concurrency=32, cores=2, preprocess_cpu_ms=4.0, rounds=rounds)
     assert c.served_over_bare == pytest.approx(0.9)  # of 0.9, 0.96, 0.5
@@ -62,6 +62,9 @@ def test_the_ratios_are_medians_of_the_rounds():
     assert c.p50_overhead_ms == pytest.approx(3.0)  # of 3, 10, 3
     assert CpuLimit(2, 16, 4).images_per_s == pytest.approx(100.0)
     assert json.loads(json.dumps(c.to_dict()))["served_over_bare"] == pytest.approx(0.9)
+    assert c.cores_busy == pytest.approx(60 * 22 / 1000 / 2)  # only the round that measured CPU
+    expected = "server 20.00 ms + load generator 2.00 ms (the limit counts 20.00 ms); cores busy 66%"
+    assert expected in c.lines()[-1]
 
 
 def test_sample_photos_and_image_folders(tmp_path):
