@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every CPU number in docs/benchmarks.md, on this machine: the demo model and yolor_p6 (random
 # weights: speed does not depend on them) at 640 and 1280, served and bare, and the eager PyTorch
-# forward beside our export. About 35 minutes on the project's 2-core VM; run it on an otherwise
+# forward beside our export. About 45 minutes on the project's 2-core VM; run it on an otherwise
 # idle machine (the load generator shares it, and reports its own CPU time).
 #
 #   benchmarks/cpu.sh [OUT_DIR]        (default benchmarks/results/cpu; needs `make install`)
@@ -16,6 +16,10 @@ mkdir -p "$OUT"
 "$BIN/yolor" bench serve --model service/demo_model --device cpu --unbatched \
     --seconds 10 --rounds 3 --round-seconds 6 --out "$OUT/demo"
 "$BIN/yolor" bench torch service/demo_model/checkpoint.pt --batch 1,8 --out "$OUT/torch-demo"
+# ... with reduced JPEG decoding, and what that decoding does to the demo model's mAP.
+YOLOR_JPEG_REDUCED_DECODE=1 "$BIN/yolor" bench serve --model service/demo_model --device cpu \
+    --seconds 10 --rounds 3 --round-seconds 6 --out "$OUT/demo-reduced-decode"
+"$BIN/python" benchmarks/reduced_decode.py --images 300 --out "$OUT/reduced-decode"
 
 # yolor_p6 with random weights, exported at 640 (max batch 4) and 1280 (max batch 2).
 if [ ! -f "$MODELS/p6-1280/model.json" ]; then  # MODELS=DIR reuses an earlier run's exports
