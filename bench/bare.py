@@ -161,3 +161,58 @@ def markdown_table(results: list[BatchResult]) -> str:
             f"{lat.p99_ms:.2f} | {r.cpu_ms_per_image:.2f} | {r.calls} |"
         )
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class PrecisionPair:
+    """One batch size measured on two precisions back to back (the second after the first)."""
+
+    batch_size: int
+    base: BatchResult
+    other: BatchResult
+
+    @property
+    def latency_ratio(self) -> float:
+        """p50 of the other precision / p50 of the base one (0.5: twice as fast)."""
+        return self.other.latency.p50_ms / self.base.latency.p50_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size,
+            "base": self.base.to_dict(),
+            "other": self.other.to_dict(),
+            "latency_ratio": self.latency_ratio,
+        }
+
+
+def compare_precisions(
+    base: Backend,
+    other: Backend,
+    sizes: Iterable[int],
+    *,
+    progress: Callable[[PrecisionPair], None] | None = None,
+    **kw: Any,
+) -> list[PrecisionPair]:
+    """`bench_batch` of `base`, then of `other`, for each size in turn: each ratio is measured
+    within seconds, not minutes apart (the machine's speed drifts)."""
+    pairs = []
+    for size in sizes:
+        pair = PrecisionPair(size, bench_batch(base, size, **kw), bench_batch(other, size, **kw))
+        pairs.append(pair)
+        if progress is not None:
+            progress(pair)
+    return pairs
+
+
+def precision_table(pairs: list[PrecisionPair], base: str, other: str) -> str:
+    lines = [
+        f"| batch | {base} images/s | {base} p50 ms | {other} images/s | {other} p50 ms "
+        f"| {other} / {base} latency |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in pairs:
+        lines.append(
+            f"| {p.batch_size} | {rate(p.base.images_per_s)} | {p.base.latency.p50_ms:.2f} | "
+            f"{rate(p.other.images_per_s)} | {p.other.latency.p50_ms:.2f} | {p.latency_ratio:.3f} |"
+        )
+    return "\n".join(lines) + "\n"

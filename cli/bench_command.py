@@ -55,6 +55,8 @@ def _cmd_bare(args: argparse.Namespace) -> int:
     from bench.serve_report import host_info
 
     settings = _checked_settings(args.model, _settings_values(args))
+    if args.against is not None:
+        return _compare_precisions(args, settings)
     manifest, backend, max_batch = load_backend(settings)
     sizes = batch_sizes(max_batch)
     log.info("%s %d px on %r; batch sizes %s, >= %g s each", manifest.arch, manifest.input_size, backend,
@@ -77,6 +79,43 @@ def _cmd_bare(args: argparse.Namespace) -> int:
         "results": [r.to_dict() for r in results],
     }
     _write(args.out, "bare", report, table)
+    return 0
+
+
+def _compare_precisions(args: argparse.Namespace, settings: Any) -> int:
+    """`yolor bench bare --against P`: each batch size on the configured precision, then on P."""
+    from bench.bare import batch_sizes, compare_precisions, load_backend, precision_table
+    from bench.serve_report import host_info
+
+    manifest, base, max_batch = load_backend(settings)
+    try:
+        _, other, other_max = load_backend(settings.model_copy(update={"precision": args.against}))
+    except BaseException:
+        base.close()
+        raise
+    try:
+        sizes = batch_sizes(min(max_batch, other_max))
+        log.info("%s %d px: %r against %r; batch sizes %s, >= %g s each", manifest.arch,
+                 manifest.input_size, base, other, sizes, args.seconds)  # fmt: skip
+
+        def progress(p: Any) -> None:
+            log.info("batch %d: %s / %s latency %.3f", p.batch_size, other.precision, base.precision,
+                     p.latency_ratio)  # fmt: skip
+
+        pairs = compare_precisions(base, other, sizes, min_seconds=args.seconds, progress=progress)
+    finally:
+        base.close()
+        other.close()
+    table = precision_table(pairs, base.precision, other.precision)
+    sys.stdout.write(table)
+    report = {
+        "model": {"dir": str(args.model), "arch": manifest.arch, "input_size": manifest.input_size},
+        "base": {"name": base.name, "precision": base.precision, "device": base.device},
+        "other": {"name": other.name, "precision": other.precision, "device": other.device},
+        "host": host_info(),
+        "results": [p.to_dict() for p in pairs],
+    }
+    _write(args.out, f"bare-{other.precision}-vs-{base.precision}", report, table)
     return 0
 
 
@@ -209,7 +248,7 @@ class _Progress:
 def _backend_options(q: argparse.ArgumentParser) -> None:
     q.add_argument("--backend", choices=BACKENDS, default=None, help="runtime (default: as yolor serve)")
     q.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
-    q.add_argument("--precision", choices=("auto", "fp32", "fp16"), default=None)
+    q.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"), default=None)
     q.add_argument(
         "--threads", type=int_at_least(0), default=None, help="ONNX Runtime threads per run (0: auto)"
     )
@@ -233,6 +272,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("model", type=Path, help="model directory (model.json + artifacts)")
     _backend_options(q)
     q.add_argument("--seconds", type=positive_float, default=2.0, help="measured time per batch size")
+    q.add_argument(
+        "--against",
+        choices=("fp32", "fp16", "int8"),
+        help="also run this precision, each batch size right after the first: prints its latency ratio",
+    )
     q.set_defaults(func=_cmd_bare)
 
     s = bench.add_parser(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from cli.arguments import fraction, int_at_least
 from cli.errors import CommandError
@@ -17,6 +18,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise CommandError(f"--opt-batch {args.opt_batch} is larger than --max-batch {args.max_batch}")
     from export.pipeline import ExportError, ExportOptions, run_export
     from export.validate import PostprocessParams, ValidationFailed
+
+    if (args.calib is not None) != args.int8:
+        raise CommandError("--int8 needs --calib IMAGES (and --calib is only for --int8)")
+    for name in ("calib", "val_data"):
+        value = getattr(args, name)
+        if value is not None and not Path(value).exists():
+            raise CommandError(f"--{name.replace('_', '-')} {value}: no such file or folder")
 
     opts = ExportOptions(
         checkpoint=Path(args.checkpoint),
@@ -33,12 +41,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
         timing_cache=Path(args.timing_cache) if args.timing_cache else None,
         opset=args.opset,
         postprocess=PostprocessParams(conf=args.val_conf, iou=args.val_iou),
+        int8=_int8_options(args) if args.int8 else None,
     )
     try:
         run_export(opts)
     except (ExportError, ValidationFailed) as e:
         raise CommandError(f"export failed, nothing written to {opts.out_dir}: {e}") from None
     return 0
+
+
+def _int8_options(args: argparse.Namespace) -> Any:
+    from export.int8 import INT8_TARGETS
+    from export.pipeline import Int8Options
+    from export.validate import Int8Gate
+
+    targets = INT8_TARGETS if args.int8_target == "both" else (args.int8_target,)
+    return Int8Options(
+        calib=Path(args.calib),
+        calib_count=args.calib_count,
+        method=args.calib_method,
+        targets=targets,
+        val_data=Path(args.val_data) if args.val_data else None,
+        gate=Int8Gate(min_agreement=args.int8_min_agreement, max_map_drop=args.int8_max_map_drop),
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,4 +101,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int_at_least(MIN_OPSET), default=18, help=f"ONNX opset (>= {MIN_OPSET})")
     p.add_argument("--val-conf", type=fraction, default=0.25, help="score threshold used by validation")
     p.add_argument("--val-iou", type=fraction, default=0.45, help="NMS IoU used by validation")
+    q = p.add_argument_group("INT8 (post-training quantization, explicit Q/DQ ONNX)")
+    q.add_argument("--int8", action="store_true", help="also write an INT8 model, calibrated on --calib")
+    q.add_argument("--calib", help="calibration images: a folder, or a dataset (its train split)")
+    q.add_argument("--calib-count", type=positive, default=256, help="calibration images used (first N)")
+    q.add_argument(
+        "--calib-method", choices=["minmax", "percentile", "entropy"], default="percentile",
+        help="activation range estimation (ONNX Runtime's calibrators)",
+    )  # fmt: skip
+    q.add_argument(
+        "--int8-target", choices=["onnxruntime", "tensorrt", "both"], default="onnxruntime",
+        help="onnxruntime: model.int8.onnx, uint8 activations for CPU kernels; tensorrt: "
+        "model.int8-tensorrt.onnx, symmetric int8 as TensorRT's explicit quantization needs",
+    )  # fmt: skip
+    q.add_argument(
+        "--val-data", help="labelled dataset (its val split): INT8 mAP@0.5:0.95 must stay within "
+        "--int8-max-map-drop of FP32",
+    )  # fmt: skip
+    q.add_argument(
+        "--int8-max-map-drop", type=float, default=1.0, help="mAP points INT8 may lose (negative: must gain)"
+    )
+    q.add_argument(
+        "--int8-min-agreement", type=fraction, default=0.9,
+        help="share of FP32 detections INT8 must keep (IoU >= 0.75)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_export)

@@ -82,6 +82,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         conf=args.conf,
         iou=args.iou,
         multi_label=args.multi_label,
+        precision=args.precision,
     )
     sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
     return 0
@@ -141,5 +142,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="every class above --conf per box, as official test.py (default: the best class, as served; "
         "needs a checkpoint or a --head raw export)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "int8"],
+        default="fp32",
+        help="an exported folder's ONNX to run (fp16 falls back to fp32 when not exported)",
     )
     p.set_defaults(func=_cmd_eval)

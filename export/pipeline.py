@@ -19,21 +19,41 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import onnx
 
 import yolor
 from export.graph import ExportGraph
+from export.int8 import (
+    INT8_FILES,
+    CalibMethod,
+    CalibrationError,
+    Int8Target,
+    load_calibration,
+    quantize,
+    val_images,
+)
 from export.onnx_export import INPUT_NAME, output_shape, to_onnx
-from export.validate import PostprocessParams, validate_onnx
-from service.backends.artifacts import onnx_key, sha256_file
+from export.validate import (
+    Int8Gate,
+    PostprocessParams,
+    candidates,
+    photo_batch,
+    validate_int8,
+    validate_onnx,
+)
+from service.backends.artifacts import ONNX_INT8, ONNX_INT8_TENSORRT, onnx_key, sha256_file
 from service.backends.tensorrt_engines import ENGINE_MANIFEST_NAME, ENGINE_NAME
-from service.manifest import MANIFEST_NAME, Artifact, ModelManifest, OutputSpec
+from service.manifest import MANIFEST_NAME, Artifact, InputSpec, ModelManifest, OutputSpec
 from service.processing.heads import HEADS, Head, head_layout
 
 log = logging.getLogger(__name__)
+INT8_KEYS: dict[Int8Target, str] = {"onnxruntime": ONNX_INT8, "tensorrt": ONNX_INT8_TENSORRT}
 
 ONNX_NAME, ONNX_FP16_NAME = "model.onnx", "model.fp16.onnx"
-ALL_ARTIFACTS = (ONNX_NAME, ONNX_FP16_NAME, ENGINE_NAME, ENGINE_MANIFEST_NAME, MANIFEST_NAME)
+ALL_ARTIFACTS = (ONNX_NAME, ONNX_FP16_NAME, *INT8_FILES.values(), ENGINE_NAME, ENGINE_MANIFEST_NAME)
+ALL_ARTIFACTS += (MANIFEST_NAME,)
+GATE_IMAGES = 16  # calibration (in-sample) and --val-data images the INT8 gate runs beside the photos
 
 
 class ExportError(RuntimeError):
@@ -56,6 +76,17 @@ class ExportOptions:
     timing_cache: Path | None = None
     opset: int = 18
     postprocess: PostprocessParams = field(default_factory=PostprocessParams)
+    int8: Int8Options | None = None  # also write INT8 Q/DQ model(s), calibrated and gated
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    calib: Path  # image folder or dataset
+    calib_count: int = 256
+    method: CalibMethod = "percentile"
+    targets: tuple[Int8Target, ...] = ("onnxruntime",)
+    val_data: Path | None = None  # labelled set for the mAP gate
+    gate: Int8Gate = field(default_factory=Int8Gate)
 
 
 class Progress:
@@ -83,7 +114,7 @@ def _versions(opset: int) -> dict[str, Any]:
     return out
 
 
-def _artifact(path: Path, precision: Literal["fp32", "fp16"]) -> Artifact:
+def _artifact(path: Path, precision: Literal["fp32", "fp16", "int8"]) -> Artifact:
     return Artifact(file=path.name, sha256=sha256_file(path), bytes=path.stat().st_size, precision=precision)
 
 
@@ -113,7 +144,8 @@ def run_export(opts: ExportOptions) -> ModelManifest:
     """Run the whole export; returns the manifest written to `opts.out_dir/model.json`."""
     if opts.engine:
         _ensure_engine_possible()  # fail before minutes of work, not after
-    progress = Progress(5 + opts.fp16 * 2 + opts.engine)
+    int8_steps = 1 + 2 * len(opts.int8.targets) if opts.int8 else 0
+    progress = Progress(5 + opts.fp16 * 2 + opts.engine + int8_steps)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=opts.out_dir))
     try:
@@ -148,6 +180,13 @@ def _export_into(staging: Path, opts: ExportOptions, progress: Progress) -> Mode
                 str(path), model, graph, img_size, precision, opts.postprocess
             )
         artifacts["onnx" if precision == "fp32" else "onnx_fp16"] = _artifact(path, precision)
+    if opts.int8 is not None:
+        truncated = opts.head == "topk" and opts.top_k < candidates(model, img_size)
+        gate_inputs = {"model": model.arch, "head": opts.head, "img_size": img_size, "truncated": truncated}
+        records = _export_int8(staging, opts, opts.int8, progress, model.class_names, gate_inputs)
+        for target, (artifact, record) in records.items():
+            artifacts[INT8_KEYS[target]] = artifact
+            validation[f"int8_{target}"] = record
     manifest = ModelManifest(
         arch=model.arch,
         branch=model.spec.branch,
@@ -174,11 +213,56 @@ def _export_into(staging: Path, opts: ExportOptions, progress: Progress) -> Mode
     )
     if opts.engine:
         with progress.step("build TensorRT engine"):
-            artifacts["engine"] = _build_engine(staging, opts, artifacts[onnx_key(artifacts, opts.fp16)])
+            engine_source = artifacts[onnx_key(artifacts, "fp16" if opts.fp16 else "fp32")]
+            artifacts["engine"] = _build_engine(staging, opts, engine_source)
         manifest = manifest.model_copy(update={"artifacts": artifacts})
     with progress.step("write manifest"):
         (staging / MANIFEST_NAME).write_text(manifest.to_json())
     return manifest
+
+
+def _export_int8(
+    staging: Path,
+    opts: ExportOptions,
+    int8: Int8Options,
+    progress: Progress,
+    class_names: list[str],
+    gate_inputs: dict[str, Any],
+) -> dict[Int8Target, tuple[Artifact, dict[str, Any]]]:
+    """Calibrate once, then quantize and gate each target's flavour against the FP32 export."""
+    img_size, head = gate_inputs["img_size"], gate_inputs["head"]
+    with progress.step(f"read up to {int8.calib_count} calibration images from {int8.calib}"):
+        pad = InputSpec().letterbox_pad
+        try:
+            calibration = load_calibration(int8.calib, int8.calib_count, img_size, pad)
+            images = {
+                "photos": photo_batch(img_size),
+                "calibration": np.concatenate(calibration.tensors[:GATE_IMAGES]),
+            }
+            if int8.val_data is not None:
+                images["val"] = val_images(int8.val_data, GATE_IMAGES, img_size, pad)
+        except CalibrationError as e:
+            raise ExportError(str(e)) from None
+    done: dict[Int8Target, tuple[Artifact, dict[str, Any]]] = {}
+    for target in int8.targets:
+        path = staging / INT8_FILES[target]
+        with progress.step(f"quantize to INT8 for {target} ({int8.method} calibration)"):
+            quantization = quantize(staging / ONNX_NAME, path, calibration, int8.method, target)
+        with progress.step(f"validate {target} INT8 ONNX against FP32"):
+            record = validate_int8(
+                path,
+                staging / ONNX_NAME,
+                head=head,
+                img_size=img_size,
+                truncated=gate_inputs["truncated"],
+                images=images,
+                post=opts.postprocess,
+                gate=int8.gate,
+                val_data=int8.val_data,
+                class_names=class_names,
+            )
+        done[target] = (_artifact(path, "int8"), {**record, "quantization": quantization})
+    return done
 
 
 def _build_engine(staging: Path, opts: ExportOptions, source: Artifact) -> Artifact:

@@ -9,6 +9,8 @@ compares:
   serving post-processing (threshold + NMS): a reference detection counts as kept when the exported
   model has one of the same class with IoU >= 0.9.
 FP32 must stay within 1e-4 of max|output| (relative); FP16 must keep >= 99% of detections.
+INT8 (`validate_int8`) is compared with the FP32 export instead: it must keep >= 90% of its
+detections at IoU >= 0.75 and, on a labelled set, lose at most 1 point of mAP@0.5:0.95 (flags).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ PHOTOS = ("astronaut", "coffee", "chelsea")  # scikit-image data bundled offline
 FP32_MAX_REL_ERROR = 1e-4
 MIN_AGREEMENT = 0.99  # both precisions; FP32 is also held to the error bound
 MATCH_IOU = 0.9
+INT8_MIN_AGREEMENT = 0.9  # INT8: detections of the FP32 export it keeps ...
+INT8_MATCH_IOU = 0.75  # ... counted at this IoU (int8 activations move box edges by a pixel or so)
+INT8_MAX_MAP_DROP = 1.0  # points of mAP@0.5:0.95 on a labelled set
+INT8_MIN_DETECTIONS = 10  # fewer FP32 detections than this in the gate's images: nothing to judge
 
 
 class ValidationFailed(RuntimeError):
@@ -145,7 +151,12 @@ def _detections(
 
 
 def compare(
-    ref: FloatArray, got: FloatArray, head: Head, post: PostprocessParams, truncated: bool
+    ref: FloatArray,
+    got: FloatArray,
+    head: Head,
+    post: PostprocessParams,
+    truncated: bool,
+    match_iou: float = MATCH_IOU,
 ) -> dict[str, Any]:
     """Error statistics of one batch (see module docstring).
 
@@ -176,12 +187,12 @@ def compare(
     ref_dets, got_dets = _detections(ref, head, post, floors), _detections(got, head, post, none)
     kept = 0
     for r, img in zip(ref_dets, got, strict=True):
-        kept += count_matches(r, Detections(*head_layout(head).candidates(img, post.conf * 0.98)))
+        kept += count_matches(r, Detections(*head_layout(head).candidates(img, post.conf * 0.98)), match_iou)
     stats["boundary_score"] = [float(f) for f in floors] if head == "topk" and truncated else None
     stats["detections_reference"] = sum(len(d) for d in ref_dets)
     stats["detections_matched"] = kept
     stats["detections_matched_after_nms"] = sum(
-        count_matches(r, g) for r, g in zip(ref_dets, got_dets, strict=True)
+        count_matches(r, g, match_iou) for r, g in zip(ref_dets, got_dets, strict=True)
     )
     return stats
 
@@ -241,3 +252,94 @@ def _summarise(
     if failures:
         rec["failure"] = "; ".join(failures)
     return rec
+
+
+@dataclass(frozen=True)
+class Int8Gate:
+    """The INT8 tolerances: detection agreement with the FP32 export (matched at `match_iou`) and,
+    with a labelled set, the mAP@0.5:0.95 it may lose, in points."""
+
+    min_agreement: float = INT8_MIN_AGREEMENT
+    match_iou: float = INT8_MATCH_IOU
+    max_map_drop: float = INT8_MAX_MAP_DROP
+    min_detections: int = INT8_MIN_DETECTIONS
+
+
+def validate_int8(
+    int8_path: Path,
+    fp32_path: Path,
+    *,
+    head: Head,
+    img_size: int,
+    truncated: bool,
+    images: dict[str, FloatArray],
+    post: PostprocessParams,
+    gate: Int8Gate,
+    val_data: Path | None = None,
+    class_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """Gate an INT8 export against the FP32 one it was made from; returns the manifest record,
+    raises ValidationFailed. `images`: named batches of letterboxed inputs (the sample photos, some
+    calibration images); `val_data`: a labelled dataset whose val split is evaluated with both."""
+    names = list(images)
+    fp32_out, _ = run_onnx(fp32_path, [images[n] for n in names], head)
+    int8_out, providers = run_onnx(int8_path, [images[n] for n in names], head)
+    per_batch = {
+        name: {
+            "batch_size": int(images[name].shape[0]),
+            **compare(ref, got, head, post, truncated, gate.match_iou),
+        }
+        for name, ref, got in zip(names, fp32_out, int8_out, strict=True)
+    }
+    total = sum(b["detections_reference"] for b in per_batch.values())
+    matched = sum(b["detections_matched"] for b in per_batch.values())
+    record: dict[str, Any] = {
+        "precision": "int8",
+        "reference": "fp32 export",
+        "batches": per_batch,
+        "providers": providers,
+        "detections_reference": total,
+        "detections_matched": matched,
+        "agreement": matched / total if total else None,
+        "tolerance": {
+            "min_agreement": gate.min_agreement,
+            "match_iou": gate.match_iou,
+            "max_map_drop_points": gate.max_map_drop,
+            "min_detections": gate.min_detections,
+        },
+        "postprocess": {"conf": post.conf, "iou": post.iou, "max_det": post.max_det},
+    }
+    failures = []
+    if total < gate.min_detections:
+        failures.append(
+            f"the FP32 model detects only {total} objects in the validation images (< "
+            f"{gate.min_detections}): too few to judge; calibrate on images of the model's domain "
+            "or give --val-data"
+        )
+    elif matched / total < gate.min_agreement:
+        failures.append(f"detection agreement with FP32 {matched / total:.4f} < {gate.min_agreement}")
+    if val_data is not None:
+        assert class_names is not None
+        record["map"] = _map_fp32_vs_int8(fp32_path, int8_path, head, img_size, class_names, val_data)
+        drop = record["map"]["drop_points"]
+        if drop > gate.max_map_drop:
+            failures.append(f"mAP@0.5:0.95 drops {drop:.2f} points (> {gate.max_map_drop}) on {val_data}")
+    record["passed"] = not failures
+    if failures:
+        record["failure"] = "; ".join(failures)
+        raise ValidationFailed(f"int8 ONNX out of tolerance: {record['failure']}")
+    return record
+
+
+def _map_fp32_vs_int8(
+    fp32_path: Path, int8_path: Path, head: Head, img_size: int, class_names: list[str], val_data: Path
+) -> dict[str, Any]:
+    from train.eval_model import dataset_map, onnx_file_predictor
+
+    maps = {}
+    for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
+        predict = onnx_file_predictor(path, head, img_size)
+        metrics = dataset_map(predict, img_size, class_names, val_data)
+        maps[precision] = {k: metrics[k] for k in ("map50", "map50_95", "images")}
+    drop = (maps["fp32"]["map50_95"] - maps["int8"]["map50_95"]) * 100
+    return {**maps, "data": str(val_data), "split": "val", "drop_points": drop}

@@ -46,7 +46,7 @@ class Artifact(_Strict):
     file: str
     sha256: str
     bytes: int = Field(ge=0)
-    precision: Literal["fp32", "fp16"]
+    precision: Literal["fp32", "fp16", "int8"]
 
 
 class ModelManifest(_Strict):

@@ -46,6 +46,9 @@ def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
     return sorted(name for name in names if name.startswith("YOLOR_") and name not in known)
 
 
+Precision = Literal["auto", "fp32", "fp16", "int8"]
+
+
 class Settings(BaseSettings):
     """Everything configurable; each field is also the env var `YOLOR_<FIELD NAME>`."""
 
@@ -56,8 +59,9 @@ class Settings(BaseSettings):
     device: str = Field(
         default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda, cuda:N"
     )
-    precision: Literal["auto", "fp32", "fp16"] = Field(
-        default="auto", description="auto: fp16 on a GPU when the model has it, else fp32"
+    precision: Precision = Field(
+        default="auto",
+        description="auto: fp16 on a GPU when the model has it, else fp32; int8 only when asked for",
     )
     max_batch_size: int | None = Field(default=None, ge=1, le=1024, description="default: manifest max_batch")
     max_delay_ms: float = Field(default=2.0, ge=0, le=1000, description="longest wait to fill a batch")

@@ -4,13 +4,16 @@ what the service runs) on a dataset split, with the serving pre- and post-proces
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from service.backends.base import Backend
 from service.processing import head_layout, letterbox, scale_boxes, select_detections, to_input_tensor
+from service.processing.heads import Head, HeadLayout
+from service.settings import Precision
 from train.data.datasets import load_dataset
 from train.evaluate import coco_map, ground_truth
 
@@ -42,27 +45,41 @@ def torch_predictor(checkpoint: Path) -> tuple[Predictor, int, list[str]]:
     return predict, model.input_size, model.class_names
 
 
-def onnx_predictor(model_dir: Path) -> tuple[Predictor, int, list[str]]:
-    """The exported folder's FP32 ONNX loaded as `yolor serve --backend onnxruntime --device cpu` loads
-    it (create_backend: the file checked against the manifest's sha256, the host's threads), rows read
-    through the manifest's head contract."""
+def onnx_predictor(model_dir: Path, precision: Precision = "fp32") -> tuple[Predictor, int, list[str]]:
+    """The exported folder's ONNX of `precision` (fp32, fp16 or int8) loaded as `yolor serve
+    --backend onnxruntime --device cpu --precision P` loads it (create_backend: the file checked
+    against the manifest's sha256, the host's threads), rows read through the manifest's head contract."""
     from service.backends import create_backend
     from service.manifest import load_manifest
     from service.settings import Settings
 
     manifest = load_manifest(model_dir)
-    settings = Settings(model_dir=model_dir, backend="onnxruntime", device="cpu", precision="fp32")
+    settings = Settings(model_dir=model_dir, backend="onnxruntime", device="cpu", precision=precision)
     backend = create_backend(settings, manifest)
-    layout = head_layout(manifest.head)
+    predict = _predictor(backend, head_layout(manifest.head), str(model_dir))
+    return predict, manifest.input_size, manifest.class_names
 
+
+def onnx_file_predictor(path: Path, head: Head, img_size: int) -> Predictor:
+    """One ONNX file run by the serving ONNX Runtime backend on the CPU (e.g. before it has a folder)."""
+    from service.backends.onnx_runtime import OnnxRuntimeBackend
+    from service.settings import host_cpu_count
+
+    backend = OnnxRuntimeBackend(
+        path, head=head, max_batch_size=1, profile=("images", img_size), intra_op_threads=host_cpu_count()
+    )
+    return _predictor(backend, head_layout(head), str(path))
+
+
+def _predictor(backend: Backend, layout: HeadLayout, name: str) -> Predictor:
     def predict(x: np.ndarray, conf: float, multi_label: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out = backend.infer(x)
         try:
             return layout.candidates(out[0], conf, multi_label=multi_label)
         except ValueError as e:  # multi-label on the top-K head: the message says to export --head raw
-            raise EvaluationError(f"{model_dir}: {e}") from e
+            raise EvaluationError(f"{name}: {e}") from e
 
-    return predict, manifest.input_size, manifest.class_names
+    return predict
 
 
 def evaluate_model(
@@ -74,15 +91,40 @@ def evaluate_model(
     iou: float = 0.65,
     max_det: int = 300,
     multi_label: bool = False,
+    precision: Precision = "fp32",
 ) -> dict[str, Any]:
-    """mAP of `model` (a .pt checkpoint or an exported folder) on `data`'s `split`, boxes compared in
-    original-image pixels. Thresholds are the official test-time ones (conf 0.001, NMS IoU 0.65).
-    By default one class per box, as the service answers; ``multi_label`` keeps every class above
-    ``conf`` per box, as the official ``test.py`` does (for comparing with published numbers)."""
-    predict, size, names = onnx_predictor(model) if model.is_dir() else torch_predictor(model)
+    """mAP of `model` (a .pt checkpoint or an exported folder, its ONNX of `precision`) on `data`'s
+    `split`, boxes compared in original-image pixels. Thresholds are the official test-time ones
+    (conf 0.001, NMS IoU 0.65). By default one class per box, as the service answers;
+    ``multi_label`` keeps every class above ``conf`` per box, as the official ``test.py`` does (for
+    comparing with published numbers)."""
+    if model.is_dir():
+        predict, size, names = onnx_predictor(model, precision)
+    else:
+        predict, size, names = torch_predictor(model)
+    metrics = dataset_map(
+        predict, size, names, data, split, conf=conf, iou=iou, max_det=max_det, multi_label=multi_label
+    )
+    metrics.update(precision=precision if model.is_dir() else "fp32 (PyTorch)")
+    return metrics
+
+
+def dataset_map(
+    predict: Predictor,
+    size: int,
+    names: Sequence[str],
+    data: Path,
+    split: str = "val",
+    *,
+    conf: float = 0.001,
+    iou: float = 0.65,
+    max_det: int = 300,
+    multi_label: bool = False,
+) -> dict[str, Any]:
+    """COCO mAP of `predict` on `data`'s `split` with the serving letterbox and NMS."""
     dataset = load_dataset(data, split)
     if list(dataset.names) != list(names):
-        raise EvaluationError(f"model classes {names} differ from the dataset's {list(dataset.names)}")
+        raise EvaluationError(f"model classes {list(names)} differ from the dataset's {list(dataset.names)}")
     gts, preds = [], []
     for i in range(len(dataset)):
         sample = dataset[i]

@@ -19,9 +19,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def onnx_key(artifacts: Mapping[str, Artifact], fp16: bool) -> str:
-    """The ONNX artifact to run or build an engine from: the FP16 one when wanted and exported."""
-    return "onnx_fp16" if fp16 and "onnx_fp16" in artifacts else "onnx"
+ONNX_INT8 = "onnx_int8"  # Q/DQ, uint8 activations: ONNX Runtime's CPU kernels
+ONNX_INT8_TENSORRT = "onnx_int8_tensorrt"  # Q/DQ, symmetric int8: TensorRT's explicit quantization
+
+
+def onnx_key(artifacts: Mapping[str, Artifact], precision: str, *, tensorrt: bool = False) -> str:
+    """The ONNX artifact to run or build an engine from for `precision`: FP16 when wanted and
+    exported (else FP32); INT8 only ever when asked for, and then that one (it may be missing)."""
+    if precision == "int8":
+        return ONNX_INT8_TENSORRT if tensorrt else ONNX_INT8
+    return "onnx_fp16" if precision == "fp16" and "onnx_fp16" in artifacts else "onnx"
 
 
 def resolve_artifact(model_dir: Path, manifest: ModelManifest, key: str, *, verify: bool = True) -> Path:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from service.backends.artifacts import onnx_key, resolve_artifact
+from service.backends.artifacts import ONNX_INT8_TENSORRT, onnx_key, resolve_artifact
 from service.backends.base import Backend, BackendError, BackendUnavailable
-from service.manifest import ModelManifest
+from service.manifest import ManifestError, ModelManifest
 from service.processing.heads import head_layout
 from service.settings import Settings, device_index
 
@@ -31,8 +31,20 @@ def effective_max_batch(settings: Settings, manifest: ModelManifest, backend: Ba
     return manifest.max_batch if backend is None else min(manifest.max_batch, backend.max_batch_size)
 
 
-def _wants_fp16(settings: Settings, on_gpu: bool) -> bool:
-    return settings.precision == "fp16" or (settings.precision == "auto" and on_gpu)
+def _precision(settings: Settings, on_gpu: bool) -> str:
+    """fp16 on a GPU for `auto`; int8 only when asked for (it trades accuracy for speed)."""
+    if settings.precision == "auto":
+        return "fp16" if on_gpu else "fp32"
+    return settings.precision
+
+
+def _require_int8(manifest: ModelManifest, key: str, settings: Settings) -> None:
+    if key not in manifest.artifacts:
+        flag = " --int8-target tensorrt" if key == ONNX_INT8_TENSORRT else ""
+        raise ManifestError(
+            f"YOLOR_PRECISION=int8: {settings.model_dir}/model.json lists no {key!r} artifact; "
+            f"export one with `yolor export CHECKPOINT --int8 --calib IMAGES{flag}`"
+        )
 
 
 def _onnxruntime(settings: Settings, manifest: ModelManifest) -> Backend:
@@ -40,7 +52,10 @@ def _onnxruntime(settings: Settings, manifest: ModelManifest) -> Backend:
 
     # An explicit cuda device must get a GPU provider or fail; auto uses one only if this build has one.
     on_gpu = settings.device.startswith("cuda") or (settings.device == "auto" and gpu_providers_available())
-    key = onnx_key(manifest.artifacts, _wants_fp16(settings, on_gpu))
+    precision = _precision(settings, on_gpu)
+    key = onnx_key(manifest.artifacts, precision)
+    if precision == "int8":
+        _require_int8(manifest, key, settings)
     backend = OnnxRuntimeBackend(
         resolve_artifact(settings.model_dir, manifest, key),
         head=manifest.head,
@@ -49,7 +64,8 @@ def _onnxruntime(settings: Settings, manifest: ModelManifest) -> Backend:
         device=settings.device if on_gpu else "cpu",
         intra_op_threads=settings.intra_op_threads,
         parallel_runs=1 if on_gpu else settings.parallel_runs,
-        fp16=_wants_fp16(settings, on_gpu),
+        fp16=precision == "fp16",
+        precision="int8" if precision == "int8" else None,  # the others read from the graph
         cache_dir=settings.engine_dir or settings.model_dir,
     )
     if key == "onnx_fp16" and not any(p in backend.providers for p in GPU_PROVIDERS):
@@ -62,7 +78,13 @@ def _onnxruntime(settings: Settings, manifest: ModelManifest) -> Backend:
 def _tensorrt(settings: Settings, manifest: ModelManifest) -> Backend:
     from service.backends.tensorrt_runtime import load_tensorrt_backend
 
-    return load_tensorrt_backend(settings, manifest, want_fp16=_wants_fp16(settings, on_gpu=True))
+    precision = _precision(settings, on_gpu=True)
+    if precision == "int8" and ONNX_INT8_TENSORRT not in manifest.artifacts:
+        raise BackendUnavailable(  # auto goes on to ONNX Runtime's INT8 model; explicit says why
+            f"no {ONNX_INT8_TENSORRT!r} artifact for a TensorRT INT8 engine (yolor export --int8 "
+            "--int8-target tensorrt)"
+        )
+    return load_tensorrt_backend(settings, manifest, precision=precision)
 
 
 def _torch(settings: Settings, manifest: ModelManifest) -> Backend:

@@ -109,6 +109,7 @@ class OnnxRuntimeBackend(BaseBackend):
         intra_op_threads: int = 1,
         parallel_runs: int = 1,
         fp16: bool = False,
+        precision: str | None = None,
         cache_dir: Path | None = None,
     ) -> None:
         ort = _onnxruntime()
@@ -153,7 +154,8 @@ class OnnxRuntimeBackend(BaseBackend):
         batch_dim, *chw = inp.shape
         super().__init__(
             name="onnxruntime",
-            precision="fp16" if self._input_dtype == np.float16 or (fp16 and TENSORRT in active) else "fp32",
+            precision=precision
+            or ("fp16" if self._input_dtype == np.float16 or (fp16 and TENSORRT in active) else "fp32"),
             device=", ".join(active)
             + ("" if on_gpu else f" ({_cpu_threads(parallel_runs, intra_op_threads)})"),
             head=head,

@@ -287,17 +287,18 @@ def build_engine(
     options: EngineOptions,
     *,
     onnx_sha256: str,
-    precision: Literal["fp32", "fp16"],
+    precision: Literal["fp32", "fp16", "int8"],
 ) -> dict[str, Any]:
     """Build a TensorRT engine from `onnx_path`, write it atomically to `engine_path`, return its manifest.
 
     `precision` records what the ONNX holds; it does not change the build (the network is strongly
-    typed). The timing cache is read before and rewritten after the build. Raises
-    TensorRTUnavailable (no TensorRT >= 10 or no GPU), FileNotFoundError, ValueError (not exactly one
-    input, or one without a dynamic batch axis) and RuntimeError (parse or build failure).
+    typed: an INT8 engine comes from the Q/DQ nodes of `yolor export --int8 --int8-target tensorrt`).
+    The timing cache is read before and rewritten after the build. Raises TensorRTUnavailable (no
+    TensorRT >= 10 or no GPU), FileNotFoundError, ValueError (not exactly one input, or one without a
+    dynamic batch axis) and RuntimeError (parse or build failure).
     """
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ValueError(f"precision must be 'fp32', 'fp16' or 'int8', got {precision!r}")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX file not found: {onnx_path}")

@@ -160,7 +160,7 @@ def _find_engine(builder: Any, directories: list[Path], **wanted: Any) -> tuple[
     return None, why
 
 
-def load_tensorrt_backend(settings: Settings, manifest: ModelManifest, *, want_fp16: bool) -> TensorRTBackend:
+def load_tensorrt_backend(settings: Settings, manifest: ModelManifest, *, precision: str) -> TensorRTBackend:
     """The engine for this GPU and TensorRT version, built from the manifest's ONNX when needed.
 
     An engine is reused from `engine_dir`, then from the model directory (one built by the export),
@@ -182,7 +182,7 @@ def load_tensorrt_backend(settings: Settings, manifest: ModelManifest, *, want_f
     identity = gpu_identity(index)
     if identity is None:
         raise BackendUnavailable("no CUDA GPU is visible (nvidia-smi)")
-    source_key = onnx_key(manifest.artifacts, want_fp16)
+    source_key = onnx_key(manifest.artifacts, precision, tensorrt=True)
     source = manifest.artifacts[source_key]
     max_batch = effective_max_batch(settings, manifest)
     target = settings.engine_dir or settings.model_dir

@@ -9,7 +9,14 @@ import time
 import numpy as np
 import pytest
 
-from bench.bare import batch_sizes, bench_bare, bench_batch, markdown_table
+from bench.bare import (
+    batch_sizes,
+    bench_bare,
+    bench_batch,
+    compare_precisions,
+    markdown_table,
+    precision_table,
+)
 from bench.stats import Latency
 from cli import main
 from service.backends import FakeBackend
@@ -112,3 +119,28 @@ def test_concurrent_callers_as_many_as_the_backend_runs_at_once():
 def test_a_batch_larger_than_the_model_allows_is_a_user_error(caplog):
     assert main(["bench", "bare", str(DEMO_MODEL_DIR), "--max-batch", "64", "--device", "cpu"]) == 2
     assert "max batch 64" in caplog.text
+
+
+def test_two_precisions_are_measured_back_to_back_per_batch_size():
+    """A backend twice as fast per image: its latency ratio per batch size, from a shared fake clock."""
+    base = Timed(base=0.010, per_image=0.010)
+
+    def infer_other(batch: np.ndarray) -> np.ndarray:
+        base.now += 0.010 + 0.004 * len(batch)  # the same fake clock
+        return np.zeros((len(batch), 4, 6), np.float32)
+
+    faster = FakeBackend(infer_other, input_size=32, output_shape=(4, 6), max_batch_size=8)
+    order: list[str] = []
+    pairs = compare_precisions(base.backend, faster, [1, 8], min_seconds=0.2, clock=base.clock,
+                               progress=lambda p: order.append(f"b{p.batch_size}"))  # fmt: skip
+    assert [p.latency_ratio for p in pairs] == pytest.approx([0.014 / 0.020, 0.042 / 0.090])
+    assert order == ["b1", "b8"] and base.backend.batch_sizes[-1] == 8 and faster.batch_sizes[0] == 1
+    table = precision_table(pairs, "fp32", "int8").splitlines()
+    assert table[0].endswith("| int8 / fp32 latency |") and table[3].endswith("| 0.467 |")
+
+
+def test_yolor_bench_bare_against_another_precision_needs_its_artifact(caplog):
+    """The demo model ships no INT8 export: a clear user error, not a traceback."""
+    args = ["bench", "bare", str(DEMO_MODEL_DIR), "--seconds", "0.05", "--device", "cpu", "--against", "int8"]
+    code = main(args)
+    assert code == 2 and "lists no 'onnx_int8' artifact" in caplog.text

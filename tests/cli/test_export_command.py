@@ -45,8 +45,24 @@ def test_export_command_writes_artifacts(csp_checkpoint, tmp_path, caplog):
             lambda ck, tmp: [(tmp / "junk.pt").write_bytes(b"\x80\x02garbage") and tmp / "junk.pt"],
             "not a readable PyTorch checkpoint",
         ),
+        (lambda ck, tmp: [ck, "--int8"], "--int8 needs --calib IMAGES"),
+        (lambda ck, tmp: [ck, "--calib", tmp], "--int8 needs --calib IMAGES"),
+        (lambda ck, tmp: [ck, "--int8", "--calib", tmp / "nowhere"], "--calib"),
+        (lambda ck, tmp: [ck, "--int8", "--calib", tmp, "--val-data", tmp / "no.json"], "--val-data"),
+        (lambda ck, tmp: [ck, "--int8", "--calib", tmp, "--img-size", 64], "no image files"),
     ],
-    ids=["missing", "unknown-arch", "wrong-arch", "img-size", "corrupt"],
+    ids=[
+        "missing",
+        "unknown-arch",
+        "wrong-arch",
+        "img-size",
+        "corrupt",
+        "int8-without-calib",
+        "calib-without-int8",
+        "calib-missing",
+        "val-data-missing",
+        "calib-empty",
+    ],
 )
 def test_bad_inputs_fail_clearly_and_write_nothing(csp_checkpoint, tmp_path, caplog, make_args, message):
     out = tmp_path / "out"

@@ -387,12 +387,16 @@ def test_every_gpu_provider_gets_the_device_index(device, index):
     assert trt_provider[1]["device_id"] == cuda_provider[1]["device_id"] == index == device_index(device)
 
 
-def test_the_fp16_artifact_is_chosen_only_when_wanted_and_exported(tmp_path):
+def test_the_fp16_artifact_is_chosen_only_when_wanted_and_exported_and_int8_only_when_asked(tmp_path):
     manifest = write_model_dir(tmp_path)
     with_fp16 = {**manifest.artifacts, "onnx_fp16": manifest.artifacts["onnx"]}
-    assert onnx_key(manifest.artifacts, fp16=True) == "onnx"
-    assert onnx_key(with_fp16, fp16=True) == "onnx_fp16"
-    assert onnx_key(with_fp16, fp16=False) == "onnx"
+    assert onnx_key(manifest.artifacts, "fp16") == "onnx"
+    assert onnx_key(with_fp16, "fp16") == "onnx_fp16"
+    assert onnx_key(with_fp16, "fp32") == "onnx"
+    with_int8 = {**with_fp16, "onnx_int8": manifest.artifacts["onnx"]}
+    assert onnx_key(with_int8, "fp32") == "onnx" and onnx_key(with_int8, "fp16") == "onnx_fp16"
+    assert onnx_key(with_int8, "int8") == "onnx_int8"  # no fallback: asked for, it must be there
+    assert onnx_key(manifest.artifacts, "int8", tensorrt=True) == "onnx_int8_tensorrt"
 
 
 def test_effective_max_batch_prefers_the_setting_else_what_manifest_and_backend_allow(tmp_path):

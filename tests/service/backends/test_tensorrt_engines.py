@@ -366,7 +366,7 @@ def test_build_engine_refuses_tensorrt_before_10(monkeypatch, tmp_path, onnx_fil
 
 def test_build_engine_checks_arguments_first(tmp_path, onnx_file):
     with pytest.raises(ValueError, match="precision"):
-        tb.build_engine(onnx_file, tmp_path / "m.engine", EngineOptions(), onnx_sha256="a", precision="int8")
+        tb.build_engine(onnx_file, tmp_path / "m.engine", EngineOptions(), onnx_sha256="a", precision="bf16")
     with pytest.raises(FileNotFoundError):
         tb.build_engine(
             tmp_path / "missing.onnx",
