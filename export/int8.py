@@ -16,7 +16,9 @@ set's mAP when one is given); the caller refuses an export out of tolerance.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -168,27 +170,30 @@ def quantize(
         # not know the top-K tail's shapes and is not needed: the input shape is all it would add).
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         excluded = float_tail(onnx.load(str(prepared)))
-        quantize_static(
-            str(prepared),
-            str(out_path),
-            _Reader(input_name, calibration.tensors),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OPS),
-            nodes_to_exclude=excluded,
-            per_channel=True,
-            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method={
-                "minmax": CalibrationMethod.MinMax,
-                "percentile": CalibrationMethod.Percentile,
-                "entropy": CalibrationMethod.Entropy,
-            }[method],
-            extra_options={
-                "ActivationSymmetric": symmetric,
-                "WeightSymmetric": True,
-                "CalibTensorRangeSymmetric": symmetric,
-            },
-        )
+        calibrator_output = io.StringIO()  # the calibrators print their progress: to the debug log
+        with contextlib.redirect_stdout(calibrator_output):
+            quantize_static(
+                str(prepared),
+                str(out_path),
+                _Reader(input_name, calibration.tensors),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                nodes_to_exclude=excluded,
+                per_channel=True,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method={
+                    "minmax": CalibrationMethod.MinMax,
+                    "percentile": CalibrationMethod.Percentile,
+                    "entropy": CalibrationMethod.Entropy,
+                }[method],
+                extra_options={
+                    "ActivationSymmetric": symmetric,
+                    "WeightSymmetric": True,
+                    "CalibTensorRangeSymmetric": symmetric,
+                },
+            )
+        log.debug("onnxruntime quantization: %s", calibrator_output.getvalue().strip())
     return {
         "target": target,
         "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",

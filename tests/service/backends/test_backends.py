@@ -415,3 +415,14 @@ def test_an_unreadable_onnx_file_is_a_backend_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(BackendError, match="could not load"):
         OnnxRuntimeBackend(path, head="topk", max_batch_size=1, profile=("images", 64))
+
+
+def test_int8_is_refused_clearly_without_its_artifact(tmp_path):
+    manifest = write_model_dir(tmp_path, onnx=True)
+    with pytest.raises(BackendUnavailable, match="onnx_int8_tensorrt"):  # before TensorRT is looked for
+        create_backend(Settings(model_dir=tmp_path, backend="tensorrt", precision="int8"), manifest)
+    with pytest.raises(ManifestError, match="--int8 --calib IMAGES`"):
+        create_backend(Settings(model_dir=tmp_path, device="cpu", precision="int8"), manifest)
+    auto = create_backend(Settings(model_dir=tmp_path, device="cpu"), manifest)
+    assert auto.precision == "fp32"
+    auto.close()
