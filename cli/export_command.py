@@ -62,7 +62,11 @@ def _int8_options(args: argparse.Namespace) -> Any:
         method=args.calib_method,
         targets=targets,
         val_data=Path(args.val_data) if args.val_data else None,
-        gate=Int8Gate(min_agreement=args.int8_min_agreement, max_map_drop=args.int8_max_map_drop),
+        gate=Int8Gate(
+            min_agreement=args.int8_min_agreement,
+            max_map_drop=args.int8_max_map_drop,
+            min_detections=args.int8_min_detections,
+        ),
     )
 
 
@@ -124,5 +128,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--int8-min-agreement", type=fraction, default=0.9,
         help="share of FP32 detections INT8 must keep (IoU >= 0.75)",
+    )  # fmt: skip
+    q.add_argument(
+        "--int8-min-detections", type=int_at_least(0), default=10,
+        help="FP32 detections the agreement needs to be judged (0: none, e.g. random weights for speed)",
     )  # fmt: skip
     p.set_defaults(func=_cmd_export)

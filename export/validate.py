@@ -316,7 +316,7 @@ def validate_int8(
             f"{gate.min_detections}): too few to judge; calibrate on images of the model's domain "
             "or give --val-data"
         )
-    elif matched / total < gate.min_agreement:
+    elif total and matched / total < gate.min_agreement:
         failures.append(f"detection agreement with FP32 {matched / total:.4f} < {gate.min_agreement}")
     if val_data is not None:
         assert class_names is not None
