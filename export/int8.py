@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
+from service.errors import InvalidImage, TooManyPixels
 from service.images import decode_image
 from service.processing import letterbox, to_input_tensor
 
@@ -94,9 +95,12 @@ def load_calibration(source: Path, count: int, img_size: int, pad: int) -> Calib
 
 def val_images(data: Path, count: int, img_size: int, pad: int) -> FloatArray:
     """The first `count` images of a labelled dataset's val split, letterboxed: (N, 3, S, S)."""
-    from train.data.datasets import load_dataset
+    from train.data.datasets import DatasetError, load_dataset
 
-    files = [record.path for record in load_dataset(data, "val").records[:count]]
+    try:
+        files = [record.path for record in load_dataset(data, "val").records[:count]]
+    except DatasetError as e:
+        raise CalibrationError(f"--val-data {data}: {e}") from None
     if not files:
         raise CalibrationError(f"--val-data {data}: no val images")
     return np.concatenate(letterboxed(files, img_size, pad)[0])
@@ -110,8 +114,8 @@ def letterboxed(files: Sequence[Path], img_size: int, pad: int) -> tuple[list[Fl
         digest.update(hashlib.sha256(data).digest())
         try:
             image = decode_image(data, MAX_PIXELS)
-        except ValueError as e:  # InvalidImage and TooManyPixels are ValueErrors
-            raise CalibrationError(f"{path}: {e}") from None
+        except (InvalidImage, TooManyPixels) as e:
+            raise CalibrationError(f"{path}: {e.message}") from None
         tensors.append(to_input_tensor([letterbox(image, img_size, color=pad)[0]]))
     return tensors, digest.hexdigest()
 

@@ -69,6 +69,9 @@ def test_calibration_files_from_a_folder_and_from_a_dataset(tmp_path):
     assert calibration.sha256 != load_calibration(folder, 2, 32, 114).sha256
     with pytest.raises(ValueError, match="no image files"):
         calibration_files(tmp_path / "ds" / "train" / "labels", 10)
+    (folder / "0-broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    with pytest.raises(ValueError, match=r"0-broken\.jpg: not a decodable image"):
+        load_calibration(folder, 10, 32, 114)
 
 
 @pytest.fixture(scope="module")
