@@ -57,6 +57,24 @@ class ReOrg(nn.Module):
         return torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], dim=1)
 
 
+class HaarDWT(nn.Module):
+    """One level of the 2-D Haar wavelet transform, as the official paper branch's `DWT` computes it
+    with pytorch_wavelets (`DWTForward(J=1, wave='db1', mode='zero')`, then `cat[yl / 2, yh / 2 + 0.5]`):
+    (B, C, H, W) -> (B, 4C, H/2, W/2) for even H, W. For each 2x2 block (a b / c d): first every
+    channel's mean (a + b + c + d) / 4, then per channel its three details (a + b - c - d) / 4 + 0.5,
+    (a - b + c - d) / 4 + 0.5 and (a - b - c + d) / 4 + 0.5 (pytorch_wavelets' band order and signs,
+    checked against it by tests/fixtures/dwt_reference.npz). A fixed linear map: slices and adds,
+    so it exports to ONNX with the node types ReOrg already uses. (Without pytorch_wavelets the
+    official code silently runs ReOrg instead, which a dwt checkpoint was not trained with.)"""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x[..., ::2, ::2], x[..., ::2, 1::2]
+        c, d = x[..., 1::2, ::2], x[..., 1::2, 1::2]
+        low = (a + b + c + d) * 0.25
+        details = torch.stack([a + b - c - d, a - b + c - d, a - b - c + d], dim=2) * 0.25 + 0.5
+        return torch.cat([low, details.flatten(1, 2)], dim=1)
+
+
 class ImplicitA(nn.Module):
     """Learned additive implicit knowledge: x + a, with a of shape (1, C, 1, 1)."""
 
