@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 Int8Target = Literal["onnxruntime", "tensorrt"]
 CalibMethod = Literal["minmax", "percentile", "entropy"]
 INT8_TARGETS: tuple[Int8Target, ...] = ("onnxruntime", "tensorrt")
-CALIB_METHODS: tuple[CalibMethod, ...] = ("minmax", "percentile", "entropy")
 INT8_FILES: dict[Int8Target, str] = {"onnxruntime": "model.int8.onnx", "tensorrt": "model.int8-tensorrt.onnx"}
 # Ops quantized between the convolutions (SiLU is Sigmoid * Mul): with all of them in int8 ONNX
 # Runtime fuses each into its QLinear kernel instead of converting back to float around it.

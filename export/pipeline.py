@@ -38,6 +38,7 @@ from export.validate import (
     Int8Gate,
     PostprocessParams,
     candidates,
+    fp32_reference,
     photo_batch,
     validate_int8,
     validate_onnx,
@@ -51,8 +52,9 @@ log = logging.getLogger(__name__)
 INT8_KEYS: dict[Int8Target, str] = {"onnxruntime": ONNX_INT8, "tensorrt": ONNX_INT8_TENSORRT}
 
 ONNX_NAME, ONNX_FP16_NAME = "model.onnx", "model.fp16.onnx"
-ALL_ARTIFACTS = (ONNX_NAME, ONNX_FP16_NAME, *INT8_FILES.values(), ENGINE_NAME, ENGINE_MANIFEST_NAME)
-ALL_ARTIFACTS += (MANIFEST_NAME,)
+ALL_ARTIFACTS = (
+    ONNX_NAME, ONNX_FP16_NAME, *INT8_FILES.values(), ENGINE_NAME, ENGINE_MANIFEST_NAME, MANIFEST_NAME
+)  # fmt: skip
 GATE_IMAGES = 16  # calibration (in-sample) and --val-data images the INT8 gate runs beside the photos
 
 
@@ -182,8 +184,7 @@ def _export_into(staging: Path, opts: ExportOptions, progress: Progress) -> Mode
         artifacts["onnx" if precision == "fp32" else "onnx_fp16"] = _artifact(path, precision)
     if opts.int8 is not None:
         truncated = opts.head == "topk" and opts.top_k < candidates(model, img_size)
-        gate_inputs = {"model": model.arch, "head": opts.head, "img_size": img_size, "truncated": truncated}
-        records = _export_int8(staging, opts, opts.int8, progress, model.class_names, gate_inputs)
+        records = _export_int8(staging, opts, opts.int8, progress, model.class_names, img_size, truncated)
         for target, (artifact, record) in records.items():
             artifacts[INT8_KEYS[target]] = artifact
             validation[f"int8_{target}"] = record
@@ -227,11 +228,12 @@ def _export_int8(
     int8: Int8Options,
     progress: Progress,
     class_names: list[str],
-    gate_inputs: dict[str, Any],
+    img_size: int,
+    truncated: bool,
 ) -> dict[Int8Target, tuple[Artifact, dict[str, Any]]]:
-    """Calibrate once, then quantize and gate each target's flavour against the FP32 export."""
-    img_size, head = gate_inputs["img_size"], gate_inputs["head"]
-    with progress.step(f"read up to {int8.calib_count} calibration images from {int8.calib}"):
+    """Calibrate and run the FP32 reference once, then quantize and gate each target's flavour."""
+    what = f"read up to {int8.calib_count} calibration images from {int8.calib}, run the FP32 reference"
+    with progress.step(what):
         pad = InputSpec().letterbox_pad
         try:
             calibration = load_calibration(int8.calib, int8.calib_count, img_size, pad)
@@ -243,6 +245,14 @@ def _export_int8(
                 images["val"] = val_images(int8.val_data, GATE_IMAGES, img_size, pad)
         except CalibrationError as e:
             raise ExportError(str(e)) from None
+        reference = fp32_reference(
+            staging / ONNX_NAME,
+            images,
+            head=opts.head,
+            img_size=img_size,
+            class_names=class_names,
+            val_data=int8.val_data,
+        )
     done: dict[Int8Target, tuple[Artifact, dict[str, Any]]] = {}
     for target in int8.targets:
         path = staging / INT8_FILES[target]
@@ -251,14 +261,13 @@ def _export_int8(
         with progress.step(f"validate {target} INT8 ONNX against FP32"):
             record = validate_int8(
                 path,
-                staging / ONNX_NAME,
-                head=head,
+                reference,
+                head=opts.head,
                 img_size=img_size,
-                truncated=gate_inputs["truncated"],
+                truncated=truncated,
                 images=images,
                 post=opts.postprocess,
                 gate=int8.gate,
-                val_data=int8.val_data,
                 class_names=class_names,
             )
         done[target] = (_artifact(path, "int8"), {**record, "quantization": quantization})

@@ -265,9 +265,35 @@ class Int8Gate:
     min_detections: int = INT8_MIN_DETECTIONS
 
 
+@dataclass(frozen=True)
+class Fp32Reference:
+    """What the INT8 gate compares with, computed once for every INT8 flavour: the FP32 export's
+    outputs on the gate's named batches and, with a labelled set, its mAP there."""
+
+    outputs: dict[str, FloatArray]
+    map: dict[str, Any] | None
+    val_data: Path | None
+
+
+def fp32_reference(
+    fp32_path: Path,
+    images: dict[str, FloatArray],
+    *,
+    head: Head,
+    img_size: int,
+    class_names: list[str],
+    val_data: Path | None = None,
+) -> Fp32Reference:
+    """`images`: named batches of letterboxed inputs (the sample photos, some calibration images);
+    `val_data`: a labelled dataset whose val split is evaluated."""
+    outputs, _ = run_onnx(fp32_path, list(images.values()), head)
+    maps = None if val_data is None else _dataset_map(fp32_path, head, img_size, class_names, val_data)
+    return Fp32Reference(dict(zip(images, outputs, strict=True)), maps, val_data)
+
+
 def validate_int8(
     int8_path: Path,
-    fp32_path: Path,
+    reference: Fp32Reference,
     *,
     head: Head,
     img_size: int,
@@ -275,21 +301,17 @@ def validate_int8(
     images: dict[str, FloatArray],
     post: PostprocessParams,
     gate: Int8Gate,
-    val_data: Path | None = None,
-    class_names: list[str] | None = None,
+    class_names: list[str],
 ) -> dict[str, Any]:
-    """Gate an INT8 export against the FP32 one it was made from; returns the manifest record,
-    raises ValidationFailed. `images`: named batches of letterboxed inputs (the sample photos, some
-    calibration images); `val_data`: a labelled dataset whose val split is evaluated with both."""
-    names = list(images)
-    fp32_out, _ = run_onnx(fp32_path, [images[n] for n in names], head)
-    int8_out, providers = run_onnx(int8_path, [images[n] for n in names], head)
+    """Gate an INT8 export against the FP32 one it was made from (`reference`, on the same
+    `images`); returns the manifest record, raises ValidationFailed."""
+    int8_out, providers = run_onnx(int8_path, list(images.values()), head)
     per_batch = {
         name: {
             "batch_size": int(images[name].shape[0]),
-            **compare(ref, got, head, post, truncated, gate.match_iou),
+            **compare(reference.outputs[name], got, head, post, truncated, gate.match_iou),
         }
-        for name, ref, got in zip(names, fp32_out, int8_out, strict=True)
+        for name, got in zip(images, int8_out, strict=True)
     }
     total = sum(b["detections_reference"] for b in per_batch.values())
     matched = sum(b["detections_matched"] for b in per_batch.values())
@@ -318,12 +340,20 @@ def validate_int8(
         )
     elif total and matched / total < gate.min_agreement:
         failures.append(f"detection agreement with FP32 {matched / total:.4f} < {gate.min_agreement}")
-    if val_data is not None:
-        assert class_names is not None
-        record["map"] = _map_fp32_vs_int8(fp32_path, int8_path, head, img_size, class_names, val_data)
-        drop = record["map"]["drop_points"]
+    if reference.map is not None and reference.val_data is not None:
+        int8_map = _dataset_map(int8_path, head, img_size, class_names, reference.val_data)
+        drop = (reference.map["map50_95"] - int8_map["map50_95"]) * 100
+        record["map"] = {
+            "fp32": reference.map,
+            "int8": int8_map,
+            "data": str(reference.val_data),
+            "split": "val",
+            "drop_points": drop,
+        }
         if drop > gate.max_map_drop:
-            failures.append(f"mAP@0.5:0.95 drops {drop:.2f} points (> {gate.max_map_drop}) on {val_data}")
+            failures.append(
+                f"mAP@0.5:0.95 drops {drop:.2f} points (> {gate.max_map_drop}) on {reference.val_data}"
+            )
     record["passed"] = not failures
     if failures:
         record["failure"] = "; ".join(failures)
@@ -331,15 +361,9 @@ def validate_int8(
     return record
 
 
-def _map_fp32_vs_int8(
-    fp32_path: Path, int8_path: Path, head: Head, img_size: int, class_names: list[str], val_data: Path
-) -> dict[str, Any]:
+def _dataset_map(path: Path, head: Head, img_size: int, class_names: list[str], data: Path) -> dict[str, Any]:
+    """mAP of one ONNX file on `data`'s val split, as `yolor eval` measures it."""
     from train.eval_model import dataset_map, onnx_file_predictor
 
-    maps = {}
-    for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
-        predict = onnx_file_predictor(path, head, img_size)
-        metrics = dataset_map(predict, img_size, class_names, val_data)
-        maps[precision] = {k: metrics[k] for k in ("map50", "map50_95", "images")}
-    drop = (maps["fp32"]["map50_95"] - maps["int8"]["map50_95"]) * 100
-    return {**maps, "data": str(val_data), "split": "val", "drop_points": drop}
+    metrics = dataset_map(onnx_file_predictor(path, head, img_size), img_size, class_names, data)
+    return {k: metrics[k] for k in ("map50", "map50_95", "images")}
