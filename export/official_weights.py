@@ -43,6 +43,8 @@ OFFICIAL_WEIGHTS: dict[str, OfficialWeights] = {
         OfficialWeights("yolor-w6", "paper", "yolor-w6", 1280, 54.0),
         OfficialWeights("yolor-e6", "paper", "yolor-e6", 1280, 54.6),
         OfficialWeights("yolor-d6", "paper", "yolor-d6", 1280, 55.4),
+        OfficialWeights("yolor-ssss-dwt", "paper", "yolor-ssss-dwt", 640, 37.0),
+        OfficialWeights("yolor-ssss-s2d", "paper", "yolor-ssss-s2d", 640, 36.9),
     )
 }
 

@@ -10,15 +10,19 @@ The official `main` (Darknet cfg) and `paper` (yaml Model) branches both ship to
 `sys.path`. Optional heavy dependencies the official code imports at module level (torchvision,
 pycocotools, matplotlib, ...) are replaced by inert stub modules when they are missing; `mish_cuda`,
 `pytorch_wavelets` and `thop` are forced to raise ImportError so the official pure-torch fallbacks
-(Mish, DWT) are used and no FLOP counting is attempted.
+(Mish, DWT) are used and no FLOP counting is attempted -- except for `yolor-ssss-dwt` and its tiny
+checkpoint, which need the real transform: there pytorch_wavelets must be importable (it is not a
+dependency of ours; e.g. `pip install --target /tmp/pwlib --no-deps pytorch_wavelets PyWavelets` and
+PYTHONPATH=/tmp/pwlib), and its filter buffers keep their real values like the anchors.
 
 Each architecture gets deterministic weights from `tools.parity.parity_state_dict` (anchors keep their
 real values), is run in eval mode on a fixed 64x64 input, and its outputs are written to
 `<out>/<arch>.npz` with the key list and metadata in `<out>/<arch>.json`.
 
-A tiny paper-branch checkpoint in the official on-disk training format (EMA model, stripped to FP16 as
-the official `strip_optimizer` does) is written to `<out>/tiny_paper_official.pt`, with reference
-outputs computed from its FP16 weights cast back to float32 in `<out>/tiny_paper_official.npz`.
+Tiny paper-branch checkpoints in the official on-disk training format (EMA model, stripped to FP16 as
+the official `strip_optimizer` does) are written to `<out>/tiny_paper_official.pt` (yolor-p6 yaml) and
+`<out>/tiny_dwt_official.pt` (yolor-ssss-dwt yaml, pickling pytorch_wavelets' DWTForward), with
+reference outputs computed from their FP16 weights cast back to float32 in `<out>/<name>.npz`.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from unittest.mock import MagicMock
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 MAIN_ARCHS = ("yolor_p6", "yolor_w6", "yolor_csp", "yolor_csp_x")
-PAPER_ARCHS = ("yolor-p6", "yolor-w6", "yolor-e6", "yolor-d6")
+PAPER_ARCHS = ("yolor-p6", "yolor-w6", "yolor-e6", "yolor-d6", "yolor-ssss-dwt", "yolor-ssss-s2d")
 EXPECTED_PARAMS = {
     "yolor_p6": 37_265_016,
     "yolor-p6": 37_270_264,
@@ -53,17 +57,26 @@ EXPECTED_PARAMS = {
     "yolor-d6": 151_782_680,
     "yolor_csp": 52_923_994,
     "yolor_csp_x": 99_754_058,
+    "yolor-ssss-dwt": 9_216_634,
+    "yolor-ssss-s2d": 9_216_634,
 }
 OFFICIAL_COMMITS = {
     "main": "3ca250ae2247ca13911fa498cbe8e2c9b6bab5b0",
     "paper": "10efdf7d4aca04abc61cd3badbf2f0f88bf7a954",
 }
 INPUT_SIZE = 64
-TINY_NAMES = ["circle", "square", "triangle"]
-TINY_NAME = "tiny_paper_official"
+nameS = ["circle", "square", "triangle"]
+# name -> (official yaml, absolute depth and width multipliers)
+TINY = {
+    "tiny_paper_official": ("yolor-p6", 0.33, 0.0625),
+    "tiny_dwt_official": ("yolor-ssss-dwt", 0.33, 0.03125),
+}
+# Jobs that run the real wavelet transform (pytorch_wavelets importable, not blocked).
+WAVELET_JOBS = ("yolor-ssss-dwt", "tiny_dwt_official")
 
 # Must fail to import so the official code falls back to its pure-torch implementations.
 BLOCKED_MODULES = frozenset({"mish_cuda", "pytorch_wavelets", "thop", "wandb"})
+WAVELET_MODULES = frozenset({"pytorch_wavelets", "pywt"})
 # Replaced by inert stubs when not installed (only imported at module level, never used by models).
 STUB_CANDIDATES = (
     "torchvision",
@@ -103,22 +116,30 @@ class _StubLoader(importlib.abc.Loader):
 
 
 class _OfficialImportHook(importlib.abc.MetaPathFinder):
-    def __init__(self, stub_roots: set[str]) -> None:
+    def __init__(self, stub_roots: set[str], blocked: frozenset[str]) -> None:
         self.stub_roots = stub_roots
+        self.blocked = blocked
         self.loader = _StubLoader()
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         root = fullname.partition(".")[0]
-        if root in BLOCKED_MODULES:
+        if root in self.blocked:
             raise ImportError(f"{fullname} is deliberately unavailable for parity fixtures")
         if root in self.stub_roots:
             return importlib.machinery.ModuleSpec(fullname, self.loader, is_package=True)
         return None
 
 
-def install_import_hook() -> set[str]:
+def install_import_hook(wavelets: bool) -> set[str]:
+    """Block and stub modules for the official code; `wavelets`: leave pytorch_wavelets importable."""
+    blocked = BLOCKED_MODULES - WAVELET_MODULES if wavelets else BLOCKED_MODULES
+    if wavelets and importlib.util.find_spec("pytorch_wavelets") is None:
+        raise SystemExit(
+            "the dwt fixtures need pytorch_wavelets: pip install --target /tmp/pwlib --no-deps "
+            "pytorch_wavelets PyWavelets 'setuptools<81', then PYTHONPATH=/tmp/pwlib"
+        )
     stub_roots = {name for name in STUB_CANDIDATES if importlib.util.find_spec(name) is None}
-    sys.meta_path.insert(0, _OfficialImportHook(stub_roots))
+    sys.meta_path.insert(0, _OfficialImportHook(stub_roots, blocked))
     return stub_roots
 
 
@@ -141,14 +162,15 @@ def make_input(spec: Any = None) -> Any:
     return torch.from_numpy(parity_input(spec or REFERENCE_INPUT))
 
 
-def anchor_keys(state_dict: dict[str, Any]) -> list[str]:
+def fixed_keys(state_dict: dict[str, Any]) -> list[str]:
+    """Entries that keep their real values: anchors and pytorch_wavelets' filter buffers."""
     from tools.parity import ANCHOR_SUFFIXES
 
-    return [k for k in state_dict if k.rsplit(".", 1)[-1] in ANCHOR_SUFFIXES]
+    return [k for k in state_dict if k.rsplit(".", 1)[-1] in ANCHOR_SUFFIXES or ".xfm." in k]
 
 
 def load_parity_weights(model: Any) -> tuple[list[list[Any]], dict[str, Any], dict[str, Any]]:
-    """Load deterministic weights (anchors keep real values) and calibrate BatchNorm statistics on a
+    """Load deterministic weights (`fixed_keys` keep real values) and calibrate BatchNorm statistics on a
     separate input; return key list, the fixed entries and the calibration."""
     import torch
 
@@ -156,7 +178,7 @@ def load_parity_weights(model: Any) -> tuple[list[list[Any]], dict[str, Any], di
 
     sd = model.state_dict()
     keys = [[k, [int(s) for s in v.shape]] for k, v in sd.items()]
-    fixed = {k: sd[k].detach().cpu().numpy().copy() for k in anchor_keys(sd)}
+    fixed = {k: sd[k].detach().cpu().numpy().copy() for k in fixed_keys(sd)}
     values = parity_state_dict([(k, v.shape) for k, v in sd.items()], fixed=fixed)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in values.items()}, strict=True)
     calibration = calibrate_batchnorm(model, make_input(CALIBRATION_INPUT))
@@ -320,7 +342,7 @@ def pickle_globals(pt_path: Path) -> list[str]:
     return sorted(found)
 
 
-def worker_tiny(root: Path, out_dir: Path) -> dict[str, Any]:
+def worker_tiny(root: Path, out_dir: Path, name: str) -> dict[str, Any]:
     """Tiny paper-branch checkpoint following the official train.py + strip_optimizer code path."""
     import numpy as np
     import torch
@@ -337,16 +359,17 @@ def worker_tiny(root: Path, out_dir: Path) -> dict[str, Any]:
     from utils.torch_utils import ModelEMA  # type: ignore[import-not-found]
 
     t0 = time.perf_counter()
-    cfg = yaml.safe_load((root / "models" / "yolor-p6.yaml").read_text())
-    cfg["depth_multiple"] = 0.33
-    cfg["width_multiple"] = 0.0625
+    yaml_name, cfg_depth, cfg_width = TINY[name]
+    cfg = yaml.safe_load((root / "models" / f"{yaml_name}.yaml").read_text())
+    cfg["depth_multiple"] = cfg_depth
+    cfg["width_multiple"] = cfg_width
     hyp = yaml.safe_load((root / "data" / "hyp.scratch.1280.yaml").read_text())
-    nc, names = len(TINY_NAMES), list(TINY_NAMES)
+    nc, names = len(nameS), list(nameS)
 
     # train.py: Model(opt.cfg, ch=3, nc=nc) from a yaml *file* (sets model.yaml_file); the edited
     # config lives in a temporary directory outside the repository only.
     with tempfile.TemporaryDirectory() as tmp:
-        cfg_path = Path(tmp) / "yolor-p6.yaml"
+        cfg_path = Path(tmp) / f"{yaml_name}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         model = Model(str(cfg_path), ch=3, nc=nc)
     param_count = sum(p.numel() for p in model.parameters())
@@ -391,18 +414,18 @@ def worker_tiny(root: Path, out_dir: Path) -> dict[str, Any]:
     # the fields a loader reads (the layer lists are the official yaml itself) and hyp is a stand-in.
     ckpt["model"].yaml = {k: cfg[k] for k in ("nc", "depth_multiple", "width_multiple", "anchors")}
     ckpt["model"].hyp = {"lr0": 0.01, "cls": 0.0375}
-    pt_path = out_dir / f"{TINY_NAME}.pt"
+    pt_path = out_dir / f"{name}.pt"
     torch.save(ckpt, pt_path)
 
     ref = copy.deepcopy(ckpt["model"]).float().eval()
     x = make_input()
     decoded, raw = run_forward(ref, x)
     arrays = output_arrays(x, decoded, raw)
-    npz_path = out_dir / f"{TINY_NAME}.npz"
+    npz_path = out_dir / f"{name}.npz"
     save_npz(npz_path, arrays)
     globals_ = pickle_globals(pt_path)
     meta = {
-        "arch": TINY_NAME,
+        "arch": name,
         "branch": "paper",
         "param_count": param_count,
         "nc": nc,
@@ -415,10 +438,10 @@ def worker_tiny(root: Path, out_dir: Path) -> dict[str, Any]:
         "official_commit": OFFICIAL_COMMITS["paper"],
         "torch": torch.__version__,
     }
-    (out_dir / f"{TINY_NAME}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
     sd = ckpt["model"].state_dict()
     return {
-        "arch": TINY_NAME,
+        "arch": name,
         "param_count": param_count,
         "n_keys": len(keys),
         "ckpt_keys": list(ckpt),
@@ -439,12 +462,12 @@ def worker_main(args: argparse.Namespace) -> None:
     import torch
 
     torch.manual_seed(0)
-    stubs = install_import_hook()
+    stubs = install_import_hook(wavelets=args.arch in WAVELET_JOBS)
     root = Path(args.root).resolve()
     prepare_sys_path(root)
     out_dir = Path(args.out).resolve()
-    if args.arch == TINY_NAME:
-        report = worker_tiny(root, out_dir)
+    if args.arch in TINY:
+        report = worker_tiny(root, out_dir, args.arch)
     else:
         report = worker_arch(args.worker, root, args.arch, out_dir)
     report["stubbed"] = sorted(stubs)
@@ -510,14 +533,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     jobs = [("main", args.main_root.resolve(), a) for a in MAIN_ARCHS]
     jobs += [("paper", args.paper_root.resolve(), a) for a in PAPER_ARCHS]
-    jobs += [("paper", args.paper_root.resolve(), TINY_NAME)]
+    jobs += [("paper", args.paper_root.resolve(), name) for name in TINY]
     if args.only:
         jobs = [j for j in jobs if j[2] in args.only]
     mismatches = []
     for branch, root, arch in jobs:
         report = run_job(branch, root, arch, out)
         summarize(report)
-        if arch == TINY_NAME:
+        if arch in TINY:
             print(f"   ckpt keys {report['ckpt_keys']}")
             print(f"   model attrs {report['model_attrs']}; dtypes {report['dtypes']}")
             print(f"   globals {report['globals']}")

@@ -4,10 +4,18 @@ Conversion from official layouts: both official branches and our modules registe
 same order (each of our blocks mirrors the official registration order), so official entries, sorted by
 their top-level layer index, pair one-to-one with our state-dict entries. Every pair is checked for
 shape, and the arch is detected as the registered net whose shape sequence matches the checkpoint.
+
+yolor-ssss-dwt and yolor-ssss-s2d have the same tensors; what tells them apart is what the official code
+computes for the file. Official code with pytorch_wavelets installed gives each `DWT` a `DWTForward`
+child whose four filter buffers are saved with the weights (in a pickled model and in its state dict):
+such a file is dwt. Without pytorch_wavelets the official `DWT` is ReOrg and saves nothing extra, so a
+file without those buffers (a bare state dict, or a pickle whose `DWT` modules have no `DWTForward`) is
+run by the official code as ReOrg: it loads as s2d. `arch="yolor-ssss-dwt"` overrides either way.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -20,10 +28,12 @@ import torch
 
 from yolor.archs.specs import ARCHS, ArchSpec, Scaling, get_spec
 from yolor.model import YOLOR
-from yolor.official_pickle import inert_state_dict, is_inert, load_checkpoint_object
+from yolor.official_pickle import inert_class_names, inert_state_dict, is_inert, load_checkpoint_object
 
 FORMAT = "yolor-serving/1"
 _ANCHOR_SUFFIXES = (".anchors", ".anchor_grid")
+_WAVELET_FILTER = re.compile(r"\.xfm\.h[01]_(col|row)$")  # pytorch_wavelets DWTForward buffers
+_log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -57,9 +67,14 @@ def _layer_index(key: str) -> int:
 
 
 def _official_entries(sd: StateDict) -> list[tuple[str, torch.Tensor]]:
-    """Official entries minus anchors, in layer order (stable within a layer)."""
-    items = [(k, v) for k, v in sd.items() if not k.endswith(_ANCHOR_SUFFIXES)]
+    """Official entries minus anchors and wavelet filters, in layer order (stable within a layer)."""
+    items = [(k, v) for k, v in sd.items() if not (k.endswith(_ANCHOR_SUFFIXES) or _WAVELET_FILTER.search(k))]
     return sorted(items, key=lambda kv: _layer_index(kv[0]))
+
+
+def _excluded_stem(sd: StateDict) -> str:
+    """The SSSS stem the file cannot be (see the module docstring)."""
+    return "s2d" if any(_WAVELET_FILTER.search(k) for k in sd) else "dwt"
 
 
 def _our_entries(model: YOLOR) -> list[tuple[str, torch.Tensor]]:
@@ -104,13 +119,17 @@ def _match_arch(
     nc: int,
     arch: str | None,
     yaml_scaling: Scaling | None,
+    excluded_stem: str,
 ) -> tuple[ArchSpec, Scaling]:
-    names = [arch] if arch else [n for n, s in ARCHS.items() if s.branch == branch]
+    if arch:
+        names = [arch]
+    else:
+        names = [n for n, s in ARCHS.items() if s.branch == branch and s.stem != excluded_stem]
     for name in names:
         spec = get_spec(name)
         # A paper yaml states absolute multipliers; ours are relative to the arch's own.
         sc = (
-            Scaling(yaml_scaling.depth, yaml_scaling.width / spec.width_multiple)
+            Scaling(yaml_scaling.depth / spec.depth_multiple, yaml_scaling.width / spec.width_multiple)
             if yaml_scaling
             else Scaling()
         )
@@ -127,7 +146,7 @@ def _from_official(
 ) -> YOLOR:
     official = _official_entries(sd)
     nc = _infer_nc(official)
-    spec, sc = _match_arch(official, branch, nc, arch, yaml_scaling)
+    spec, sc = _match_arch(official, branch, nc, arch, yaml_scaling, _excluded_stem(sd))
     if names is not None and len(names) != nc:
         names = None
     anchors = _official_anchors(sd, spec)
@@ -204,7 +223,15 @@ def load_model(path: str | os.PathLike[str], arch: str | None = None) -> YOLOR:
         inner = obj.get("ema")
     if is_inert(inner):
         names = _names(inner) or _names(obj)
-        model = _from_official(inert_state_dict(inner), "paper", arch, names, _paper_scaling(inner))
+        sd = inert_state_dict(inner)
+        if arch is None and _excluded_stem(sd) == "dwt" and "models.common.DWT" in inert_class_names(inner):
+            _log.warning(
+                "%s: its DWT modules hold no pytorch_wavelets DWTForward, so the official code that saved "
+                "it ran them as ReOrg: loading it as yolor-ssss-s2d (arch yolor-ssss-dwt for the Haar "
+                "transform)",
+                path,
+            )
+        model = _from_official(sd, "paper", arch, names, _paper_scaling(inner))
     elif _is_state_dict(inner):
         first = next(iter(inner))
         if first.startswith("module_list."):

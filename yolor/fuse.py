@@ -41,13 +41,18 @@ def fold_implicit(conv: nn.Conv2d, ia: ImplicitA, im: ImplicitM) -> None:
 
 def _fold_concat_bn(block: _ConcatBN) -> None:
     """Split the BatchNorm after cat[blocks_out, plain_conv_out]: the plain half folds into its conv,
-    the other half (after a residual add or SiLU, so no conv can absorb it) becomes a ChannelAffine."""
+    the other half into the plain conv `close` that ends the blocks branch where the block has one
+    (BottleneckCSP), else (after a residual add or SiLU, no conv can absorb it) a ChannelAffine."""
     scale, shift = _bn_scale_shift(block.bn)  # type: ignore[arg-type]
     part_a = block.part_a
     assert isinstance(part_a, nn.Conv2d)
     n_blocks = scale.numel() - part_a.out_channels
     dtype = part_a.weight.dtype
-    block.scale_blocks = ChannelAffine(scale[:n_blocks].to(dtype), shift[:n_blocks].to(dtype))
+    close = getattr(block, "close", None)
+    if isinstance(close, nn.Conv2d):
+        _apply_affine_to_conv(close, scale[:n_blocks], shift[:n_blocks])
+    else:
+        block.scale_blocks = ChannelAffine(scale[:n_blocks].to(dtype), shift[:n_blocks].to(dtype))
     _apply_affine_to_conv(part_a, scale[n_blocks:], shift[n_blocks:])
     block.bn = nn.Identity()
 

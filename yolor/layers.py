@@ -67,11 +67,13 @@ class HaarDWT(nn.Module):
     so it exports to ONNX with the node types ReOrg already uses. (Without pytorch_wavelets the
     official code silently runs ReOrg instead, which a dwt checkpoint was not trained with.)"""
 
+    scale = 0.25  # the db1 filters' h * h / 2: exactly 1/4
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = x[..., ::2, ::2], x[..., ::2, 1::2]
         c, d = x[..., 1::2, ::2], x[..., 1::2, 1::2]
-        low = (a + b + c + d) * 0.25
-        details = torch.stack([a + b - c - d, a - b + c - d, a - b - c + d], dim=2) * 0.25 + 0.5
+        low = (a + b + c + d) * self.scale
+        details = torch.stack([a + b - c - d, a - b + c - d, a - b - c + d], dim=2) * self.scale + 0.5
         return torch.cat([low, details.flatten(1, 2)], dim=1)
 
 

@@ -23,6 +23,8 @@ _OFFICIAL = {
         "DownC", "DownD", "ReOrg", "Concat", "ImplicitA", "ImplicitM", "DWT", "Focus", "MP",
     ),
     "models.experimental": ("MixConv2d", "CrossConv", "C3"),
+    # The official DWT wraps this when pytorch_wavelets is installed (its state: 4 filter buffers).
+    "pytorch_wavelets.dwt.transform2d": ("DWTForward",),
 }
 _TORCH_NN = {
     "torch.nn.modules.conv": ("Conv2d",),
@@ -101,6 +103,15 @@ def inert_state_dict(root: InertModule) -> OrderedDict[str, torch.Tensor]:
 
     walk(root, "")
     return out
+
+
+def inert_class_names(root: InertModule) -> set[str]:
+    """The official names (`models.common.DWT`, ...) of every placeholder in the tree."""
+    names = {root.official_name}
+    for child in root.children().values():
+        if child is not None:
+            names |= inert_class_names(child)
+    return names
 
 
 def is_inert(obj: Any) -> bool:

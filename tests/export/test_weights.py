@@ -108,7 +108,7 @@ def run(*args: str) -> int:
 
 def test_every_official_checkpoint_is_listed_with_its_release_url(capsys):
     expected = {"yolor_p6", "yolor_w6", "yolor_csp", "yolor_csp_star", "yolor_csp_x", "yolor_csp_x_star"}
-    expected |= {"yolor-p6", "yolor-w6", "yolor-e6", "yolor-d6"}
+    expected |= {"yolor-p6", "yolor-w6", "yolor-e6", "yolor-d6", "yolor-ssss-dwt", "yolor-ssss-s2d"}
     assert set(OFFICIAL_WEIGHTS) == expected
     assert run("list") == 0
     out = capsys.readouterr().out

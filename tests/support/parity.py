@@ -13,7 +13,10 @@ import torch
 from tools.parity import REFERENCE_INPUT, WIDE_INPUT, parity_input, parity_state_dict
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "parity"
-ARCHS = ["yolor_p6", "yolor_w6", "yolor_csp", "yolor_csp_x", "yolor-p6", "yolor-w6", "yolor-e6", "yolor-d6"]
+ARCHS = [
+    *("yolor_p6", "yolor_w6", "yolor_csp", "yolor_csp_x"),
+    *("yolor-p6", "yolor-w6", "yolor-e6", "yolor-d6", "yolor-ssss-dwt", "yolor-ssss-s2d"),
+]
 
 
 def fixture_meta(arch: str) -> dict[str, Any]:

@@ -23,6 +23,8 @@ OFFICIAL_PARAMS = {
     "yolor-w6": 79_880_952,
     "yolor-e6": 115_909_400,
     "yolor-d6": 151_782_680,
+    "yolor-ssss-dwt": 9_216_634,
+    "yolor-ssss-s2d": 9_216_634,
 }
 
 
@@ -64,9 +66,14 @@ def test_scaling_follows_official_rounding():
     spec = ARCHS["yolor-e6"]  # the yaml's own width_multiple is 1.25
     assert Scaling().channels(spec, 64) == 80
     assert Scaling(width=0.0625 / 1.25).channels(spec, 384) == 24
-    assert Scaling(depth=0.33).repeats(7) == 2
-    assert Scaling(depth=0.33).repeats(1) == 1
-    assert Scaling(depth=0.1).repeats(3) == 1
+    assert Scaling(depth=0.33).repeats(spec, 7) == 2
+    assert Scaling(depth=0.33).repeats(spec, 1) == 1
+    assert Scaling(depth=0.1).repeats(spec, 3) == 1
+    ssss = ARCHS["yolor-ssss-s2d"]  # the yaml's own multipliers: depth 0.33, width 0.5
+    assert [Scaling().repeats(ssss, n) for n in (8, 4, 2)] == [3, 1, 1]
+    assert Scaling().channels(ssss, 1024) == 512
+    assert ssss.stage_downsamples == (False, True, True)  # the three s2d steps reach stride 8
+    assert ARCHS["yolor-p6"].stage_downsamples == (True,) * 5
 
 
 def _naive_decode(raw: np.ndarray, anchors: np.ndarray, stride: int) -> np.ndarray:

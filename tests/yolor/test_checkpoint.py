@@ -12,7 +12,13 @@ import pytest
 import torch
 
 import yolor
-from tests.support.parity import FIXTURES, fixture_meta, reference_input, relative_error
+from tests.support.parity import (
+    FIXTURES,
+    fixture_meta,
+    official_state_dict,
+    reference_input,
+    relative_error,
+)
 from yolor import CheckpointError
 
 pytestmark = pytest.mark.model
@@ -107,6 +113,62 @@ def test_official_paper_pickle_loads_inertly():
     assert all(p.dtype == torch.float32 for p in model.parameters())
     with np.load(FIXTURES / "tiny_paper_official.npz") as ref:
         assert relative_error(outputs(model, reference_input()).numpy(), ref["decoded"]) <= 1e-5
+
+
+def _exact_haar_gain_as_fp16(monkeypatch) -> None:
+    """Make HaarDWT compute with the fp16-rounded db1 filters an FP16 official checkpoint stores
+    (1/sqrt(2) -> 0.70703125; the official code runs with them after `.float()`)."""
+    h = float(torch.tensor(2**-0.5).half())
+    monkeypatch.setattr(yolor.layers.HaarDWT, "scale", h * h / 2)
+
+
+def test_official_dwt_pickle_loads_inertly(monkeypatch):
+    """An official yolor-ssss-dwt training checkpoint made with pytorch_wavelets installed: the pickled
+    DWTForward modules (filter buffers only) are read as placeholders and tell dwt from s2d."""
+    meta = json.loads((FIXTURES / "tiny_dwt_official.json").read_text())
+    assert "pytorch_wavelets.dwt.transform2d.DWTForward" in meta["pickle_globals"]
+    model = yolor.load_model(FIXTURES / "tiny_dwt_official.pt")
+    assert model.arch == "yolor-ssss-dwt"
+    # absolute yaml multipliers over the arch's own (depth 0.33, width 0.5)
+    assert (model.scaling.depth, model.scaling.width) == (1.0, meta["width_multiple"] / 0.5)
+    assert model.class_names == meta["names"]
+    with np.load(FIXTURES / "tiny_dwt_official.npz") as ref:
+        expected = ref["decoded"]
+    # Ours is the exact Haar transform; the file's filters were rounded to FP16, which scales every
+    # band by 0.99979 per level: 0.2% on the outputs, and nothing left once we round as it did.
+    assert relative_error(outputs(model, reference_input()).numpy(), expected) <= 5e-3
+    _exact_haar_gain_as_fp16(monkeypatch)
+    assert relative_error(outputs(model, reference_input()).numpy(), expected) <= 1e-5
+
+
+def test_dwt_pickle_without_wavelet_filters_loads_as_s2d(monkeypatch, caplog):
+    """Official code without pytorch_wavelets pickles DWT modules that run ReOrg: s2d, with a warning."""
+    from yolor import checkpoint
+
+    def without_filters(root):
+        return OrderedDict((k, v) for k, v in real(root).items() if ".xfm." not in k)
+
+    real = checkpoint.inert_state_dict
+    monkeypatch.setattr(checkpoint, "inert_state_dict", without_filters)
+    assert yolor.load_model(FIXTURES / "tiny_dwt_official.pt").arch == "yolor-ssss-s2d"
+    assert "ran them as ReOrg: loading it as yolor-ssss-s2d" in caplog.text
+    assert yolor.load_model(FIXTURES / "tiny_dwt_official.pt", arch="yolor-ssss-dwt").arch == "yolor-ssss-dwt"
+
+
+def test_ssss_state_dict_tells_dwt_from_s2d_by_its_wavelet_filters(tmp_path):
+    """Same tensor shapes: a state dict with DWTForward filter buffers is dwt, one without is s2d
+    (what the official code runs for it); an explicit arch overrides."""
+    sd = official_state_dict("yolor-ssss-dwt")
+    assert any(".xfm." in k for k in sd)
+    with_filters, bare = tmp_path / "dwt.pt", tmp_path / "bare.pt"
+    torch.save({"model": sd}, with_filters)
+    torch.save({"model": OrderedDict((k, v) for k, v in sd.items() if ".xfm." not in k)}, bare)
+    dwt = yolor.load_model(with_filters)
+    assert dwt.arch == "yolor-ssss-dwt"
+    assert yolor.load_model(bare).arch == "yolor-ssss-s2d"
+    forced = yolor.load_model(bare, arch="yolor-ssss-dwt")
+    assert forced.arch == "yolor-ssss-dwt"
+    assert torch.equal(outputs(forced, reference_input()), outputs(dwt, reference_input()))
 
 
 def test_explicit_arch_that_does_not_fit_official(tmp_path):

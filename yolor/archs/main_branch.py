@@ -127,7 +127,7 @@ def _backbone(spec: ArchSpec, sc: Scaling, eps: float) -> tuple[nn.Sequential, n
     stages, c_prev, widths = nn.ModuleList(), ch[-1], []
     for c0, n in zip(spec.stage_widths, spec.stage_depths, strict=True):
         c = sc.channels(spec, c0)
-        body = DarkCSP(c, sc.repeats(n), transition=spec.csp_transition, eps=eps)
+        body = DarkCSP(c, sc.repeats(spec, n), transition=spec.csp_transition, eps=eps)
         stages.append(nn.Sequential(ConvBNAct(c_prev, c, 3, 2, eps=eps), body))
         c_prev = c
         widths.append(c)
@@ -143,7 +143,7 @@ class MainBranchNet(nn.Module):
         self.stem, self.stages, stage_widths = _backbone(spec, sc, eps)
         level_in = stage_widths[-nl:]
         w = [sc.channels(spec, c) for c in spec.neck_widths]
-        n = sc.repeats(spec.neck_depth)
+        n = sc.repeats(spec, spec.neck_depth)
         self.spp = DarkSPPCSP(level_in[-1], w[-1], spec.spp_post_pairs, eps=eps)
         self.top_down = nn.ModuleList(
             TopDownStep(w[i + 1], level_in[i], w[i], DarkCSPNeck(2 * w[i], w[i], n, eps=eps), eps=eps)

@@ -1,9 +1,10 @@
-"""Networks of the official `paper` branch (`yolor-p6`, `yolor-w6`, `yolor-e6`, `yolor-d6` yaml files).
+"""Networks of the official `paper` branch (`yolor-p6`, `-w6`, `-e6`, `-d6`, `-ssss-dwt`, `-ssss-s2d`).
 
 Unlike the main branch, each CSP block ends with ONE BatchNorm + SiLU over the concat of its two
 branches, one of which is a plain conv (no BN of its own). The blocks register children in the
 official attribute order (e.g. the output conv before the repeated blocks); see `yolor.checkpoint`.
-`scale_blocks` is Identity until `fuse_model` folds the blocks' half of that BatchNorm into it.
+`scale_blocks` is Identity until `fuse_model` folds the blocks' half of that BatchNorm into it (or,
+where a plain conv `close` ends the blocks branch, into that conv).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import nn
 from yolor.archs.main_branch import BottomUpStep, TopDownStep, backbone_top_down
 from yolor.archs.specs import ArchSpec, Scaling
 from yolor.heads import ImplicitHead
-from yolor.layers import Bottleneck, ConvBNAct, ReOrg, max_pool_same
+from yolor.layers import Bottleneck, ConvBNAct, HaarDWT, ReOrg, max_pool_same
 
 
 class _ConcatBN(nn.Module):
@@ -48,6 +49,27 @@ class CSPF(_ConcatBN):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.merge(self.blocks(self.part_b(x)), self.part_a(x))
+
+
+class CSP(_ConcatBN):
+    """Official `BottleneckCSP` (SSSS backbone): blocks on part_b(x) closed by a plain 1x1 conv, plain
+    1x1 part_a(x); unlike CSPF it may change the width (c_in -> c)."""
+
+    close: nn.Conv2d
+
+    def __init__(self, c_in: int, c: int, n: int, *, eps: float) -> None:
+        super().__init__()
+        h = c // 2
+        self.part_b = ConvBNAct(c_in, h, 1, eps=eps)
+        self.part_a = nn.Conv2d(c_in, h, 1, bias=False)
+        self.close = nn.Conv2d(h, h, 1, bias=False)
+        self.out = ConvBNAct(2 * h, c, 1, eps=eps)
+        self.bn = nn.BatchNorm2d(2 * h, eps=eps, momentum=0.03)
+        self.act = nn.SiLU()
+        self.blocks = nn.Sequential(*(Bottleneck(h, h, shortcut=True, eps=eps) for _ in range(n)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.merge(self.close(self.blocks(self.part_b(x))), self.part_a(x))
 
 
 class CSP2(_ConcatBN):
@@ -107,6 +129,24 @@ def _down(spec: ArchSpec, c_in: int, c_out: int, eps: float) -> nn.Module:
     return DownC(c_in, c_out, eps=eps) if spec.down == "downc" else ConvBNAct(c_in, c_out, 3, 2, eps=eps)
 
 
+def _stem(spec: ArchSpec, sc: Scaling) -> tuple[nn.Sequential, int]:
+    """The stem and its output width."""
+    if spec.stem == "reorg":
+        c = sc.channels(spec, spec.stem_widths[0])
+        return nn.Sequential(ReOrg(), ConvBNAct(12, c, 3, eps=spec.bn_eps)), c
+    step = {"s2d": ReOrg, "dwt": HaarDWT}[spec.stem]
+    return nn.Sequential(step(), step(), step()), 3 * 4**3
+
+
+def _stage(spec: ArchSpec, c_in: int, c: int, n: int, down: bool) -> nn.Sequential:
+    eps = spec.bn_eps
+    if spec.csp == "csp":
+        csp: nn.Module = CSP(c if down else c_in, c, n, eps=eps)
+    else:
+        csp = CSPF(c, n, eps=eps)
+    return nn.Sequential(_down(spec, c_in, c, eps), csp) if down else nn.Sequential(csp)
+
+
 class PanStep(nn.Module):
     """Head stem of the level being left (official order: stem first), then one bottom-up step."""
 
@@ -126,18 +166,17 @@ class PaperBranchNet(nn.Module):
     def __init__(self, spec: ArchSpec, nc: int, scaling: Scaling) -> None:
         super().__init__()
         eps, sc, nl = spec.bn_eps, scaling, spec.num_levels
-        c_stem = sc.channels(spec, spec.stem_widths[0])
-        self.stem = nn.Sequential(ReOrg(), ConvBNAct(12, c_stem, 3, eps=eps))
-        self.stages, c_prev, widths = nn.ModuleList(), c_stem, []
-        for c0, n in zip(spec.stage_widths, spec.stage_depths, strict=True):
+        self.stem, c_prev = _stem(spec, sc)
+        self.stages, widths = nn.ModuleList(), []
+        for c0, n, down in zip(spec.stage_widths, spec.stage_depths, spec.stage_downsamples, strict=True):
             c = sc.channels(spec, c0)
-            self.stages.append(nn.Sequential(_down(spec, c_prev, c, eps), CSPF(c, sc.repeats(n), eps=eps)))
+            self.stages.append(_stage(spec, c_prev, c, sc.repeats(spec, n), down))
             c_prev = c
             widths.append(c)
         level_in = widths[-nl:]
         w = [sc.channels(spec, c) for c in spec.neck_widths]
         stems = [sc.channels(spec, 2 * c) for c in spec.neck_widths]
-        n = sc.repeats(spec.neck_depth)
+        n = sc.repeats(spec, spec.neck_depth)
         self.spp = SPPCSP(level_in[-1], w[-1], eps=eps)
         self.top_down = nn.ModuleList(
             TopDownStep(w[i + 1], level_in[i], w[i], CSP2(2 * w[i], w[i], n, eps=eps), eps=eps)

@@ -42,7 +42,9 @@ class ArchSpec:
 
     name: str
     branch: Literal["main", "paper"]
-    stem: Literal["reorg", "conv"]  # reorg: ReOrg + 3x3 conv; conv: 3x3 conv, 3x3/2 conv, residual block
+    # reorg: ReOrg + 3x3 conv; conv: 3x3 conv, 3x3/2 conv, residual block; s2d / dwt: three ReOrg /
+    # three Haar wavelet steps and no conv (3 -> 192 channels at stride 8)
+    stem: Literal["reorg", "conv", "s2d", "dwt"]
     stem_widths: tuple[int, ...]
     stage_widths: tuple[int, ...]
     stage_depths: tuple[int, ...]
@@ -54,7 +56,9 @@ class ArchSpec:
     down: Literal["conv", "downc"] = "conv"  # paper E6/D6 downsample with DownC blocks
     csp_transition: bool = False  # main CSP nets: a 1x1 conv closes each backbone CSP branch
     spp_post_pairs: int = 1  # (1x1, 3x3) conv pairs after the SPP pooling concat
-    width_multiple: float = 1.0  # the official yaml's own multiplier (E6/D6: 1.25)
+    width_multiple: float = 1.0  # the official yaml's own multipliers (E6/D6: width 1.25)
+    depth_multiple: float = 1.0
+    csp: Literal["cspf", "csp"] = "cspf"  # paper backbone block: BottleneckCSPF, or BottleneckCSP (SSSS)
 
     @property
     def bn_eps(self) -> float:
@@ -68,6 +72,18 @@ class ArchSpec:
     def num_anchors(self) -> int:
         return len(self.anchors[0])
 
+    @property
+    def stem_stride(self) -> int:
+        return 8 if self.stem in ("s2d", "dwt") else 2
+
+    @property
+    def stage_downsamples(self) -> tuple[bool, ...]:
+        """Which backbone stages open with a stride-2 conv: the last ones, as many as it takes from
+        the stem's stride to the coarsest level's (the SSSS stems already reach stride 8)."""
+        n_down = (self.strides[-1] // self.stem_stride).bit_length() - 1
+        n = len(self.stage_widths)
+        return tuple(i >= n - n_down for i in range(n))
+
 
 @dataclass(frozen=True)
 class Scaling:
@@ -80,9 +96,9 @@ class Scaling:
         """Official parse_model rule: ceil to a multiple of 8 after scaling."""
         return make_divisible(round(c * spec.width_multiple * self.width, 6), 8)
 
-    def repeats(self, n: int) -> int:
+    def repeats(self, spec: ArchSpec, n: int) -> int:
         """Official parse_model rule: round(n * depth), at least 1, single blocks stay single."""
-        return max(round(n * self.depth), 1) if n > 1 else n
+        return max(round(n * spec.depth_multiple * self.depth), 1) if n > 1 else n
 
 
 # fmt: off
@@ -136,6 +152,15 @@ ARCHS: dict[str, ArchSpec] = {
             stage_widths=(128, 256, 512, 768, 1024), stage_depths=(3, 15, 15, 7, 7),
             neck_widths=(128, 256, 384, 512), neck_depth=3, width_multiple=1.25,
             anchors=P6_ANCHORS, strides=(8, 16, 32, 64), input_size=1280,
+        ),
+        *(
+            ArchSpec(
+                name=f"yolor-ssss-{stem}", branch="paper", stem=stem, stem_widths=(), csp="csp",
+                stage_widths=(256, 512, 1024), stage_depths=(8, 8, 4),
+                neck_widths=(128, 256, 512), neck_depth=2, width_multiple=0.5, depth_multiple=0.33,
+                anchors=CSP_ANCHORS, strides=(8, 16, 32), input_size=640,
+            )
+            for stem in ("dwt", "s2d")
         ),
     )
 }
