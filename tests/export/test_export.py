@@ -100,6 +100,20 @@ def test_graph_is_a_deploy_graph(checkpoint, exported, head):
         assert not any(c.shape == vec.shape and np.allclose(c, vec) for c in consts)
 
 
+# Every node type the exporter emitted for the ReOrg nets before the YOLOR-S4 stems (ReOrg x 3, Haar
+# wavelet) came in: those are slices and arithmetic, and must not need anything new from a runtime.
+DEPLOY_OPS = {
+    *("Conv", "Sigmoid", "Mul", "Add", "Sub", "Div", "Pow", "Concat", "Slice", "MaxPool", "Resize"),
+    *("Reshape", "Transpose", "Unsqueeze", "Expand", "Cast", "Gather", "GatherElements"),
+    *("ArgMax", "ReduceMax", "TopK"),
+}
+
+
+@pytest.mark.parametrize("head", ["topk", "raw"])
+def test_graph_needs_no_node_type_beyond_the_reorg_nets(exported, head):
+    assert set(op_counts(onnx.load(exported[head] / "model.onnx"))) <= DEPLOY_OPS
+
+
 def test_fp16_graph_has_fp16_weights_and_float32_io(exported):
     model = onnx.load(exported["topk"] / "model.fp16.onnx")
     kinds = {t.data_type for t in model.graph.initializer if len(t.dims) == 4}  # conv weights

@@ -11,12 +11,15 @@ from torch import nn
 import yolor
 from yolor.layers import ImplicitA, ImplicitM
 
-# One net per official branch, shrunk so CI stays fast; yolor-e6 also covers DownC.
+# One net per official branch, shrunk so CI stays fast; yolor-e6 also covers DownC, the two
+# YOLOR-S4 nets their space-to-depth stems (ReOrg, Haar wavelet) and the paper BottleneckCSP.
 TINY = {
     "yolor_csp": dict(nc=4, depth=0.33, width=0.125),
     "yolor-e6": dict(nc=3, depth=0.33, width=0.1),
+    "yolor-ssss-dwt": dict(nc=3, width=0.125),
+    "yolor-ssss-s2d": dict(nc=2, width=0.125),
 }
-IMG_SIZE = {"yolor_csp": 128, "yolor-e6": 192}
+IMG_SIZE = {"yolor_csp": 128, "yolor-e6": 192, "yolor-ssss-dwt": 128, "yolor-ssss-s2d": 96}
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -28,11 +28,16 @@ def photos() -> list[np.ndarray]:
     return [data.coffee(), data.chelsea()[:, :300], np.ascontiguousarray(data.rocket()[::2, ::3])]
 
 
-@pytest.fixture(scope="module", params=["topk", "raw"])
+@pytest.fixture(
+    scope="module",
+    params=[("yolor-e6", "topk"), ("yolor-e6", "raw"), ("yolor-ssss-dwt", "topk"), ("yolor-ssss-s2d", "raw")],
+    ids="-".join,
+)
 def model_dir(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(f"served-{request.param}")
-    checkpoint = tiny_checkpoint("yolor-e6", tmp / "e6.pt")
-    run_export(ExportOptions(checkpoint=checkpoint, out_dir=tmp / "model", head=request.param, top_k=200))
+    arch, head = request.param
+    tmp = tmp_path_factory.mktemp(f"served-{arch}-{head}")
+    checkpoint = tiny_checkpoint(arch, tmp / "net.pt")
+    run_export(ExportOptions(checkpoint=checkpoint, out_dir=tmp / "model", head=head, top_k=200))
     return tmp / "model"
 
 
@@ -51,7 +56,7 @@ def by_hand(model_dir, image: np.ndarray, conf: float, iou: float) -> list[tuple
     )
 
 
-@pytest.mark.parametrize(("conf", "iou"), [(0.25, 0.45), (0.6, 0.3)])
+@pytest.mark.parametrize(("conf", "iou"), [(0.25, 0.45), (0.5, 0.3)])
 async def test_served_yolor_equals_exported_model(model_dir, conf, iou):
     from service.app import create_app
 
