@@ -10,7 +10,7 @@ import yolor
 from tests.support.nets import randomize
 from yolor.archs.specs import ARCHS
 from yolor.fuse import fold_implicit
-from yolor.layers import ImplicitA, ImplicitM
+from yolor.layers import HaarDWT, ImplicitA, ImplicitM, ReOrg
 
 pytestmark = pytest.mark.model
 
@@ -30,6 +30,24 @@ def test_fused_equals_unfused(arch):
     assert any(isinstance(m, ImplicitA) for m in model.modules())
     with torch.no_grad():
         assert torch.equal(model(x), want)
+
+
+@pytest.mark.parametrize("arch", ["yolor-ssss-dwt", "yolor-ssss-s2d"])
+def test_space_to_depth_stem_folds_into_the_first_convs(arch):
+    """The three ReOrg / Haar steps leave the fused net: the first CSP's two 1x1 convs become 8x8
+    stride-8 convs on the image, and every input pixel still matters (a wrong fold breaks the
+    equality above; this checks it happened)."""
+    model = randomize(yolor.build_model(arch, nc=2, width=0.25))
+    fused = yolor.fuse_model(model)
+    assert not {type(m) for m in fused.modules()} & {ReOrg, HaarDWT}
+    csp = fused.net.stages[0][0]
+    for conv in (csp.part_b.conv, csp.part_a):
+        assert (conv.in_channels, conv.kernel_size, conv.stride) == (3, (8, 8), (8, 8))
+        assert (conv.weight.abs().sum(0) > 0).all()
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        want, got = model(x), fused(x)
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
 
 
 def test_fold_implicit_formula():
