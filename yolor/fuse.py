@@ -71,7 +71,7 @@ def _fold_space_to_depth_stem(net: PaperBranchNet, stride: int) -> None:
     """YOLOR-S4: three ReOrg or Haar steps (a fixed affine map of each 8x8 input block) feed only the
     first CSP's two 1x1 convs, so all three fold into those as 8x8 stride-8 convs on the image: the
     slicing and arithmetic leave the graph (the Haar stem was half of the demo-size net's time)."""
-    csp = net.stages[0][0]
+    csp = net.stages[0][0]  # type: ignore[index]
     assert isinstance(csp, CSP)
     weight, bias = _linear_map(net.stem, stride)
     for owner, name in ((csp.part_b, "conv"), (csp, "part_a")):
