@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service.api import detect, system
+from service.api import detect, system, v2
 from service.auth import ApiKeys
 from service.backends import Backend, BackendError, create_backend, load_checked_backend
 from service.backends.factory import BackendFactory
@@ -178,7 +178,8 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     install_error_handlers(app, retry_after_s=settings.retry_after_s, on_reject=metrics.reject)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, on_reject=metrics.reject)
     app.add_middleware(UnexpectedErrors)
-    paths = [route.path for router in (system.router, detect.router) for route in router.routes]  # type: ignore[attr-defined]
+    routers = (system.router, detect.router, v2.router)
+    paths = [route.path for router in routers for route in router.routes]  # type: ignore[attr-defined]
     app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
     if settings.cors_origins:
         app.add_middleware(
@@ -188,8 +189,8 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
             expose_headers=["Retry-After", "X-Detections"],
         )
-    app.include_router(system.router)
-    app.include_router(detect.router)
+    for router in routers:
+        app.include_router(router)
     return app
 
 

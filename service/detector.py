@@ -14,7 +14,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from service.backends.base import Backend
-from service.batcher import BatchOutput, DynamicBatcher
+from service.batcher import BatchOutput, DynamicBatcher, Finish
 from service.errors import ClientDisconnected, DeadlineExceeded, InvalidParameter, NoImages, TooManyImages
 from service.images import decode
 from service.manifest import ModelManifest
@@ -211,10 +211,29 @@ class Detector:
         Raises NoImages, TooManyImages, InvalidImage, TooManyPixels, Overloaded, ShuttingDown,
         DeadlineExceeded, ClientDisconnected and InferenceFailed (all ServiceError).
         """
+        with self._in_flight():
+            return await self._detect(files, params, started, keep_images, disconnected)
+
+    async def infer_tensors(
+        self, tensors: Sequence[np.ndarray], *, started: float, disconnected: Disconnected | None = None
+    ) -> list[np.ndarray]:
+        """The backend's output row for each input tensor (C, H, W), through the same batcher,
+        queue limit and deadline as `detect` (the KServe v2 tensor model)."""
+        with self._in_flight():
+            if not tensors:
+                raise NoImages("send at least one image")
+            if len(tensors) > self.max_images:
+                raise TooManyImages(f"{len(tensors)} images; at most {self.max_images} per request")
+            outputs = await self._infer(list(tensors), None, started + self.timeout_s, disconnected)
+            return [out.output for out in outputs]
+
+    @contextlib.contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Counts requests for `drain`."""
         self._active += 1
         self._idle.clear()
         try:
-            return await self._detect(files, params, started, keep_images, disconnected)
+            yield
         finally:
             self._active -= 1
             if self._active == 0:
@@ -244,7 +263,8 @@ class Detector:
         if len(prepared) < len(done):  # the first bad image, in request order, answers for the request
             raise next(result for result in done if isinstance(result, BaseException))
         t1 = time.monotonic()
-        outputs = await self._infer(prepared, params, deadline, disconnected)
+        finish = [functools.partial(self._finish, lb=item.lb, params=params) for item in prepared]
+        outputs = await self._infer([item.tensor for item in prepared], finish, deadline, disconnected)
         done_at = time.monotonic()
         images = []
         for item, out in zip(prepared, outputs, strict=True):
@@ -279,14 +299,13 @@ class Detector:
 
     async def _infer(
         self,
-        prepared: list[Prepared],
-        params: DetectParams,
+        tensors: list[np.ndarray],
+        finish: Sequence[Finish] | None,
         deadline: float,
         disconnected: Disconnected | None,
     ) -> list[BatchOutput]:
-        """Batch outputs whose `output` is a `Postprocessed`."""
-        finish = [functools.partial(self._finish, lb=item.lb, params=params) for item in prepared]
-        futures = self.batcher.submit([item.tensor for item in prepared], deadline, finish)
+        """Batch outputs: `finish(row)` of each, or the row itself without `finish`."""
+        futures = self.batcher.submit(tensors, deadline, finish)
         results = asyncio.gather(*futures)
         gone = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:

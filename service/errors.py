@@ -1,7 +1,8 @@
 """Every failure the service reports, and the one JSON shape it reports it in.
 
 `{"error": {"code": "...", "message": "..."}}` for every status, FastAPI's own 404/405/422
-included. Service errors carry their HTTP status and a stable machine-readable `code`; 503s get a
+included; under `/v2` (the KServe v2 protocol) the protocol's `{"error": "..."}`, same statuses.
+Service errors carry their HTTP status and a stable machine-readable `code`; 503s get a
 `Retry-After` header. Unexpected exceptions become a 500 without a traceback in the body
 (see `service.middleware.UnexpectedErrors`).
 """
@@ -95,6 +96,16 @@ class InferenceFailed(ServiceError):
     status, code = 500, "inference_failed"
 
 
+class InvalidTensor(ServiceError):
+    """A KServe v2 request whose tensors do not fit the protocol or the model."""
+
+    status, code = 400, "invalid_tensor"
+
+
+class UnknownModel(ServiceError):
+    status, code = 404, "unknown_model"
+
+
 class ClientDisconnected(ServiceError):
     """The client went away before its answer was ready (nginx's 499; nobody receives the body)."""
 
@@ -122,18 +133,29 @@ def _phrase(status: int) -> str:
         return "error"
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
+V2_PREFIX = "/v2"  # the KServe v2 protocol's paths, with its own error body
+
+
+def error_body(code: str, message: str, path: str = "") -> dict[str, Any]:
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        return {"error": message}
     return {"error": {"code": code, "message": message}}
 
 
 def error_response(
-    status: int, code: str, message: str, *, retry_after_s: int = 1, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    *,
+    path: str = "",
+    retry_after_s: int = 1,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    """The JSON error response; every 503 tells the client when to retry."""
+    """The JSON error response for a request to `path`; every 503 tells the client when to retry."""
     all_headers = dict(headers or {})
     if status == 503:
         all_headers.setdefault("Retry-After", str(retry_after_s))
-    return JSONResponse(error_body(code, message), status_code=status, headers=all_headers)
+    return JSONResponse(error_body(code, message, path), status_code=status, headers=all_headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -163,7 +185,14 @@ def install_error_handlers(
         if exc.status not in (404, 500):  # a missing resource is not a refusal, as FastAPI's 404
             reject(exc.code)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return error_response(exc.status, exc.code, exc.message, retry_after_s=retry_after_s, headers=headers)
+        return error_response(
+            exc.status,
+            exc.code,
+            exc.message,
+            path=request.url.path,
+            retry_after_s=retry_after_s,
+            headers=headers,
+        )
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
@@ -172,13 +201,18 @@ def install_error_handlers(
         if exc.status_code == 400:  # FastAPI's answer to an unparseable body
             reject(code)
         return error_response(
-            exc.status_code, code, message, retry_after_s=retry_after_s, headers=dict(exc.headers or {})
+            exc.status_code,
+            code,
+            message,
+            path=request.url.path,
+            retry_after_s=retry_after_s,
+            headers=dict(exc.headers or {}),
         )
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         reject("invalid_request")
-        return error_response(422, "invalid_request", _validation_message(exc))
+        return error_response(422, "invalid_request", _validation_message(exc), path=request.url.path)
 
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(HTTPException, http_error)

@@ -38,7 +38,7 @@ class BodySizeLimit:
         if self.on_reject is not None:
             self.on_reject(PayloadTooLarge.code)
         message = f"request body larger than {self.max_bytes} bytes"
-        await error_response(413, PayloadTooLarge.code, message)(scope, receive, send)
+        await error_response(413, PayloadTooLarge.code, message, path=scope["path"])(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,7 +109,8 @@ class UnexpectedErrors:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if started:  # too late for a clean answer; the server closes the connection
                 raise
-            await error_response(500, "internal_error", "internal server error")(scope, receive, send)
+            response = error_response(500, "internal_error", "internal server error", path=scope["path"])
+            await response(scope, receive, send)
 
 
 class RequestMetrics:

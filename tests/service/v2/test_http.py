@@ -1,0 +1,138 @@
+"""KServe v2 over HTTP, driven by Triton's own Python client against the real app on a real socket
+(ONNX Runtime on the tiny exported graph): readiness, metadata, config, infer equal to running the
+ONNX directly, binary and JSON tensors, protocol errors."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.app import create_app
+from service.settings import Settings
+from tests.support.app import serving
+from tests.support.model_files import INPUT_SIZE, MAX_BATCH, TOP_K, write_model_dir
+
+pytestmark = [pytest.mark.api]
+http = pytest.importorskip("tritonclient.http")
+utils = pytest.importorskip("tritonclient.utils")
+S = INPUT_SIZE
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("v2-model")
+    write_model_dir(model_dir, onnx=True)
+    settings = Settings(
+        model_dir=model_dir,
+        backend="onnxruntime",
+        device="cpu",
+        onnx_intra_op_threads=1,
+        onnx_parallel_runs=1,
+    )
+    app = create_app(settings)
+    with serving(app) as url:
+        client = http.InferenceServerClient(url.removeprefix("http://"))
+        for _ in range(500):  # warm-up runs in the background after startup
+            if client.is_server_ready():
+                break
+            time.sleep(0.01)
+        yield client, model_dir
+        client.close()
+
+
+def direct(model_dir, batch: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": batch})[0]
+
+
+def images_input(batch: np.ndarray, binary: bool = True):
+    tensor = http.InferInput("images", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch, binary_data=binary)
+    return tensor
+
+
+def test_health_and_metadata(server):
+    client, _ = server
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("yolor") and client.is_model_ready("yolor", "1")
+    assert not client.is_model_ready("other") and not client.is_model_ready("yolor", "2")
+    meta = client.get_server_metadata()
+    assert meta["name"] == "yolor-serving" and "binary_tensor_data" in meta["extensions"]
+    model = client.get_model_metadata("yolor")
+    assert model["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 3, S, S]}]
+    assert model["outputs"] == [{"name": "detections", "datatype": "FP32", "shape": [-1, TOP_K, 6]}]
+    config = client.get_model_config("yolor")
+    assert config["max_batch_size"] == MAX_BATCH
+    assert config["input"][0]["dims"] == [3, S, S] and config["output"][0]["dims"] == [TOP_K, 6]
+    assert "dynamic_batching" in config
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_infer_equals_the_onnx_run_directly(server, batch_size, binary):
+    client, model_dir = server
+    batch = np.random.default_rng(batch_size).random((batch_size, 3, S, S), dtype=np.float32)
+    outputs = [http.InferRequestedOutput("detections", binary_data=binary)]
+    result = client.infer("yolor", [images_input(batch, binary)], outputs=outputs, request_id="r1")
+    assert result.get_response()["id"] == "r1"
+    got = result.as_numpy("detections")
+    assert got.shape == (batch_size, TOP_K, 6)
+    np.testing.assert_allclose(got, direct(model_dir, batch), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: [http.InferInput("pixels", [1, 3, S, S], "FP32")], "one input, 'images'"),
+        (lambda: [http.InferInput("images", [1, 3, S, S // 2], "FP32")], f"has shape [-1, 3, {S}, {S}]"),
+        (lambda: [http.InferInput("images", [1, 3, S, S], "FP64")], "is FP32, got FP64"),
+        (lambda: [http.InferInput("images", [MAX_BATCH + 1, 3, S, S], "FP32")], "outside [1, 4]"),
+    ],
+)
+def test_bad_tensors_get_protocol_errors(server, make, message):
+    client, _ = server
+    (tensor,) = make()
+    shape = tensor.shape()
+    dtype = {"FP32": np.float32, "FP64": np.float64}[tensor.datatype()]
+    tensor.set_data_from_numpy(np.zeros(shape, dtype=dtype))
+    with pytest.raises(utils.InferenceServerException) as caught:
+        client.infer("yolor", [tensor])
+    assert caught.value.status() == "400"
+    assert message in caught.value.message()
+
+
+def test_errors_have_the_protocol_shape_and_api_keys_apply(tmp_path):
+    import httpx
+
+    write_model_dir(tmp_path, onnx=True)
+    settings = Settings(model_dir=tmp_path, backend="onnxruntime", device="cpu", api_keys=["v2-test-key-1"])
+    with serving(create_app(settings)) as url:
+        for _ in range(500):
+            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                break
+            time.sleep(0.01)
+        assert httpx.get(f"{url}/v2/health/live").json() == {"live": True}
+        denied = httpx.get(f"{url}/v2/models/yolor")
+        assert denied.status_code == 401 and isinstance(denied.json()["error"], str)
+        headers = {"X-API-Key": "v2-test-key-1", "Inference-Header-Content-Length": "x"}
+        bad = httpx.post(f"{url}/v2/models/yolor/infer", content=b"{}", headers=headers)
+        assert bad.status_code == 400 and bad.json() == {
+            "error": "Inference-Header-Content-Length must be an integer, got 'x'"
+        }
+        missing = httpx.get(f"{url}/v2/nothing/here", headers=headers)
+        assert missing.status_code == 404 and set(missing.json()) == {"error"}
+        assert isinstance(httpx.get(f"{url}/detect").json()["error"], dict)  # outside /v2: ours
+
+
+def test_unknown_model_and_output(server):
+    client, _ = server
+    batch = np.zeros((1, 3, S, S), np.float32)
+    with pytest.raises(utils.InferenceServerException) as caught:
+        client.infer("nope", [images_input(batch)])
+    assert caught.value.status() == "404" and "unknown model: 'nope'" in caught.value.message()
+    with pytest.raises(utils.InferenceServerException) as caught:
+        client.infer("yolor", [images_input(batch)], outputs=[http.InferRequestedOutput("boxes")])
+    assert caught.value.status() == "400" and "one output, 'detections'" in caught.value.message()
