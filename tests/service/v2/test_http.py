@@ -136,3 +136,32 @@ def test_unknown_model_and_output(server):
     with pytest.raises(utils.InferenceServerException) as caught:
         client.infer("yolor", [images_input(batch)], outputs=[http.InferRequestedOutput("boxes")])
     assert caught.value.status() == "400" and "one output, 'detections'" in caught.value.message()
+
+
+def test_concurrent_clients_are_batched_together(tmp_path):
+    """Three batch-1 requests while the backend is busy: the two that waited run as one batch."""
+    from tests.support.app import Gate, fake_app, topk_rows
+
+    rows = [[2, 2, 12, 12, 0.9, 0], [20, 20, 30, 30, 0.8, 2]]
+    gate = Gate(topk_rows(rows))
+    app, made = fake_app(tmp_path, gate, warmup=False, max_delay_ms=50)
+    with serving(app) as url:
+        client = http.InferenceServerClient(url.removeprefix("http://"), concurrency=3)
+        batch = np.zeros((1, 3, S, S), np.float32)
+        first = client.async_infer("yolor", [images_input(batch)])
+        for _ in range(500):
+            if gate.entered.is_set():
+                break
+            time.sleep(0.01)
+        waiting = [client.async_infer("yolor", [images_input(batch)]) for _ in range(2)]
+        for _ in range(500):  # both queued behind the running batch
+            if app.state.service.batcher._queue.qsize() == 2:
+                break
+            time.sleep(0.01)
+        gate.release.set()
+        results = [r.get_result().as_numpy("detections") for r in (first, *waiting)]
+        client.close()
+    assert made["backend"].batch_sizes == [1, 2]
+    expected = topk_rows(rows)(batch)
+    for got in results:
+        np.testing.assert_array_equal(got, expected)
