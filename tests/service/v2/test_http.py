@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.api]
 http = pytest.importorskip("tritonclient.http")
 utils = pytest.importorskip("tritonclient.utils")
 S = INPUT_SIZE
+SERVER_URL: list[str] = []
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,7 @@ def server(tmp_path_factory):
     )
     app = create_app(settings)
     with serving(app) as url:
+        SERVER_URL[:] = [url]
         client = http.InferenceServerClient(url.removeprefix("http://"))
         for _ in range(500):  # warm-up runs in the background after startup
             if client.is_server_ready():
@@ -135,7 +137,7 @@ def test_unknown_model_and_output(server):
     assert caught.value.status() == "404" and "unknown model: 'nope'" in caught.value.message()
     with pytest.raises(utils.InferenceServerException) as caught:
         client.infer("yolor", [images_input(batch)], outputs=[http.InferRequestedOutput("boxes")])
-    assert caught.value.status() == "400" and "one output, 'detections'" in caught.value.message()
+    assert caught.value.status() == "400" and "outputs are ['detections']" in caught.value.message()
 
 
 def test_concurrent_clients_are_batched_together(tmp_path):
@@ -165,3 +167,68 @@ def test_concurrent_clients_are_batched_together(tmp_path):
     expected = topk_rows(rows)(batch)
     for got in results:
         np.testing.assert_array_equal(got, expected)
+
+
+def _photos() -> list[bytes]:
+    from tests.support.app import encode, solid
+
+    picture = solid(48, 80, (200, 30, 30))
+    picture[:, 40:] = (30, 30, 220)
+    return [encode(solid(40, 64, (250, 10, 10))), encode(picture, ".jpg"), encode(solid(30, 30, (5, 5, 5)))]
+
+
+@pytest.mark.parametrize(
+    "params", [{}, {"conf": 0.05, "iou": 0.3, "max_det": 2, "classes": "0,dog", "agnostic": True}]
+)
+@pytest.mark.parametrize("binary", [True, False], ids=["binary-out", "json-out"])
+def test_image_model_equals_detect(server, params, binary):
+    import httpx
+
+    client, _ = server
+    photos = _photos()
+    tensor = http.InferInput("images", [len(photos), 1], "BYTES")
+    # encoded images are not UTF-8: JSON cannot carry them, the input is always binary
+    tensor.set_data_from_numpy(np.array(photos, dtype=object).reshape(-1, 1))
+    names = ("boxes", "scores", "class_ids", "count")
+    outputs = [http.InferRequestedOutput(n, binary_data=binary) for n in names] if not binary else None
+    result = client.infer("yolor_image", [tensor], outputs=outputs, parameters=params)
+    boxes, scores, class_ids, count = (result.as_numpy(n) for n in names)
+    query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()}
+    served = httpx.post(
+        f"{SERVER_URL[0]}/detect", params=query, files=[("images", (f"{i}", p)) for i, p in enumerate(photos)]
+    )
+    assert served.status_code == 200, served.text
+    expected = served.json()["results"]
+    assert count.tolist() == [len(r["detections"]) for r in expected]
+    assert sum(count) > 0
+    for i, r in enumerate(expected):
+        k = len(r["detections"])
+        assert class_ids[i, :k].tolist() == [d["class_id"] for d in r["detections"]]
+        # /detect rounds its JSON (scores to 5 decimals, boxes to 2)
+        np.testing.assert_allclose(scores[i, :k], [d["score"] for d in r["detections"]], atol=1e-5)
+        np.testing.assert_allclose(
+            boxes[i, :k], [d["box"] for d in r["detections"]] or np.zeros((0, 4)), atol=0.006
+        )
+        assert not boxes[i, k:].any() and not scores[i, k:].any()  # padding
+
+
+def test_image_model_metadata_and_bad_parameters(server):
+    client, _ = server
+    meta = client.get_model_metadata("yolor_image")
+    assert meta["inputs"] == [{"name": "images", "datatype": "BYTES", "shape": [-1, 1]}]
+    assert [o["name"] for o in meta["outputs"]] == ["boxes", "scores", "class_ids", "count"]
+    assert client.get_model_config("yolor_image")["input"][0]["data_type"] == "TYPE_STRING"
+    tensor = http.InferInput("images", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([_photos()[0]], dtype=object).reshape(1, 1))
+    for params, message in [
+        ({"conf": 2.0}, "conf: Input should be less than or equal to 1"),
+        ({"classes": "7"}, "class id 7"),
+    ]:
+        with pytest.raises(utils.InferenceServerException) as caught:
+            client.infer("yolor_image", [tensor], parameters=params)
+        assert caught.value.status() in ("400", "422") and message in caught.value.message()
+    bad = http.InferInput("images", [1, 1], "BYTES")
+    bad.set_data_from_numpy(np.array([b"not an image"], dtype=object).reshape(1, 1))
+    with pytest.raises(utils.InferenceServerException) as caught:
+        client.infer("yolor_image", [bad])
+    assert caught.value.status() == "415"
