@@ -1,0 +1,85 @@
+"""One v2 infer call, whatever the transport (HTTP or gRPC): which model it names, its tensors
+checked against that model, and the run through the shared detector and batcher."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.detector import Disconnected
+from service.errors import InvalidTensor, NotReady, UnknownModel
+from service.state import ServiceState
+from service.v2 import models
+from service.v2.tensors import InferRequest, Tensor, TensorError
+
+
+def served(state: ServiceState, name: str, version: str | None) -> models.Served:
+    """The model `name` (and `version`) names; UnknownModel if none, NotReady before the manifest."""
+    base = state.settings.v2_model_name
+    kinds: dict[str, models.Kind] = {base: "tensor", base + models.IMAGE_SUFFIX: "image"}
+    if name not in kinds or version not in (None, "", models.VERSION):
+        what = f"'{name}'" + (f" version {version}" if version else "")
+        raise UnknownModel(f"Request for unknown model: {what} is not found")
+    if state.manifest is None:
+        raise NotReady(f"not ready: {state.not_ready_reason}")
+    return models.Served(name, kinds[name], state.manifest)
+
+
+def max_batch(state: ServiceState, model: models.Served) -> int:
+    """The tensor model: the batcher's batch; the image model: the per-request image limit."""
+    assert state.batcher is not None  # a manifest is set together with its batcher
+    return state.batcher.max_batch_size if model.kind == "tensor" else state.settings.max_images_per_request
+
+
+def _input(request: InferRequest, model: models.Served, limit: int) -> Tensor:
+    """The request's one input and requested outputs, checked against the model's metadata
+    (datatype, shape with the batch axis, 1 <= batch <= limit)."""
+    meta = models.metadata(model)
+    ((expected, datatype, shape),) = [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]]
+    names = [t.name for t in request.inputs]
+    if names != [expected]:
+        raise InvalidTensor(f"the model has one input, {expected!r}; got {names}")
+    (tensor,) = request.inputs
+    if tensor.datatype != datatype:
+        raise InvalidTensor(f"input {expected!r} is {datatype}, got {tensor.datatype}")
+    got = list(tensor.shape)
+    fits = len(got) == len(shape) and all(s in (-1, g) for s, g in zip(shape[1:], got[1:], strict=True))
+    if model.kind == "image" and len(got) == 1:  # one encoded image per row: [B] is [B, 1]
+        fits = True
+    if not fits:
+        raise InvalidTensor(f"input {expected!r} has shape {shape}, got {got}")
+    if not 1 <= got[0] <= limit:
+        raise InvalidTensor(f"batch size {got[0]} is outside [1, {limit}] (max_batch_size)")
+    outputs = [t["name"] for t in meta["outputs"]]
+    for out in request.outputs:
+        if out.name not in outputs:
+            raise InvalidTensor(f"the model's outputs are {outputs}; got {out.name!r}")
+    return tensor
+
+
+async def infer(
+    state: ServiceState,
+    model: models.Served,
+    request: InferRequest,
+    *,
+    started: float,
+    disconnected: Disconnected | None = None,
+) -> list[Tensor]:
+    """The requested outputs (all when none was named), in the model's output order."""
+    state.raise_unless_ready()
+    detector = state.detector
+    assert detector is not None  # ready
+    tensor = _input(request, model, max_batch(state, model))
+    if model.kind == "tensor":
+        images = np.ascontiguousarray(tensor.data, dtype=np.float32)
+        rows = await detector.infer_tensors(list(images), started=started, disconnected=disconnected)
+        outputs = [Tensor(model.manifest.output.name, "FP32", np.stack(rows).astype(np.float32, copy=False))]
+    else:
+        try:
+            params = detector.params(**models.ImageParameters.of(request.parameters).detect_kwargs())
+        except TensorError as e:
+            raise InvalidTensor(str(e)) from None
+        files = [bytes(item) for item in tensor.data.ravel()]
+        outcome = await detector.detect(files, params, started=started, disconnected=disconnected)
+        outputs = models.image_outputs([image.detections for image in outcome.images])
+    wanted = {out.name for out in request.outputs}
+    return [out for out in outputs if not wanted or out.name in wanted]
