@@ -132,6 +132,8 @@ async def _stop(state: ServiceState) -> None:
     settings = state.settings
     state.ready, state.shutting_down = False, True
     state.metrics.ready.set(0)
+    if state.grpc is not None:  # new calls refused; calls in flight finish within the deadline
+        await state.grpc.stop(grace_s=settings.request_timeout_s)
     if state.warmup_task is not None:  # not cancelled: its thread must be done before close()
         state.stop_warmup.set()
         await asyncio.gather(state.warmup_task, return_exceptions=True)
@@ -165,6 +167,11 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             await _start(state, factory)
+            if settings.grpc_port is not None:
+                from service.v2.grpc_server import GrpcServer
+
+                state.grpc = GrpcServer(state)
+                await state.grpc.start(settings.host, settings.grpc_port)
             yield
         finally:
             await _stop(state)

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     preprocess_threads: int = Field(default=0, ge=0, le=256, description="decode/letterbox threads; 0: auto")
     warmup: bool = True
     retry_after_s: int = Field(default=1, ge=1, le=3600, description="Retry-After of 503 answers")
+    grpc_port: int | None = Field(
+        default=None, ge=0, le=65535, description="KServe v2 gRPC port (off when unset; 0: any free port)"
+    )
     v2_model_name: str = Field(
         default="yolor", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="KServe v2 model name"
     )

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.auth import ApiKeys
 from service.backends.base import Backend
@@ -35,6 +36,10 @@ class ServiceState:
     shutting_down: bool = False
     not_ready_reason: str = "starting"
     stalled_reason: str = ""  # set by the watchdog while a batch is stuck in the backend
+    grpc: Any = None  # service.v2.grpc_server.GrpcServer while the gRPC port is open
+
+    def is_ready(self) -> bool:
+        return self.ready and not self.shutting_down and not self.stalled_reason
 
     def raise_unless_ready(self) -> None:
         """503: ShuttingDown once shutdown began, NotReady until warm-up is done or while stalled."""

@@ -10,8 +10,6 @@ Infer requests go through the same batcher, queue limit, deadline, API keys and 
 from __future__ import annotations
 
 import time
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as package_version
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -28,14 +26,6 @@ from service.v2.tensors import (
 )
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"], include_in_schema=True)
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
-
-
-def _server_version() -> str:
-    try:
-        return package_version("yolor-serving")
-    except PackageNotFoundError:
-        return "0"
 
 
 @router.get("/health/live")
@@ -51,7 +41,7 @@ async def ready(state: StateDep) -> dict[str, bool]:
 
 @router.get("")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "yolor-serving", "version": _server_version(), "extensions": EXTENSIONS}
+    return models.server_metadata()
 
 
 @router.get("/models/{name}", dependencies=[Depends(require_api_key)])

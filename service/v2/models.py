@@ -27,6 +27,8 @@ from service.v2.tensors import Tensor, TensorError
 
 VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
+SERVER_NAME = "yolor-serving"
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 IMAGE_SUFFIX = "_image"
 IMAGE_OUTPUTS = {"boxes": ("FP32", [-1, -1, 4]), "scores": ("FP32", [-1, -1])}
 IMAGE_OUTPUTS |= {"class_ids": ("INT32", [-1, -1]), "count": ("INT32", [-1])}
@@ -39,6 +41,19 @@ class Served:
     name: str
     kind: Kind
     manifest: ModelManifest
+
+
+def server_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(SERVER_NAME)
+    except PackageNotFoundError:
+        return "0"
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": server_version(), "extensions": EXTENSIONS}
 
 
 def _dims(shape: list[int | str]) -> list[int]:

@@ -150,16 +150,19 @@ def test_concurrent_clients_are_batched_together(tmp_path):
     with serving(app) as url:
         client = http.InferenceServerClient(url.removeprefix("http://"), concurrency=3)
         batch = np.zeros((1, 3, S, S), np.float32)
+        import gevent  # tritonclient's async HTTP calls are greenlets: waiting must yield to them
+
+        def wait_for(condition, what: str) -> None:
+            give_up = time.monotonic() + 10
+            while not condition():
+                assert time.monotonic() < give_up, what
+                gevent.sleep(0.01)
+
         first = client.async_infer("yolor", [images_input(batch)])
-        for _ in range(500):
-            if gate.entered.is_set():
-                break
-            time.sleep(0.01)
+        wait_for(gate.entered.is_set, "the first request never reached the backend")
         waiting = [client.async_infer("yolor", [images_input(batch)]) for _ in range(2)]
-        for _ in range(500):  # both queued behind the running batch
-            if app.state.service.batcher._queue.qsize() == 2:
-                break
-            time.sleep(0.01)
+        queue = app.state.service.batcher._queue  # both queued behind the running batch
+        wait_for(lambda: queue.qsize() == 2, "the two requests never reached the queue")
         gate.release.set()
         results = [r.get_result().as_numpy("detections") for r in (first, *waiting)]
         client.close()
