@@ -47,12 +47,14 @@ Finish = Callable[[np.ndarray], Any]  # worker thread: one output row -> the ima
 @dataclass(frozen=True)
 class BatchOutput:
     """One image's share of a batch: `finish(row)` (a copy of the row without `finish`), and how
-    it got there: seconds queued, seconds of the backend call, images in the batch."""
+    it got there: seconds queued, seconds of the backend call, images in the batch, which batch
+    (numbered from 1 in the order batches start)."""
 
     output: Any
     queue_s: float
     inference_s: float
     batch_size: int
+    batch_id: int = 0
 
 
 @dataclass(eq=False)
@@ -104,6 +106,7 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._batches: set[_Batch] = set()  # formed and not yet answered
         self._incoming = 0  # images being prepared, to be submitted soon
+        self._batch_count = 0
         self._accepting = False
 
     async def start(self) -> None:
@@ -261,6 +264,8 @@ class DynamicBatcher:
         dropped ones) are marked done in the queue at the end, and the worker is freed."""
         items = batch.items
         started = batch.started = time.monotonic()
+        self._batch_count += 1
+        batch_id = self._batch_count
         self._metrics.inflight_batches.inc()
         try:
             batch.thread = self._executor.submit(self._run_in_thread, items)
@@ -290,7 +295,7 @@ class DynamicBatcher:
             if isinstance(answer, BaseException):
                 item.future.set_exception(answer)
             else:
-                item.future.set_result(BatchOutput(answer, queued_s, ran.inference_s, len(items)))
+                item.future.set_result(BatchOutput(answer, queued_s, ran.inference_s, len(items), batch_id))
         self._batches.discard(batch)
         self._done(collected)
 

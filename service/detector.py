@@ -132,6 +132,7 @@ class ImageDetections:
 class DetectOutcome:
     images: list[ImageDetections]
     timing_ms: dict[str, float]
+    batches: list[BatchOutput]  # each image's (its `output` is a `Postprocessed`)
 
 
 class Detector:
@@ -216,16 +217,15 @@ class Detector:
 
     async def infer_tensors(
         self, tensors: Sequence[np.ndarray], *, started: float, disconnected: Disconnected | None = None
-    ) -> list[np.ndarray]:
-        """The backend's output row for each input tensor (C, H, W), through the same batcher,
-        queue limit and deadline as `detect` (the KServe v2 tensor model)."""
+    ) -> list[BatchOutput]:
+        """The backend's output row (`output`) for each input tensor (C, H, W), through the same
+        batcher, queue limit and deadline as `detect` (the KServe v2 tensor model)."""
         with self._in_flight():
             if not tensors:
                 raise NoImages("send at least one image")
             if len(tensors) > self.max_images:
                 raise TooManyImages(f"{len(tensors)} images; at most {self.max_images} per request")
-            outputs = await self._infer(list(tensors), None, started + self.timeout_s, disconnected)
-            return [out.output for out in outputs]
+            return await self._infer(list(tensors), None, started + self.timeout_s, disconnected)
 
     @contextlib.contextmanager
     def _in_flight(self) -> Iterator[None]:
@@ -279,7 +279,7 @@ class Detector:
             "postprocess": sum(o.output.seconds for o in outputs),
             "total": done_at - started,
         }
-        return DetectOutcome(images, {k: round(v * 1000, 3) for k, v in timing.items()})
+        return DetectOutcome(images, {k: round(v * 1000, 3) for k, v in timing.items()}, outputs)
 
     def _prepare(self, data: bytes, keep_image: bool) -> Prepared:
         start = time.monotonic()

@@ -16,6 +16,7 @@ from service.errors import NotReady, ShuttingDown
 from service.manifest import ModelManifest
 from service.metrics import Metrics
 from service.settings import Settings
+from service.v2.statistics import ModelStatistics
 from service.watchdog import BackendWatchdog
 
 
@@ -37,6 +38,7 @@ class ServiceState:
     not_ready_reason: str = "starting"
     stalled_reason: str = ""  # set by the watchdog while a batch is stuck in the backend
     grpc: Any = None  # service.v2.grpc_server.GrpcServer while the gRPC port is open
+    v2_statistics: dict[str, ModelStatistics] = field(default_factory=dict)  # by v2 model name
 
     def is_ready(self) -> bool:
         return self.ready and not self.shutting_down and not self.stalled_reason

@@ -44,6 +44,16 @@ async def server_metadata() -> dict[str, Any]:
     return models.server_metadata()
 
 
+@router.get("/models/stats", dependencies=[Depends(require_api_key)])
+@router.get("/models/{name}/stats", dependencies=[Depends(require_api_key)])
+@router.get("/models/{name}/versions/{version}/stats", dependencies=[Depends(require_api_key)])
+async def model_statistics(
+    state: StateDep, name: str | None = None, version: str | None = None
+) -> dict[str, Any]:
+    """Triton's statistics extension (declared before `/models/{name}`, which would take "stats")."""
+    return inference.statistics_json(state, name, version)
+
+
 @router.get("/models/{name}", dependencies=[Depends(require_api_key)])
 @router.get("/models/{name}/versions/{version}", dependencies=[Depends(require_api_key)])
 async def model_metadata(state: StateDep, name: str, version: str | None = None) -> dict[str, Any]:

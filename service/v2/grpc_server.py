@@ -233,6 +233,12 @@ class GrpcServer:
             config=json_format.ParseDict(config, messages()["ModelConfig"]())
         )
 
+    async def _ModelStatistics(self, request: Any, context: Any) -> Any:
+        from google.protobuf import json_format
+
+        body = inference.statistics_json(self.state, request.name or None, request.version)
+        return json_format.ParseDict(body, messages()["ModelStatisticsResponse"]())
+
     async def _ModelInfer(self, request: Any, context: Any) -> Any:
         started = time.monotonic()
         model = inference.served(self.state, request.model_name, request.model_version)

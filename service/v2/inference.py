@@ -3,12 +3,16 @@ checked against that model, and the run through the shared detector and batcher.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
 
 from service.detector import Disconnected
-from service.errors import InvalidTensor, NotReady, UnknownModel
+from service.errors import InvalidTensor, NotReady, ServiceError, UnknownModel
 from service.state import ServiceState
 from service.v2 import models
+from service.v2.statistics import ModelStatistics
 from service.v2.tensors import InferRequest, Tensor, TensorError
 
 
@@ -69,17 +73,43 @@ async def infer(
     detector = state.detector
     assert detector is not None  # ready
     tensor = _input(request, model, max_batch(state, model))
-    if model.kind == "tensor":
-        images = np.ascontiguousarray(tensor.data, dtype=np.float32)
-        rows = await detector.infer_tensors(list(images), started=started, disconnected=disconnected)
-        outputs = [Tensor(model.manifest.output.name, "FP32", np.stack(rows).astype(np.float32, copy=False))]
-    else:
-        try:
-            params = detector.params(**models.ImageParameters.of(request.parameters).detect_kwargs())
-        except TensorError as e:
-            raise InvalidTensor(str(e)) from None
-        files = [bytes(item) for item in tensor.data.ravel()]
-        outcome = await detector.detect(files, params, started=started, disconnected=disconnected)
-        outputs = models.image_outputs([image.detections for image in outcome.images])
+    stats = statistics(state, model.name)
+    try:
+        if model.kind == "tensor":
+            images = np.ascontiguousarray(tensor.data, dtype=np.float32)
+            ran = await detector.infer_tensors(list(images), started=started, disconnected=disconnected)
+            array = np.stack([r.output for r in ran]).astype(np.float32, copy=False)
+            outputs = [Tensor(model.manifest.output.name, "FP32", array)]
+            stats.success(ran, time.monotonic() - started)
+        else:
+            try:
+                params = detector.params(**models.ImageParameters.of(request.parameters).detect_kwargs())
+            except TensorError as e:
+                raise InvalidTensor(str(e)) from None
+            files = [bytes(item) for item in tensor.data.ravel()]
+            outcome = await detector.detect(files, params, started=started, disconnected=disconnected)
+            outputs = models.image_outputs([image.detections for image in outcome.images])
+            ms = outcome.timing_ms
+            stats.success(
+                outcome.batches,
+                time.monotonic() - started,
+                input_s=ms["preprocess"] / 1000,
+                output_s=ms["postprocess"] / 1000,
+            )
+    except ServiceError as e:
+        if not isinstance(e, InvalidTensor):  # a bad request never reached the model
+            stats.failure(time.monotonic() - started)
+        raise
     wanted = {out.name for out in request.outputs}
     return [out for out in outputs if not wanted or out.name in wanted]
+
+
+def statistics(state: ServiceState, name: str) -> ModelStatistics:
+    return state.v2_statistics.setdefault(name, ModelStatistics())
+
+
+def statistics_json(state: ServiceState, name: str | None, version: str | None) -> dict[str, Any]:
+    """Triton's statistics body: every model (name None) or one (UnknownModel if not ours)."""
+    base = state.settings.v2_model_name
+    names = [base, base + models.IMAGE_SUFFIX] if name is None else [served(state, name, version).name]
+    return {"model_stats": [statistics(state, n).to_json(n, models.VERSION) for n in names]}

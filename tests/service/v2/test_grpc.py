@@ -162,3 +162,13 @@ def test_errors_are_grpc_statuses(server, model, shape, headers, code, message):
         client.infer(model, [tensor], headers=headers)
     assert caught.value.status() == code
     assert message in caught.value.message()
+
+
+def test_statistics_over_grpc(server):
+    client, _, _ = server
+    before = client.get_inference_statistics("yolor", headers=AUTH).model_stats[0].inference_count
+    tensor = grpcclient.InferInput("images", [2, 3, S, S], "FP32")
+    tensor.set_data_from_numpy(np.zeros((2, 3, S, S), np.float32))
+    client.infer("yolor", [tensor], headers=AUTH)
+    stats = client.get_inference_statistics("yolor", headers=AUTH).model_stats[0]
+    assert stats.inference_count - before == 2 and stats.inference_stats.success.count >= 1

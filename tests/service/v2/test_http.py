@@ -235,3 +235,31 @@ def test_image_model_metadata_and_bad_parameters(server):
     with pytest.raises(utils.InferenceServerException) as caught:
         client.infer("yolor_image", [bad])
     assert caught.value.status() == "415"
+
+
+def test_statistics_count_what_ran(server):
+    """Triton's statistics layout (every key perf_analyzer reads, as numbers), counting this test's
+    two requests: 4 images in 2 backend batches, each request once in success/queue/compute_infer."""
+    client, _ = server
+
+    def stats():
+        (model,) = client.get_inference_statistics("yolor")["model_stats"]
+        return model
+
+    before = stats()
+    for size in (3, 1):
+        batch = np.zeros((size, 3, S, S), np.float32)
+        client.infer("yolor", [images_input(batch)])
+    after = stats()
+    assert (after["name"], after["version"]) == ("yolor", "1")
+    assert after["inference_count"] - before["inference_count"] == 4
+    assert after["execution_count"] - before["execution_count"] == 2
+    keys = ("success", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
+    for key in keys:
+        assert isinstance(after["inference_stats"][key]["ns"], int), key
+    for key in ("success", "queue", "compute_infer"):
+        assert after["inference_stats"][key]["count"] - before["inference_stats"][key]["count"] == 2, key
+    assert after["inference_stats"]["compute_infer"]["ns"] > before["inference_stats"]["compute_infer"]["ns"]
+    sizes = {b["batch_size"] for b in after["batch_stats"]}
+    assert {1, 3} <= sizes
+    assert {m["name"] for m in client.get_inference_statistics()["model_stats"]} == {"yolor", "yolor_image"}
