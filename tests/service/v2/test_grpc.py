@@ -134,11 +134,13 @@ def test_image_model_equals_http(server):
     photos = [encode(solid(40, 64, (250, 10, 10))), encode(solid(50, 50, (90, 10, 200)), ".jpg")]
     params = {"conf": 0.05, "max_det": 3}
     answers = []
-    for module, c in ((grpcclient, client), (httpclient, httpclient.InferenceServerClient(url[7:]))):
+    http_c = httpclient.InferenceServerClient(url[7:])
+    for module, c in ((grpcclient, client), (httpclient, http_c)):
         tensor = module.InferInput("images", [2, 1], "BYTES")
         tensor.set_data_from_numpy(np.array(photos, dtype=object).reshape(2, 1))
         result = c.infer("yolor_image", [tensor], parameters=params, headers=dict(AUTH))  # http adds to it
         answers.append({n: result.as_numpy(n) for n in ("boxes", "scores", "class_ids", "count")})
+    http_c.close()
     assert answers[0]["count"].sum() > 0
     for name in answers[0]:
         np.testing.assert_array_equal(answers[0][name], answers[1][name])
@@ -172,3 +174,57 @@ def test_statistics_over_grpc(server):
     client.infer("yolor", [tensor], headers=AUTH)
     stats = client.get_inference_statistics("yolor", headers=AUTH).model_stats[0]
     assert stats.inference_count - before == 2 and stats.inference_stats.success.count >= 1
+
+
+def test_overload_and_deadline_are_those_of_detect(tmp_path):
+    """Queue full: HTTP 503 and gRPC UNAVAILABLE; past the request deadline: 504, as /detect."""
+    import gevent
+    import tritonclient.http as httpclient
+
+    from tests.support.app import Gate, fake_app, topk_rows
+
+    gate = Gate(topk_rows([[2, 2, 12, 12, 0.9, 0]]))
+    app, _ = fake_app(
+        tmp_path,
+        gate,
+        warmup=False,
+        grpc_port=0,
+        queue_size=1,
+        max_images_per_request=1,
+        max_batch_size=1,
+        request_timeout_s=1.0,
+    )
+    batch = np.zeros((1, 3, S, S), np.float32)
+
+    def grpc_input():
+        tensor = grpcclient.InferInput("images", [1, 3, S, S], "FP32")
+        tensor.set_data_from_numpy(batch)
+        return tensor
+
+    with serving(app) as url:
+        state = app.state.service
+        grpc_c = grpcclient.InferenceServerClient(f"127.0.0.1:{state.grpc.port}")
+        http_c = httpclient.InferenceServerClient(url[7:], concurrency=2)
+        tensor = httpclient.InferInput("images", [1, 3, S, S], "FP32")
+        tensor.set_data_from_numpy(batch)
+        running = http_c.async_infer("yolor", [tensor])  # held in the backend by the gate
+        queued = http_c.async_infer("yolor", [tensor])  # fills the queue of 1
+        give_up = time.monotonic() + 10
+        while not (gate.entered.is_set() and state.batcher._queue.qsize() == 1):
+            assert time.monotonic() < give_up
+            gevent.sleep(0.01)
+        other = httpclient.InferenceServerClient(url[7:])
+        with pytest.raises(utils.InferenceServerException) as over_http:
+            other.infer("yolor", [tensor])
+        other.close()
+        with pytest.raises(utils.InferenceServerException) as over_grpc:
+            grpc_c.infer("yolor", [grpc_input()])
+        for pending in (running, queued):  # the gate outlasts their 1 s deadline
+            with pytest.raises(utils.InferenceServerException) as late:
+                pending.get_result()
+            assert late.value.status() == "504"
+        gate.release.set()
+        http_c.close()
+        grpc_c.close()
+    assert over_http.value.status() == "503" and "queue full" in over_http.value.message()
+    assert over_grpc.value.status() == "StatusCode.UNAVAILABLE" and "queue full" in over_grpc.value.message()
