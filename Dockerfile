@@ -74,7 +74,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     fi
 USER 10001:10001
 WORKDIR /home/yolor
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python3", "-m", "service.healthcheck"]
 # uvicorn drains on SIGTERM for up to YOLOR_REQUEST_TIMEOUT_S + 5 s (35 s by default): give the

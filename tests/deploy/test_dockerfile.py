@@ -68,7 +68,7 @@ def test_serve_stage_runs_as_non_root_with_port_healthcheck_and_graceful_stop():
     serve = stages()["serve"]
     users = [line.split()[1] for line in serve if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("0", "root")
-    assert "EXPOSE 8000" in serve and "STOPSIGNAL SIGTERM" in serve
+    assert "EXPOSE 8000 8001" in serve and "STOPSIGNAL SIGTERM" in serve
     health = next(line for line in serve if line.startswith("HEALTHCHECK"))
     assert '"service.healthcheck"' in health
     assert 'ENTRYPOINT ["yolor", "serve", "--host", "0.0.0.0"]' in serve
