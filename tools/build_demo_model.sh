@@ -28,4 +28,4 @@ $bin/python -m train.demo_sample --out service/demo_model   # the page's "Try a 
 
 # 4. Measure: held-out mAP of what the service runs (the ONNX), and latency.
 $bin/yolor eval service/demo_model --data "$work/shapes-test/dataset.json" --split val
-$bin/python benchmarks/latency.py --model service/demo_model --requests 200
+$bin/yolor bench serve --model service/demo_model --device cpu --concurrency 1,16 --seconds 8
