@@ -144,3 +144,27 @@ def serving(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(WAIT_S * 3)
+
+
+def tiny_onnx_app(model_dir: Path, **settings: Any) -> FastAPI:
+    """The real app on ONNX Runtime (one thread) over the tiny exported graph written to `model_dir`."""
+    write_model_dir(model_dir, onnx=True)
+    return create_app(
+        Settings(
+            model_dir=model_dir,
+            backend="onnxruntime",
+            device="cpu",
+            onnx_intra_op_threads=1,
+            onnx_parallel_runs=1,
+            **settings,
+        )
+    )
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S * 2) -> None:
+    """Poll `condition` from a plain thread (e.g. a blocking client's) until true, or fail with `what`."""
+    give_up = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > give_up:
+            raise AssertionError(f"timed out waiting: {what}")
+        time.sleep(0.01)

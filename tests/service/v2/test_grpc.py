@@ -9,11 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.app import create_app
-from service.settings import Settings
 from service.v2.messages import messages
-from tests.support.app import encode, serving, solid
-from tests.support.model_files import INPUT_SIZE, MAX_BATCH, TOP_K, write_model_dir
+from tests.support.app import encode, serving, solid, tiny_onnx_app, wait_for
+from tests.support.model_files import INPUT_SIZE, MAX_BATCH, TOP_K
 
 pytestmark = [pytest.mark.api]
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -22,33 +20,14 @@ S = INPUT_SIZE
 KEY = "grpc-test-key-1"
 
 
-def _wait(check) -> None:
-    for _ in range(500):
-        if check():
-            return
-        time.sleep(0.01)
-    raise AssertionError("timed out")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("v2-grpc")
-    write_model_dir(model_dir, onnx=True)
-    settings = Settings(
-        model_dir=model_dir,
-        backend="onnxruntime",
-        device="cpu",
-        onnx_intra_op_threads=1,
-        onnx_parallel_runs=1,
-        grpc_port=0,
-        api_keys=[KEY],
-    )
-    app = create_app(settings)
+    app = tiny_onnx_app(tmp_path_factory.mktemp("v2-grpc"), grpc_port=0, api_keys=[KEY])
     with serving(app) as url:
         port = app.state.service.grpc.port
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
-        _wait(client.is_server_ready)
-        yield client, model_dir, url
+        wait_for(client.is_server_ready, "the server never became ready")
+        yield client, app.state.service.settings.model_dir, url
         client.close()
 
 

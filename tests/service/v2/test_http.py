@@ -10,38 +10,23 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.app import create_app
-from service.settings import Settings
-from tests.support.app import serving
-from tests.support.model_files import INPUT_SIZE, MAX_BATCH, TOP_K, write_model_dir
+from tests.support.app import serving, tiny_onnx_app, wait_for
+from tests.support.model_files import INPUT_SIZE, MAX_BATCH, TOP_K
 
 pytestmark = [pytest.mark.api]
 http = pytest.importorskip("tritonclient.http")
 utils = pytest.importorskip("tritonclient.utils")
 S = INPUT_SIZE
-SERVER_URL: list[str] = []
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("v2-model")
-    write_model_dir(model_dir, onnx=True)
-    settings = Settings(
-        model_dir=model_dir,
-        backend="onnxruntime",
-        device="cpu",
-        onnx_intra_op_threads=1,
-        onnx_parallel_runs=1,
-    )
-    app = create_app(settings)
+    app = tiny_onnx_app(model_dir)
     with serving(app) as url:
-        SERVER_URL[:] = [url]
         client = http.InferenceServerClient(url.removeprefix("http://"))
-        for _ in range(500):  # warm-up runs in the background after startup
-            if client.is_server_ready():
-                break
-            time.sleep(0.01)
-        yield client, model_dir
+        wait_for(client.is_server_ready, "the server never became ready")  # warm-up runs after start
+        yield client, model_dir, url
         client.close()
 
 
@@ -57,7 +42,7 @@ def images_input(batch: np.ndarray, binary: bool = True):
 
 
 def test_health_and_metadata(server):
-    client, _ = server
+    client, _, _ = server
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("yolor") and client.is_model_ready("yolor", "1")
     assert not client.is_model_ready("other") and not client.is_model_ready("yolor", "2")
@@ -75,7 +60,7 @@ def test_health_and_metadata(server):
 @pytest.mark.parametrize("batch_size", [1, 3])
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_infer_equals_the_onnx_run_directly(server, batch_size, binary):
-    client, model_dir = server
+    client, model_dir, _ = server
     batch = np.random.default_rng(batch_size).random((batch_size, 3, S, S), dtype=np.float32)
     outputs = [http.InferRequestedOutput("detections", binary_data=binary)]
     result = client.infer("yolor", [images_input(batch, binary)], outputs=outputs, request_id="r1")
@@ -95,7 +80,7 @@ def test_infer_equals_the_onnx_run_directly(server, batch_size, binary):
     ],
 )
 def test_bad_tensors_get_protocol_errors(server, make, message):
-    client, _ = server
+    client, _, _ = server
     (tensor,) = make()
     shape = tensor.shape()
     dtype = {"FP32": np.float32, "FP64": np.float64}[tensor.datatype()]
@@ -109,13 +94,8 @@ def test_bad_tensors_get_protocol_errors(server, make, message):
 def test_errors_have_the_protocol_shape_and_api_keys_apply(tmp_path):
     import httpx
 
-    write_model_dir(tmp_path, onnx=True)
-    settings = Settings(model_dir=tmp_path, backend="onnxruntime", device="cpu", api_keys=["v2-test-key-1"])
-    with serving(create_app(settings)) as url:
-        for _ in range(500):
-            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                break
-            time.sleep(0.01)
+    with serving(tiny_onnx_app(tmp_path, api_keys=["v2-test-key-1"])) as url:
+        wait_for(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, "never ready")
         assert httpx.get(f"{url}/v2/health/live").json() == {"live": True}
         denied = httpx.get(f"{url}/v2/models/yolor")
         assert denied.status_code == 401 and isinstance(denied.json()["error"], str)
@@ -130,7 +110,7 @@ def test_errors_have_the_protocol_shape_and_api_keys_apply(tmp_path):
 
 
 def test_unknown_model_and_output(server):
-    client, _ = server
+    client, _, _ = server
     batch = np.zeros((1, 3, S, S), np.float32)
     with pytest.raises(utils.InferenceServerException) as caught:
         client.infer("nope", [images_input(batch)])
@@ -152,17 +132,17 @@ def test_concurrent_clients_are_batched_together(tmp_path):
         batch = np.zeros((1, 3, S, S), np.float32)
         import gevent  # tritonclient's async HTTP calls are greenlets: waiting must yield to them
 
-        def wait_for(condition, what: str) -> None:
+        def yielding(condition, what: str) -> None:
             give_up = time.monotonic() + 10
             while not condition():
                 assert time.monotonic() < give_up, what
                 gevent.sleep(0.01)
 
         first = client.async_infer("yolor", [images_input(batch)])
-        wait_for(gate.entered.is_set, "the first request never reached the backend")
+        yielding(gate.entered.is_set, "the first request never reached the backend")
         waiting = [client.async_infer("yolor", [images_input(batch)]) for _ in range(2)]
         queue = app.state.service.batcher._queue  # both queued behind the running batch
-        wait_for(lambda: queue.qsize() == 2, "the two requests never reached the queue")
+        yielding(lambda: queue.qsize() == 2, "the two requests never reached the queue")
         gate.release.set()
         results = [r.get_result().as_numpy("detections") for r in (first, *waiting)]
         client.close()
@@ -193,7 +173,7 @@ def _photos() -> list[bytes]:
 def test_image_model_equals_detect(server, params, binary):
     import httpx
 
-    client, _ = server
+    client, _, url = server
     photos = _photos()
     tensor = http.InferInput("images", [len(photos), 1], "BYTES")
     # encoded images are not UTF-8: JSON cannot carry them, the input is always binary
@@ -204,7 +184,7 @@ def test_image_model_equals_detect(server, params, binary):
     boxes, scores, class_ids, count = (result.as_numpy(n) for n in names)
     query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()}
     served = httpx.post(
-        f"{SERVER_URL[0]}/detect", params=query, files=[("images", (f"{i}", p)) for i, p in enumerate(photos)]
+        f"{url}/detect", params=query, files=[("images", (f"{i}", p)) for i, p in enumerate(photos)]
     )
     assert served.status_code == 200, served.text
     expected = served.json()["results"]
@@ -222,7 +202,7 @@ def test_image_model_equals_detect(server, params, binary):
 
 
 def test_image_model_metadata_and_bad_parameters(server):
-    client, _ = server
+    client, _, _ = server
     meta = client.get_model_metadata("yolor_image")
     assert meta["inputs"] == [{"name": "images", "datatype": "BYTES", "shape": [-1, 1]}]
     assert [o["name"] for o in meta["outputs"]] == ["boxes", "scores", "class_ids", "count"]
@@ -246,7 +226,7 @@ def test_image_model_metadata_and_bad_parameters(server):
 def test_statistics_count_what_ran(server):
     """Triton's statistics layout (every key perf_analyzer reads, as numbers), counting this test's
     two requests: 4 images in 2 backend batches, each request once in success/queue/compute_infer."""
-    client, _ = server
+    client, _, _ = server
 
     def stats():
         (model,) = client.get_inference_statistics("yolor")["model_stats"]
