@@ -111,7 +111,7 @@ def test_image_model_equals_http(server):
 
     client, _, url = server
     photos = [encode(solid(40, 64, (250, 10, 10))), encode(solid(50, 50, (90, 10, 200)), ".jpg")]
-    params = {"conf": 0.05, "max_det": 3}
+    params = {"conf": "0.05", "max_det": 3}  # tritonclient < 2.50 sends no float parameters over gRPC
     answers = []
     http_c = httpclient.InferenceServerClient(url[7:])
     for module, c in ((grpcclient, client), (httpclient, http_c)):
