@@ -94,6 +94,7 @@ async def _start(state: ServiceState, backend_factory: BackendFactory) -> None:
         max_images=settings.max_images_per_request,
         max_pixels=settings.max_image_pixels,
         reduced_decode=settings.jpeg_reduced_decode,
+        max_tiles=settings.max_tiles_per_image,
         timeout_s=settings.request_timeout_s,
     )
     if settings.warmup:

@@ -109,6 +109,11 @@ class DynamicBatcher:
         self._batch_count = 0
         self._accepting = False
 
+    @property
+    def queue_size(self) -> int:
+        """Images the queue holds at most."""
+        return self._queue.maxsize
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="yolor-batcher")
         self._accepting = True
@@ -120,7 +125,7 @@ class DynamicBatcher:
         ShuttingDown or Overloaded (queue full). A future fails with what its `finish` raised."""
         if not self._accepting:
             raise ShuttingDown("the server is shutting down")
-        if self._queue.maxsize - self._queue.qsize() < len(tensors):
+        if self.queue_size - self._queue.qsize() < len(tensors):
             raise Overloaded(f"batch queue full ({self._queue.qsize()}/{self._queue.maxsize} images waiting)")
         if finish is not None and len(finish) != len(tensors):
             raise ValueError(f"{len(finish)} finish functions for {len(tensors)} images")

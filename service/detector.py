@@ -1,5 +1,8 @@
 """One detection request end to end: decode + letterbox (thread pool), batch inference, post-processing.
 
+A tiled image (`service.tiling`) becomes several passes, its windows and the whole image, that go
+through the batcher with everyone else's images; their detections are merged back into one answer.
+
 Decoding and letterboxing run in a thread pool, so they overlap with the batch the backend is
 running; post-processing is vectorised numpy (`service.processing`) that the batch's worker thread
 runs on each output row right after the batch (no extra thread hop). Boxes come back in
@@ -24,18 +27,25 @@ import numpy as np
 
 from service.backends.base import Backend
 from service.batcher import BatchOutput, DynamicBatcher, Finish
-from service.errors import ClientDisconnected, DeadlineExceeded, InvalidParameter, NoImages, TooManyImages
-from service.images import decode
+from service.errors import (
+    ClientDisconnected,
+    DeadlineExceeded,
+    InvalidParameter,
+    NoImages,
+    TooManyImages,
+    TooManyTiles,
+)
+from service.images import decode, header_size
 from service.manifest import ModelManifest
 from service.metrics import Metrics
 from service.processing import (
     Detections,
     Letterbox,
     head_layout,
-    letterbox,
+    letterbox_tensor,
+    merge_detections,
     scale_boxes,
     select_detections,
-    to_input_tensor,
 )
 from service.schemas import (
     DEFAULT_CONF,
@@ -47,9 +57,11 @@ from service.schemas import (
     ModelSummary,
     Timing,
 )
+from service.tiling import MATCH_IOS, TileOptions
 
 Disconnected = Callable[[], Awaitable[None]]  # returns once the client has gone away
 WARMUP_ROWS = 1000  # output rows post-processed by the warm-up
+NO_TILING = TileOptions()
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class DetectParams:
     max_det: int = DEFAULT_MAX_DET
     classes: tuple[int, ...] | None = None
     agnostic: bool = False
+    tile: TileOptions = NO_TILING
 
 
 def resolve_classes(values: Sequence[int | str] | None, class_names: Sequence[str]) -> tuple[int, ...] | None:
@@ -88,10 +101,38 @@ def resolve_classes(values: Sequence[int | str] | None, class_names: Sequence[st
 
 
 @dataclass(frozen=True)
-class Prepared:
+class Pass:
+    """One model input of an image: the whole image, or one window of a tiled image."""
+
     tensor: np.ndarray  # (3, S, S) float32
-    lb: Letterbox
+    lb: Letterbox  # the window's (or image's) pixels <-> input pixels
+    offset: tuple[int, int]  # the window's top-left (x, y) in the image
+
+
+@dataclass(frozen=True)
+class Prepared:
+    passes: tuple[Pass, ...]  # the windows of a tiled image, then always the whole image
+    height: int
+    width: int
     image: np.ndarray | None  # RGB original, kept only when it will be drawn on
+
+    @property
+    def tiles(self) -> int:
+        return len(self.passes) - 1
+
+    @property
+    def tensor(self) -> np.ndarray:
+        """The whole image's input tensor."""
+        return self.passes[-1].tensor
+
+    @property
+    def lb(self) -> Letterbox:
+        return self.passes[-1].lb
+
+
+def _pass(image: np.ndarray, manifest: ModelManifest, offset: tuple[int, int]) -> Pass:
+    tensor, lb = letterbox_tensor(image, manifest.input_size, color=manifest.input.letterbox_pad)
+    return Pass(tensor, lb, offset)
 
 
 def preprocess(
@@ -101,17 +142,24 @@ def preprocess(
     max_pixels: int,
     keep_image: bool = False,
     reduced_decode: bool = False,
+    tile: TileOptions = NO_TILING,
+    max_tiles: int = 1,
 ) -> Prepared:
-    """Decode + letterbox + input tensor of one uploaded file, as every request does it.
+    """Decode + letterbox + input tensors of one uploaded file, as every request does it.
 
     `reduced_decode`: a large JPEG is decoded at reduced scale (`service.images.decode`), unless
-    the full image is kept (to draw on); the letterbox still maps boxes to the full image."""
-    fit = manifest.input_size if reduced_decode and not keep_image else None
+    the full image is kept (to draw on) or tiled; the letterbox still maps boxes to the full image.
+    `tile`: the image's windows (`TileOptions.windows`, at most `max_tiles`) each become a pass too."""
+    size = manifest.input_size
+    fit = size if reduced_decode and not keep_image and tile.mode == "off" else None
     decoded = decode(data, max_pixels, fit=fit)
-    boxed, lb = letterbox(decoded.image, manifest.input_size, color=manifest.input.letterbox_pad)
-    if lb.source_hw != (decoded.height, decoded.width):
-        lb = lb.from_source(decoded.height, decoded.width)
-    return Prepared(to_input_tensor([boxed])[0], lb, decoded.image if keep_image else None)
+    windows = tile.windows(decoded.height, decoded.width, input_size=size, max_tiles=max_tiles)
+    passes = [_pass(decoded.image[y1:y2, x1:x2], manifest, (x1, y1)) for x1, y1, x2, y2 in windows]
+    whole = _pass(decoded.image, manifest, (0, 0))
+    if whole.lb.source_hw != (decoded.height, decoded.width):  # decoded at reduced scale
+        whole = Pass(whole.tensor, whole.lb.from_source(decoded.height, decoded.width), (0, 0))
+    image = decoded.image if keep_image else None
+    return Prepared((*passes, whole), decoded.height, decoded.width, image)
 
 
 @dataclass(frozen=True)
@@ -126,13 +174,14 @@ class ImageDetections:
     height: int
     detections: Detections  # original-image pixels
     image: np.ndarray | None
+    tiles: int = 0  # windows it was run as (0: untiled)
 
 
 @dataclass(frozen=True)
 class DetectOutcome:
     images: list[ImageDetections]
     timing_ms: dict[str, float]
-    batches: list[BatchOutput]  # each image's (its `output` is a `Postprocessed`)
+    batches: list[BatchOutput]  # each pass's (its `output` is a `Postprocessed`)
 
 
 class Detector:
@@ -150,12 +199,13 @@ class Detector:
         max_pixels: int,
         timeout_s: float,
         reduced_decode: bool = False,
+        max_tiles: int = 1,
     ) -> None:
         self.manifest, self.backend, self.batcher = manifest, backend, batcher
         self._head = head_layout(backend.head)  # the torch backend answers raw rows for any manifest
         self._pool, self._metrics = pool, metrics
         self.max_images, self.max_pixels, self.timeout_s = max_images, max_pixels, timeout_s
-        self.reduced_decode = reduced_decode
+        self.reduced_decode, self.max_tiles = reduced_decode, max_tiles
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -175,7 +225,7 @@ class Detector:
         side = max(1, min(32, int(self.max_pixels**0.5)))  # within YOLOR_MAX_IMAGE_PIXELS
         ok, encoded = cv2.imencode(".png", np.full((side, side, 3), 114, np.uint8))
         assert ok
-        sample = self._preprocess(encoded.tobytes(), keep_image=False)
+        sample = self._preprocess(encoded.tobytes(), keep_image=False, tile=NO_TILING)
 
         def infer_and_postprocess() -> None:
             # Every row a candidate (conf 0), but at most WARMUP_ROWS of them: on a raw head at
@@ -189,13 +239,32 @@ class Detector:
         def decode() -> None:
             with contextlib.suppress(threading.BrokenBarrierError):
                 together.wait()  # so that every thread takes one call
-            self._preprocess(encoded.tobytes(), keep_image=False)
+            self._preprocess(encoded.tobytes(), keep_image=False, tile=NO_TILING)
 
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._pool, decode) for _ in range(threads)))
 
     def params(self, *, classes: Sequence[int | str] | None = None, **values: Any) -> DetectParams:
         return DetectParams(classes=resolve_classes(classes, self.manifest.class_names), **values)
+
+    def _check_tiles(self, files: Sequence[bytes], tile: TileOptions) -> None:
+        """Before decoding, from the files' headers: each image's windows within the per-image limit
+        (TooManyTiles) and all of the request's passes within the batch queue, which must hold
+        them at once (TooManyTiles: a request that can never fit is not "overloaded")."""
+        passes, capacity = 0, self.batcher.queue_size
+        size = self.manifest.input_size
+        for data in files:
+            width_height = header_size(data)
+            if width_height is None:  # counted after decoding
+                passes += 1
+                continue
+            width, height = width_height
+            passes += 1 + len(tile.windows(height, width, input_size=size, max_tiles=self.max_tiles))
+        if passes > capacity:
+            raise TooManyTiles(
+                f"the request's images make {passes} model passes with tiling; the batch queue holds "
+                f"{capacity} (YOLOR_QUEUE_SIZE): send fewer images per request or a larger tile_size"
+            )
 
     async def detect(
         self,
@@ -251,43 +320,84 @@ class Detector:
             raise NoImages("send at least one image")
         if len(files) > self.max_images:
             raise TooManyImages(f"{len(files)} images; at most {self.max_images} per request")
+        tile = params.tile
+        if tile.mode != "off":
+            self._check_tiles(files, tile)
         deadline = started + self.timeout_s
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         with self.batcher.incoming(len(files)):
             done = await asyncio.gather(
-                *(loop.run_in_executor(self._pool, self._prepare, f, keep_images) for f in files),
+                *(loop.run_in_executor(self._pool, self._prepare, f, keep_images, tile) for f in files),
                 return_exceptions=True,
             )
         prepared = [result for result in done if isinstance(result, Prepared)]
         if len(prepared) < len(done):  # the first bad image, in request order, answers for the request
             raise next(result for result in done if isinstance(result, BaseException))
         t1 = time.monotonic()
-        finish = [functools.partial(self._finish, lb=item.lb, params=params) for item in prepared]
-        outputs = await self._infer([item.tensor for item in prepared], finish, deadline, disconnected)
+        passes = [p for item in prepared for p in item.passes]
+        if len(passes) > self.batcher.queue_size:  # files whose size only decoding told
+            raise TooManyTiles(f"{len(passes)} model passes; the batch queue holds {self.batcher.queue_size}")
+        finish = [functools.partial(self._finish, lb=p.lb, offset=p.offset, params=params) for p in passes]
+        outputs = await self._infer([p.tensor for p in passes], finish, deadline, disconnected)
+        images, merge_s = await self._merge_passes(prepared, outputs, params)
         done_at = time.monotonic()
-        images = []
-        for item, out in zip(prepared, outputs, strict=True):
-            height, width = item.lb.source_hw
-            images.append(ImageDetections(width, height, out.output.detections, item.image))
         self._metrics.images.inc(len(images))
         self._metrics.detections.inc(sum(len(i.detections) for i in images))
         timing = {
             "preprocess": t1 - t0,
             "queue": max(o.queue_s for o in outputs),
             "inference": max(o.inference_s for o in outputs),
-            "postprocess": sum(o.output.seconds for o in outputs),
+            "postprocess": sum(o.output.seconds for o in outputs) + merge_s,
             "total": done_at - started,
         }
         return DetectOutcome(images, {k: round(v * 1000, 3) for k, v in timing.items()}, outputs)
 
-    def _prepare(self, data: bytes, keep_image: bool) -> Prepared:
+    async def _merge_passes(
+        self, prepared: list[Prepared], outputs: list[BatchOutput], params: DetectParams
+    ) -> tuple[list[ImageDetections], float]:
+        """Each image's detections (a tiled image's passes merged, in the pool) and the merge time."""
+        loop = asyncio.get_running_loop()
+
+        async def detections(item: Prepared, parts: list[Detections]) -> Postprocessed:
+            if not item.tiles:
+                return Postprocessed(parts[0], 0.0)
+            self._metrics.tiles.observe(item.tiles)
+            return await loop.run_in_executor(self._pool, self._merge, parts, params)
+
+        groups, at = [], 0
+        for item in prepared:
+            groups.append([o.output.detections for o in outputs[at : at + len(item.passes)]])
+            at += len(item.passes)
+        merged = await asyncio.gather(*(detections(i, g) for i, g in zip(prepared, groups, strict=True)))
+        images = [
+            ImageDetections(item.width, item.height, result.detections, item.image, item.tiles)
+            for item, result in zip(prepared, merged, strict=True)
+        ]
+        return images, sum(m.seconds for m in merged)
+
+    @staticmethod
+    def _merge(parts: list[Detections], params: DetectParams) -> Postprocessed:
+        """Pool thread: one tiled image's detections from all its passes, merged, best `max_det`."""
         start = time.monotonic()
-        prepared = self._preprocess(data, keep_image)
+        pooled = Detections(
+            np.concatenate([d.boxes for d in parts]),
+            np.concatenate([d.scores for d in parts]),
+            np.concatenate([d.class_ids for d in parts]),
+        )
+        mode, agnostic = params.tile.merge, params.agnostic
+        merged = merge_detections(pooled, mode=mode, threshold=MATCH_IOS, agnostic=agnostic)
+        best = slice(0, params.max_det)
+        detections = Detections(merged.boxes[best], merged.scores[best], merged.class_ids[best])
+        return Postprocessed(detections, time.monotonic() - start)
+
+    def _prepare(self, data: bytes, keep_image: bool, tile: TileOptions) -> Prepared:
+        start = time.monotonic()
+        prepared = self._preprocess(data, keep_image, tile)
         self._metrics.preprocess.observe(time.monotonic() - start)
         return prepared
 
-    def _preprocess(self, data: bytes, keep_image: bool) -> Prepared:
+    def _preprocess(self, data: bytes, keep_image: bool, tile: TileOptions) -> Prepared:
         """`preprocess` (unmeasured; `_prepare` times it)."""
         return preprocess(
             data,
@@ -295,6 +405,8 @@ class Detector:
             max_pixels=self.max_pixels,
             keep_image=keep_image,
             reduced_decode=self.reduced_decode,
+            tile=tile,
+            max_tiles=self.max_tiles,
         )
 
     async def _infer(
@@ -326,10 +438,15 @@ class Detector:
             if results.done() and not results.cancelled():
                 results.exception()  # retrieved: a failure is reported once, by the result above
 
-    def _finish(self, output: np.ndarray, *, lb: Letterbox, params: DetectParams) -> Postprocessed:
-        """Batch worker thread: `_postprocess`, timed."""
+    def _finish(
+        self, output: np.ndarray, *, lb: Letterbox, params: DetectParams, offset: tuple[int, int] = (0, 0)
+    ) -> Postprocessed:
+        """Batch worker thread: `_postprocess`, timed; boxes moved by a window's `offset`."""
         start = time.monotonic()
         detections = self._postprocess(output, lb, params)
+        if offset != (0, 0):
+            shift = np.asarray(offset * 2, dtype=np.float32)
+            detections = Detections(detections.boxes + shift, detections.scores, detections.class_ids)
         seconds = time.monotonic() - start
         self._metrics.postprocess.observe(seconds)
         return Postprocessed(detections, seconds)
@@ -364,7 +481,9 @@ class Detector:
                 )
                 for b, s, c in zip(boxes, scores, ids, strict=True)
             ]
-            results.append(ImageResult(width=image.width, height=image.height, detections=detections))
+            results.append(
+                ImageResult(width=image.width, height=image.height, detections=detections, tiles=image.tiles)
+            )
         model = ModelSummary(
             arch=self.manifest.arch,
             backend=self.backend.name,

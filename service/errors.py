@@ -56,6 +56,12 @@ class TooManyPixels(ServiceError):
     status, code = 413, "too_many_pixels"
 
 
+class TooManyTiles(ServiceError):
+    """Sliced inference: more windows than YOLOR_MAX_TILES_PER_IMAGE, or than the queue holds."""
+
+    status, code = 413, "too_many_tiles"
+
+
 class NoImages(ServiceError):
     status, code = 422, "no_images"
 

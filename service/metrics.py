@@ -15,6 +15,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DROP_REASONS = ("abandoned", "expired", "shutdown")
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+TILE_BUCKETS = (2, 4, 6, 9, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024)
 
 
 class Metrics:
@@ -60,6 +61,12 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "yolor_batch_size", "Images per backend call", buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.tiles = Histogram(
+            "yolor_tiles_per_image",
+            "Windows a tiled image was sliced into (sliced inference; the whole-image pass not counted)",
+            buckets=TILE_BUCKETS,
+            registry=registry,
         )
         self.queue_depth = Gauge("yolor_queue_depth", "Images waiting in the batch queue", registry=registry)
         self.inflight_batches = Gauge(

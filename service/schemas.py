@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.manifest import ModelManifest
+from service.processing import MergeMode
+from service.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP
 
 # The post-processing parameters' bounds, for JSON bodies (Field) and query strings (Query) alike.
 CONF_BOUNDS: dict[str, Any] = {"ge": 0.0, "le": 1.0, "description": "keep detections with score > conf"}
 IOU_BOUNDS: dict[str, Any] = {"ge": 0.0, "le": 1.0, "description": "NMS IoU threshold"}
 MAX_DET_BOUNDS: dict[str, Any] = {"ge": 1, "le": 10_000, "description": "most detections per image"}
 
+TILE_BOUNDS: dict[str, Any] = {
+    "description": "sliced inference: false, true (any image larger than a window) or auto (only an "
+    "image more than twice the model input)"
+}
+TILE_SIZE_BOUNDS: dict[str, Any] = {
+    "ge": 32,
+    "le": 8192,
+    "description": "window side in image pixels (default: the model input, grown to fit the tile limit)",
+}
+TILE_OVERLAP_BOUNDS: dict[str, Any] = {"ge": 0.0, "le": 0.75, "description": "neighbouring windows' overlap"}
+TILE_MERGE_DESCRIPTION = "merging of overlapping windows' detections: nmm (union of the matches) or nms"
+
 Conf = Annotated[float, Field(**CONF_BOUNDS)]
 Iou = Annotated[float, Field(**IOU_BOUNDS)]
 MaxDet = Annotated[int, Field(**MAX_DET_BOUNDS)]
+TileSize = Annotated[int | None, Field(**TILE_SIZE_BOUNDS)]
+TileOverlap = Annotated[float, Field(**TILE_OVERLAP_BOUNDS)]
 
 DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET = 0.25, 0.45, 300
 
@@ -31,6 +47,7 @@ class ImageResult(BaseModel):
     width: int
     height: int
     detections: list[Detection]
+    tiles: int = Field(0, description="windows the image was sliced into (0: not tiled; `tile`)")
 
 
 class ModelSummary(BaseModel):
@@ -65,6 +82,10 @@ class JsonDetectRequest(BaseModel):
     max_det: MaxDet = DEFAULT_MAX_DET
     classes: list[int | str] | None = Field(None, description="class ids or names to keep (default: all)")
     agnostic: bool = False
+    tile: Annotated[bool | Literal["auto"], Field(**TILE_BOUNDS)] = False
+    tile_size: TileSize = None
+    tile_overlap: TileOverlap = DEFAULT_OVERLAP
+    tile_merge: MergeMode = Field(DEFAULT_MERGE, description=TILE_MERGE_DESCRIPTION)
 
 
 class ModelInfo(ModelManifest):

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=32 << 20, ge=1024, le=1 << 30)
     max_images_per_request: int = Field(default=16, ge=1, le=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=1, le=1 << 30, description="width * height")
+    max_tiles_per_image: int = Field(
+        default=64, ge=1, le=4096, description="sliced inference (`tile`): most windows per image"
+    )
     jpeg_reduced_decode: bool = Field(
         default=False,
         description="decode JPEGs 2x+ larger than the input at 1/2, 1/4 or 1/8 scale (faster, pixels differ)",

@@ -15,6 +15,7 @@ from service.api.deps import DetectorDep, DisconnectedDep, require_api_key, requ
 from service.detector import DetectOutcome, DetectParams
 from service.drawing import draw_detections, encode_jpeg
 from service.errors import InvalidBase64, InvalidParameter
+from service.processing import MergeMode
 from service.schemas import (
     CONF_BOUNDS,
     DEFAULT_CONF,
@@ -22,10 +23,15 @@ from service.schemas import (
     DEFAULT_MAX_DET,
     IOU_BOUNDS,
     MAX_DET_BOUNDS,
+    TILE_BOUNDS,
+    TILE_MERGE_DESCRIPTION,
+    TILE_OVERLAP_BOUNDS,
+    TILE_SIZE_BOUNDS,
     DetectResponse,
     ErrorBody,
     JsonDetectRequest,
 )
+from service.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, TileOptions, tile_mode
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (400, 401, 403, 413, 415, 422, 500, 503, 504)
@@ -40,6 +46,10 @@ ClassesQuery = Annotated[
     list[str] | None, Query(description="class ids or names to keep; repeat or comma-separate")
 ]
 AgnosticQuery = Annotated[bool, Query(description="NMS across classes")]
+TileQuery = Annotated[str, Query(**TILE_BOUNDS)]
+TileSizeQuery = Annotated[int | None, Query(**TILE_SIZE_BOUNDS)]
+TileOverlapQuery = Annotated[float, Query(**TILE_OVERLAP_BOUNDS)]
+TileMergeQuery = Annotated[MergeMode, Query(description=TILE_MERGE_DESCRIPTION)]
 
 
 async def detect_params(
@@ -49,8 +59,15 @@ async def detect_params(
     max_det: MaxDetQuery = DEFAULT_MAX_DET,
     classes: ClassesQuery = None,
     agnostic: AgnosticQuery = False,
+    tile: TileQuery = "false",
+    tile_size: TileSizeQuery = None,
+    tile_overlap: TileOverlapQuery = DEFAULT_OVERLAP,
+    tile_merge: TileMergeQuery = DEFAULT_MERGE,
 ) -> DetectParams:
-    return detector.params(conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic)
+    tiling = TileOptions(tile_mode(tile), tile_size, tile_overlap, tile_merge)
+    return detector.params(
+        conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic, tile=tiling
+    )
 
 
 ParamsDep = Annotated[DetectParams, Depends(detect_params)]
@@ -99,8 +116,14 @@ async def detect_json(
 ) -> Response:
     """The same as `/detect` for clients that cannot send multipart: base64 images in JSON."""
     started = time.monotonic()
+    tiling = TileOptions(tile_mode(body.tile), body.tile_size, body.tile_overlap, body.tile_merge)
     params = detector.params(
-        conf=body.conf, iou=body.iou, max_det=body.max_det, classes=body.classes, agnostic=body.agnostic
+        conf=body.conf,
+        iou=body.iou,
+        max_det=body.max_det,
+        classes=body.classes,
+        agnostic=body.agnostic,
+        tile=tiling,
     )
     files = [_decode_base64(text, i) for i, text in enumerate(body.images)]
     outcome = await detector.detect(files, params, started=started, disconnected=disconnected)

@@ -49,22 +49,46 @@ def box_area(boxes: npt.ArrayLike) -> npt.NDArray[np.float64]:
     return widths * heights
 
 
+def _pair(boxes_a: npt.ArrayLike, boxes_b: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray, type[np.floating]]:
+    """Both box sets as float64 ``(N, 4)`` / ``(M, 4)`` arrays, and the result dtype."""
+    a = as_boxes(boxes_a, "boxes_a")
+    b = as_boxes(boxes_b, "boxes_b")
+    return a.astype(np.float64, copy=False), b.astype(np.float64, copy=False), result_float_dtype(a, b)
+
+
+def _intersection(a64: np.ndarray, b64: np.ndarray) -> npt.NDArray[np.float64]:
+    """``(N, M)`` pairwise intersection areas of float64 xyxy boxes."""
+    top_left = np.maximum(a64[:, None, 0:2], b64[None, :, 0:2])
+    bottom_right = np.minimum(a64[:, None, 2:4], b64[None, :, 2:4])
+    overlap_wh = np.clip(bottom_right - top_left, 0.0, None)
+    intersection: npt.NDArray[np.float64] = overlap_wh[..., 0] * overlap_wh[..., 1]
+    return intersection
+
+
 def box_iou(boxes_a: npt.ArrayLike, boxes_b: npt.ArrayLike) -> FloatArray:
     """Pairwise intersection-over-union of ``(N, 4)`` and ``(M, 4)`` xyxy boxes.
 
     Returns an ``(N, M)`` float32 array (float64 if either input is float64), computed in float64.
     Pairs whose union is zero (e.g. two zero-area boxes) get IoU 0, never NaN.
     """
-    a = as_boxes(boxes_a, "boxes_a")
-    b = as_boxes(boxes_b, "boxes_b")
-    dtype = result_float_dtype(a, b)
-    a64 = a.astype(np.float64, copy=False)
-    b64 = b.astype(np.float64, copy=False)
-    top_left = np.maximum(a64[:, None, 0:2], b64[None, :, 0:2])
-    bottom_right = np.minimum(a64[:, None, 2:4], b64[None, :, 2:4])
-    overlap_wh = np.clip(bottom_right - top_left, 0.0, None)
-    intersection = overlap_wh[..., 0] * overlap_wh[..., 1]
+    a64, b64, dtype = _pair(boxes_a, boxes_b)
+    intersection = _intersection(a64, b64)
     union = box_area(a64)[:, None] + box_area(b64)[None, :] - intersection
     iou: npt.NDArray[np.float64] = np.zeros_like(intersection)
     np.divide(intersection, union, out=iou, where=union > 0)
     return iou.astype(dtype, copy=False)
+
+
+def box_ios(boxes_a: npt.ArrayLike, boxes_b: npt.ArrayLike) -> FloatArray:
+    """Pairwise intersection over the smaller box's area of ``(N, 4)`` and ``(M, 4)`` xyxy boxes.
+
+    1.0 when one box lies inside the other (a box cut by a slice edge inside the whole object's box).
+    Returns an ``(N, M)`` float32 array (float64 if either input is float64), computed in float64;
+    0 where the smaller box has zero area.
+    """
+    a64, b64, dtype = _pair(boxes_a, boxes_b)
+    intersection = _intersection(a64, b64)
+    smaller = np.minimum(box_area(a64)[:, None], box_area(b64)[None, :])
+    ios: npt.NDArray[np.float64] = np.zeros_like(intersection)
+    np.divide(intersection, smaller, out=ios, where=smaller > 0)
+    return ios.astype(dtype, copy=False)

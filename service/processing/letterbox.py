@@ -82,6 +82,17 @@ def letterbox(
     Raises ValueError for non-``(H, W, 3)`` / non-uint8 / empty images or a bad ``size``.
     """
     _check_image(image)
+    resized, info = _resized(image, size, scaleup)
+    top, left = info.pad_top, info.pad_left
+    bottom, right = info.target_hw[0] - resized.shape[0] - top, info.target_hw[1] - resized.shape[1] - left
+    bordered = cv2.copyMakeBorder(
+        np.ascontiguousarray(resized), top, bottom, left, right, cv2.BORDER_CONSTANT, value=(color,) * 3
+    )
+    return np.asarray(bordered, dtype=np.uint8), info
+
+
+def _resized(image: np.ndarray, size: int | tuple[int, int], scaleup: bool) -> tuple[np.ndarray, Letterbox]:
+    """The letterbox's resize of `image` (the image itself when the size is unchanged) and its geometry."""
     target_h, target_w = _target_hw(size)
     height, width = image.shape[:2]
     ratio = min(target_h / height, target_w / width)
@@ -92,22 +103,33 @@ def letterbox(
     pad_w = (target_w - new_w) / 2
     pad_h = (target_h - new_h) / 2
 
-    resized = np.ascontiguousarray(image)
+    resized = image
     if (width, height) != (new_w, new_h):
-        resized = cv2.resize(resized, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    top, bottom = round(pad_h - 0.1), round(pad_h + 0.1)
-    left, right = round(pad_w - 0.1), round(pad_w + 0.1)
-    bordered = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(color,) * 3)
-    padded = np.asarray(bordered, dtype=np.uint8)
+        resized = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     info = Letterbox(
         scale_x=new_w / width,
         scale_y=new_h / height,
-        pad_left=left,
-        pad_top=top,
+        pad_left=round(pad_w - 0.1),
+        pad_top=round(pad_h - 0.1),
         source_hw=(height, width),
         target_hw=(target_h, target_w),
     )
-    return padded, info
+    return resized, info
+
+
+def letterbox_tensor(
+    image: np.ndarray, size: int | tuple[int, int], color: int = DEFAULT_PAD_VALUE
+) -> tuple[npt.NDArray[np.float32], Letterbox]:
+    """``letterbox`` and ``to_input_tensor`` of one RGB image in one step, without the padded uint8
+    copy: a ``(3, th, tw)`` float32 tensor equal to ``to_input_tensor([letterbox(image, size,
+    color)[0]])[0]``, and its ``Letterbox``. ``image`` may be a view (a window of a larger image)."""
+    _check_image(image)
+    resized, info = _resized(image, size, scaleup=True)
+    tensor = np.full((3, *info.target_hw), np.float32(color) / np.float32(255.0), dtype=np.float32)
+    top, left = info.pad_top, info.pad_left
+    region = tensor[:, top : top + resized.shape[0], left : left + resized.shape[1]]
+    np.divide(resized.transpose(2, 0, 1), np.float32(255.0), out=region, dtype=np.float32, casting="unsafe")
+    return tensor, info
 
 
 def letterbox_boxes(boxes: npt.ArrayLike, lb: Letterbox) -> FloatArray:

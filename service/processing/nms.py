@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 
-from service.processing.boxes import as_boxes, box_iou, xywh_to_xyxy
+from service.processing.boxes import as_boxes, box_ios, box_iou, xywh_to_xyxy
 
 IndexArray = npt.NDArray[np.int64]
+MergeMode = Literal["nms", "nmm"]
+MERGE_MODES: tuple[MergeMode, ...] = get_args(MergeMode)
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,11 +86,48 @@ def batched_nms(
     if agnostic:
         return nms(xyxy, score_values, iou_threshold)
     kept_parts = [np.zeros(0, dtype=np.int64)]
-    for class_id in np.unique(classes):
-        members = np.flatnonzero(classes == class_id)
+    for members in _class_groups(classes, agnostic=False):
         kept_parts.append(members[nms(xyxy[members], score_values[members], iou_threshold)])
     kept = np.sort(np.concatenate(kept_parts))
     return kept[_descending_order(score_values[kept])]
+
+
+def _class_groups(class_ids: np.ndarray, agnostic: bool) -> list[IndexArray]:
+    if agnostic:
+        return [np.arange(class_ids.shape[0], dtype=np.int64)]
+    return [np.flatnonzero(class_ids == c).astype(np.int64) for c in np.unique(class_ids)]
+
+
+def merge_detections(
+    detections: Detections, *, mode: MergeMode, threshold: float, agnostic: bool = False
+) -> Detections:
+    """Merge the detections of overlapping views of one image (the slices of sliced inference).
+
+    Greedy by score within a class (across classes if ``agnostic``): the best remaining box takes
+    every remaining box whose intersection over the smaller box (:func:`box_ios`) exceeds
+    ``threshold`` -- a box cut by a slice edge lies inside the whole object's box whatever its IoU.
+    ``mode`` ``"nms"`` keeps the best box and drops its matches; ``"nmm"`` (SAHI's GREEDYNMM) grows
+    the best box to the union of its matches, keeping its score and class. Returns the kept
+    detections sorted by descending score (equal scores in input order).
+    """
+    if mode not in MERGE_MODES:
+        raise ValueError(f"mode must be one of {MERGE_MODES}, got {mode!r}")
+    boxes = detections.boxes.astype(np.float32, copy=True)
+    scores, class_ids = detections.scores, detections.class_ids
+    kept: list[int] = []
+    for members in _class_groups(class_ids, agnostic):
+        remaining = members[_descending_order(scores[members])]
+        while remaining.size > 0:
+            best, rest = int(remaining[0]), remaining[1:]
+            matches = box_ios(detections.boxes[best : best + 1], detections.boxes[rest])[0] > threshold
+            if mode == "nmm" and matches.any():
+                group = detections.boxes[np.concatenate(([best], rest[matches]))]
+                boxes[best] = (*group[:, :2].min(axis=0), *group[:, 2:].max(axis=0))
+            kept.append(best)
+            remaining = rest[~matches]
+    order = np.asarray(sorted(kept), dtype=np.int64)
+    order = order[_descending_order(scores[order])]
+    return Detections(boxes=boxes[order], scores=scores[order], class_ids=class_ids[order])
 
 
 def _validate_thresholds(conf: float, iou: float, max_det: int) -> None:

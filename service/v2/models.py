@@ -5,7 +5,8 @@ model config). One version each, "1".
   `model.onnx` would show): input `images` FP32 [-1, 3, S, S], output `detections` (top-K head) or
   `predictions` (raw head) with the manifest's shape, the batch axis as -1.
 - `{name}_image` is `/detect` over v2: input `images`, BYTES [-1, 1], one encoded image per row;
-  request parameters `conf`, `iou`, `max_det`, `classes` (ids or names, comma-separated), `agnostic`;
+  request parameters `conf`, `iou`, `max_det`, `classes` (ids or names, comma-separated), `agnostic`,
+  and sliced inference's `tile` (true, false or "auto"), `tile_size`, `tile_overlap`, `tile_merge`;
   outputs `boxes` FP32 [-1, -1, 4] (x1, y1, x2, y2 in original-image pixels), `scores` FP32 [-1, -1],
   `class_ids` INT32 [-1, -1] and `count` INT32 [-1]: row i's first count[i] detections are real,
   the rest zero padding up to the request's largest count.
@@ -21,8 +22,18 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service.manifest import ModelManifest
-from service.processing import Detections
-from service.schemas import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET, Conf, Iou, MaxDet
+from service.processing import Detections, MergeMode
+from service.schemas import (
+    DEFAULT_CONF,
+    DEFAULT_IOU,
+    DEFAULT_MAX_DET,
+    Conf,
+    Iou,
+    MaxDet,
+    TileOverlap,
+    TileSize,
+)
+from service.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, TileOptions, tile_mode
 from service.v2.tensors import Tensor, TensorError
 
 VERSION = "1"
@@ -124,6 +135,10 @@ class ImageParameters(BaseModel):
     max_det: MaxDet = DEFAULT_MAX_DET
     classes: str | None = None
     agnostic: bool = False
+    tile: bool | str = False
+    tile_size: TileSize = None
+    tile_overlap: TileOverlap = DEFAULT_OVERLAP
+    tile_merge: MergeMode = DEFAULT_MERGE
 
     @classmethod
     def of(cls, parameters: Mapping[str, Any]) -> ImageParameters:
@@ -141,6 +156,7 @@ class ImageParameters(BaseModel):
             "max_det": self.max_det,
             "classes": classes,
             "agnostic": self.agnostic,
+            "tile": TileOptions(tile_mode(self.tile), self.tile_size, self.tile_overlap, self.tile_merge),
         }
 
 

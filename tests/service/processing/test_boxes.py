@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.processing import box_iou, xywh_to_xyxy
+from service.processing import box_ios, box_iou, xywh_to_xyxy
 from tests.support.references import reference_iou
 
 pytestmark = pytest.mark.unit
@@ -74,3 +74,20 @@ def test_box_iou_matches_reference(seed: int) -> None:
 def test_box_iou_empty_inputs() -> None:
     assert box_iou(np.zeros((0, 4)), np.zeros((3, 4))).shape == (0, 3)
     assert box_iou(np.zeros((2, 4)), np.zeros((0, 4))).shape == (2, 0)
+
+
+def test_box_ios_against_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    a = np.sort(rng.uniform(0, 50, size=(9, 2, 2)), axis=1).transpose(0, 2, 1).reshape(9, 4)[:, [0, 2, 1, 3]]
+    b = np.concatenate((a[:3], [[5, 5, 5, 9]]))  # shared boxes and a zero-area one
+    ios = box_ios(a, b)
+    for i, box_a in enumerate(a):
+        for j, box_b in enumerate(b):
+            w = max(0.0, min(box_a[2], box_b[2]) - max(box_a[0], box_b[0]))
+            h = max(0.0, min(box_a[3], box_b[3]) - max(box_a[1], box_b[1]))
+            smaller = min(
+                (box_a[2] - box_a[0]) * (box_a[3] - box_a[1]), (box_b[2] - box_b[0]) * (box_b[3] - box_b[1])
+            )
+            assert ios[i, j] == pytest.approx(w * h / smaller if smaller > 0 else 0.0, abs=1e-6)
+    assert np.diag(ios[:3, :3]) == pytest.approx(1.0)
+    assert box_ios([[0, 0, 10, 10]], [[2, 2, 4, 4]])[0, 0] == pytest.approx(1.0)  # inside: 1 whatever the IoU

@@ -6,7 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from service.processing import Letterbox, letterbox, letterbox_boxes, scale_boxes, to_input_tensor
+from service.processing import (
+    Letterbox,
+    letterbox,
+    letterbox_boxes,
+    letterbox_tensor,
+    scale_boxes,
+    to_input_tensor,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -187,3 +194,17 @@ def test_to_input_tensor_layout_and_range() -> None:
 def test_to_input_tensor_rejects_bad_batches(images: list[np.ndarray]) -> None:
     with pytest.raises(ValueError):
         to_input_tensor(images)
+
+
+@pytest.mark.parametrize(
+    ("height", "width"), [(64, 64), (48, 64), (100, 37), (1, 500), (640, 480), (63, 65), (700, 1000)]
+)
+@pytest.mark.parametrize("size", [64, (64, 96)])
+def test_letterbox_tensor_equals_letterbox_then_to_input_tensor(height, width, size):
+    image = np.random.default_rng(height * width).integers(0, 256, (height + 9, width + 7, 3), dtype=np.uint8)
+    window = image[4 : 4 + height, 3 : 3 + width]  # a view, as a window of a tiled image is
+    boxed, expected_lb = letterbox(window, size, color=90)
+    tensor, lb = letterbox_tensor(window, size, color=90)
+    assert lb == expected_lb
+    assert tensor.dtype == np.float32 and tensor.flags.c_contiguous
+    np.testing.assert_array_equal(tensor, to_input_tensor([boxed])[0])  # bit for bit

@@ -11,6 +11,7 @@ from service.processing import (
     Detections,
     batched_nms,
     decode_raw_predictions,
+    merge_detections,
     nms,
     select_detections,
 )
@@ -230,3 +231,72 @@ def test_decode_raw_predictions_single_class_and_empty() -> None:
 def test_decode_raw_predictions_rejects_bad_shapes(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="5 \\+ nc"):
         decode_raw_predictions(np.zeros(shape, dtype=np.float32), conf=0.25)
+
+
+def reference_ios(a: list[float], b: list[float]) -> float:
+    inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min(
+        max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]), max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+    )
+    return inter_w * inter_h / smaller if smaller > 0 else 0.0
+
+
+def reference_merge(
+    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, mode: str, threshold: float, agnostic: bool
+) -> list[tuple[list[float], float, int]]:
+    """Greedy merging in plain Python: the best remaining box takes its IoS matches among the rest."""
+    box_list = boxes.tolist()
+    remaining = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    out = []
+    while remaining:
+        best, rest = remaining[0], remaining[1:]
+        same = [j for j in rest if agnostic or class_ids[j] == class_ids[best]]
+        matches = [j for j in same if reference_ios(box_list[best], box_list[j]) > threshold]
+        box = box_list[best]
+        if mode == "nmm":
+            group = [box_list[k] for k in [best, *matches]]
+            box = [
+                min(g[0] for g in group),
+                min(g[1] for g in group),
+                max(g[2] for g in group),
+                max(g[3] for g in group),
+            ]
+        out.append((box, float(scores[best]), int(class_ids[best])))
+        remaining = [j for j in rest if j not in matches]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(60))
+@pytest.mark.parametrize("mode", ["nms", "nmm"])
+def test_merge_detections_matches_reference(seed: int, mode: str) -> None:
+    boxes, scores, class_ids = random_case(seed)
+    agnostic, threshold = seed % 3 == 0, (0.3, 0.5, 0.8)[seed % 3]
+    merged = merge_detections(
+        Detections(boxes, scores, class_ids), mode=mode, threshold=threshold, agnostic=agnostic
+    )
+    expected = reference_merge(boxes, scores, class_ids, mode, threshold, agnostic)
+    assert len(merged) == len(expected)
+    assert merged.scores.tolist() == pytest.approx([s for _, s, _ in expected])
+    assert merged.class_ids.tolist() == [c for _, _, c in expected]
+    np.testing.assert_allclose(
+        merged.boxes, np.asarray([b for b, _, _ in expected]).reshape(-1, 4), atol=1e-4
+    )
+
+
+def test_merge_joins_a_box_cut_by_a_slice_edge() -> None:
+    whole = [100, 100, 140, 130]
+    cut = [120, 100, 140, 130]  # the right half seen by the next slice: IoU 0.5, IoS 1
+    other_class = [100, 100, 140, 130]
+    dets = Detections(
+        np.asarray([whole, cut, other_class], np.float32),
+        np.asarray([0.9, 0.95, 0.8], np.float32),
+        np.asarray([0, 0, 1], np.int64),
+    )
+    nms_kept = merge_detections(dets, mode="nms", threshold=0.5)
+    assert nms_kept.boxes.tolist() == [cut, other_class]  # the best score wins; other classes stay
+    nmm_kept = merge_detections(dets, mode="nmm", threshold=0.5)
+    assert nmm_kept.boxes.tolist() == [whole, other_class] and nmm_kept.scores.tolist() == pytest.approx(
+        [0.95, 0.8]
+    )
+    assert len(merge_detections(dets, mode="nms", threshold=0.5, agnostic=True)) == 1

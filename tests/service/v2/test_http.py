@@ -167,7 +167,12 @@ def _photos() -> list[bytes]:
 
 
 @pytest.mark.parametrize(
-    "params", [{}, {"conf": 0.05, "iou": 0.3, "max_det": 2, "classes": "0,dog", "agnostic": True}]
+    "params",
+    [
+        {},
+        {"conf": 0.05, "iou": 0.3, "max_det": 2, "classes": "0,dog", "agnostic": True},
+        {"conf": 0.05, "tile": "true", "tile_size": 32, "tile_overlap": 0.25, "tile_merge": "nmm"},
+    ],
 )
 @pytest.mark.parametrize("binary", [True, False], ids=["binary-out", "json-out"])
 def test_image_model_equals_detect(server, params, binary):
@@ -188,6 +193,11 @@ def test_image_model_equals_detect(server, params, binary):
     )
     assert served.status_code == 200, served.text
     expected = served.json()["results"]
+    assert [r["tiles"] > 0 for r in expected] == [
+        "tile" in params,
+        "tile" in params,
+        False,
+    ]  # 30x30: one window
     assert count.tolist() == [len(r["detections"]) for r in expected]
     assert sum(count) > 0
     for i, r in enumerate(expected):
@@ -212,6 +222,7 @@ def test_image_model_metadata_and_bad_parameters(server):
     for params, message in [
         ({"conf": 2.0}, "conf: Input should be less than or equal to 1"),
         ({"classes": "7"}, "class id 7"),
+        ({"tile": "sometimes"}, "true, false or auto"),
     ]:
         with pytest.raises(utils.InferenceServerException) as caught:
             client.infer("yolor_image", [tensor], parameters=params)

@@ -1,0 +1,130 @@
+"""Sliced inference through the real app: a large image's small objects found once each, in image
+pixels, with the slices batched together; limits and parameters."""
+
+from __future__ import annotations
+
+import base64
+
+import cv2
+import numpy as np
+import pytest
+
+from service.processing import box_iou
+from tests.support.app import assert_error, encode, fake_app, files, running
+from tests.support.model_files import MAX_BATCH, TOP_K
+
+pytestmark = [pytest.mark.api, pytest.mark.anyio]
+
+SIDE = 20  # the squares' side in image pixels
+SQUARES = [(60 + 150 * i, 60 + 150 * j) for i in range(6) for j in range(4)]  # 24, at most 4 per window
+
+
+def large_image() -> tuple[np.ndarray, np.ndarray]:
+    """A 1000x750 black image with white squares, and their boxes."""
+    image = np.zeros((750, 1000, 3), np.uint8)
+    for x, y in SQUARES:
+        image[y : y + SIDE, x : x + SIDE] = 255
+    return image, np.asarray([[x, y, x + SIDE, y + SIDE] for x, y in SQUARES], np.float32)
+
+
+def blob_finder(batch: np.ndarray) -> np.ndarray:
+    """A fake top-K model that finds white blobs of at least 4x4 input pixels, scored by area
+    (a whole square beats the part of it a window cuts off)."""
+    out = np.zeros((len(batch), TOP_K, 6), np.float32)
+    for i, tensor in enumerate(batch):
+        mask = (tensor[0] > 0.8).astype(np.uint8)
+        _count, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+        rows = [
+            (x, y, x + w, y + h, 0.3 + 0.6 * min(1.0, area / 100), 0)
+            for x, y, w, h, area in stats[1:]
+            if w >= 4 and h >= 4
+        ]
+        rows = sorted(rows, key=lambda r: -r[4])[:TOP_K]
+        if rows:
+            out[i, : len(rows)] = rows
+    return out
+
+
+def found(body: dict) -> np.ndarray:
+    return np.asarray([d["box"] for d in body["results"][0]["detections"]], np.float32).reshape(-1, 4)
+
+
+@pytest.mark.parametrize("merge", ["nms", "nmm"])
+async def test_tiles_find_every_small_object_once(tmp_path, merge):
+    image, truth = large_image()
+    app, made = fake_app(tmp_path, blob_finder, max_tiles_per_image=100, max_delay_ms=20)
+    params = {"tile": "true", "tile_size": 128, "tile_merge": merge}
+    async with running(app) as client:
+        untiled = await client.post("/detect", files=files(encode(image)))
+        made["backend"].batch_sizes.clear()
+        r = await client.post("/detect", files=files(encode(image)), params=params)
+        metrics = (await client.get("/metrics")).text
+    assert r.status_code == 200, r.text
+    assert len(found(untiled.json())) < len(truth) / 2  # 20 px squares shrink to ~1 px untiled
+    result = r.json()["results"][0]
+    assert result["tiles"] == 80 and (result["width"], result["height"]) == (1000, 750)  # 10 x 8 windows
+    boxes = found(r.json())
+    assert len(boxes) == len(truth)  # every square once: the parts cut by window edges merged away
+    iou = box_iou(boxes, truth)
+    assert sorted(iou.argmax(axis=1).tolist()) == list(range(len(truth)))
+    assert iou.max(axis=1).min() > 0.75
+    assert sum(made["backend"].batch_sizes) == 81 and max(made["backend"].batch_sizes) == MAX_BATCH  # batched
+    assert "yolor_tiles_per_image_count 1.0" in metrics and "yolor_tiles_per_image_sum 80.0" in metrics
+
+
+async def test_auto_tiles_only_large_images_and_the_default_window_grows_to_the_limit(tmp_path):
+    image, _truth = large_image()
+    app, _ = fake_app(tmp_path, blob_finder, max_tiles_per_image=12)
+    async with running(app) as client:
+        small = await client.post("/detect", files=files(encode(image[:128, :128])), params={"tile": "auto"})
+        large = await client.post("/detect", files=files(encode(image)), params={"tile": "auto"})
+    assert small.json()["results"][0]["tiles"] == 0
+    assert 1 < large.json()["results"][0]["tiles"] <= 12
+
+
+async def test_max_det_applies_after_merging(tmp_path):
+    image, _ = large_image()
+    app, _ = fake_app(tmp_path, blob_finder, max_tiles_per_image=100)
+    async with running(app) as client:
+        r = await client.post(
+            "/detect", files=files(encode(image)), params={"tile": "true", "tile_size": 128, "max_det": 5}
+        )
+    scores = [d["score"] for d in r.json()["results"][0]["detections"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+
+
+async def test_json_and_annotated_take_the_same_parameters(tmp_path):
+    image, truth = large_image()
+    app, _ = fake_app(tmp_path, blob_finder, max_tiles_per_image=100)
+    blob = encode(image)
+    async with running(app) as client:
+        body = {"images": [base64.b64encode(blob).decode()], "tile": True, "tile_size": 128}
+        as_json = await client.post("/detect/json", json=body)
+        drawn = await client.post(
+            "/detect/annotated", files=files(blob), params={"tile": "true", "tile_size": 128}
+        )
+    assert len(found(as_json.json())) == len(truth)
+    assert drawn.status_code == 200 and drawn.headers["x-detections"] == str(len(truth))
+
+
+async def test_limits_and_bad_parameters(tmp_path):
+    image, _ = large_image()
+    app, _ = fake_app(tmp_path, blob_finder, max_tiles_per_image=20, queue_size=40)
+    blob = encode(image)
+    async with running(app) as client:
+        too_small = await client.post("/detect", files=files(blob), params={"tile": "true", "tile_size": 128})
+        too_many = await client.post("/detect", files=files(blob, blob), params={"tile": "true"})
+        bad_mode = await client.post("/detect", files=files(blob), params={"tile": "maybe"})
+        bad_overlap = await client.post(
+            "/detect", files=files(blob), params={"tile": "true", "tile_overlap": 0.9}
+        )
+        bad_merge = await client.post(
+            "/detect", files=files(blob), params={"tile": "true", "tile_merge": "wbf"}
+        )
+        still_fine = await client.post("/detect", files=files(blob), params={"tile": "true"})
+    assert "80 tiles; at most 20" in assert_error(too_small, 413, "too_many_tiles")
+    assert "42 model passes" in assert_error(too_many, 413, "too_many_tiles")  # 2 x (20 + 1) > 40
+    assert "true, false or auto" in assert_error(bad_mode, 422, "invalid_parameter")
+    assert_error(bad_overlap, 422, "invalid_request")
+    assert_error(bad_merge, 422, "invalid_request")
+    assert still_fine.status_code == 200 and still_fine.json()["results"][0]["tiles"] <= 20
