@@ -35,7 +35,7 @@ from service.errors import (
     TooManyImages,
     TooManyTiles,
 )
-from service.images import decode, header_size
+from service.images import Decoded, decode, header_size
 from service.manifest import ModelManifest
 from service.metrics import Metrics
 from service.processing import (
@@ -57,7 +57,7 @@ from service.schemas import (
     ModelSummary,
     Timing,
 )
-from service.tiling import MATCH_IOS, TileOptions
+from service.tiling import MATCH_IOS, TileOptions, Window
 
 Disconnected = Callable[[], Awaitable[None]]  # returns once the client has gone away
 WARMUP_ROWS = 1000  # output rows post-processed by the warm-up
@@ -130,9 +130,50 @@ class Prepared:
         return self.passes[-1].lb
 
 
-def _pass(image: np.ndarray, manifest: ModelManifest, offset: tuple[int, int]) -> Pass:
-    tensor, lb = letterbox_tensor(image, manifest.input_size, color=manifest.input.letterbox_pad)
-    return Pass(tensor, lb, offset)
+@dataclass(frozen=True)
+class Opened:
+    """An uploaded file decoded, with the windows it is to be sliced into (none: untiled)."""
+
+    decoded: Decoded
+    windows: list[Window]
+
+
+def open_image(
+    data: bytes,
+    manifest: ModelManifest,
+    *,
+    max_pixels: int,
+    keep_image: bool = False,
+    reduced_decode: bool = False,
+    tile: TileOptions = NO_TILING,
+    max_tiles: int = 1,
+) -> Opened:
+    """Decode one uploaded file and plan its windows (`TileOptions.windows`, at most `max_tiles`).
+
+    `reduced_decode`: a large JPEG is decoded at reduced scale (`service.images.decode`), unless
+    the full image is kept (to draw on) or tiled; the letterbox still maps boxes to the full image."""
+    size = manifest.input_size
+    fit = size if reduced_decode and not keep_image and tile.mode == "off" else None
+    decoded = decode(data, max_pixels, fit=fit)
+    return Opened(decoded, tile.windows(decoded.height, decoded.width, input_size=size, max_tiles=max_tiles))
+
+
+def make_passes(opened: Opened, jobs: Sequence[Window | None], manifest: ModelManifest) -> list[Pass]:
+    """The input tensors of `jobs`: each a window of the image, or None for the whole image."""
+    passes, image, pad = [], opened.decoded.image, manifest.input.letterbox_pad
+    for window in jobs:
+        x1, y1, x2, y2 = window or (0, 0, image.shape[1], image.shape[0])
+        tensor, lb = letterbox_tensor(image[y1:y2, x1:x2], manifest.input_size, color=pad)
+        height, width = opened.decoded.height, opened.decoded.width
+        if window is None and lb.source_hw != (height, width):  # decoded at reduced scale
+            lb = lb.from_source(height, width)
+        passes.append(Pass(tensor, lb, (x1, y1)))
+    return passes
+
+
+def prepared(opened: Opened, passes: Sequence[Pass], keep_image: bool) -> Prepared:
+    image = opened.decoded.image if keep_image else None
+    return Prepared(tuple(passes), opened.decoded.height, opened.decoded.width, image)
 
 
 def preprocess(
@@ -145,21 +186,18 @@ def preprocess(
     tile: TileOptions = NO_TILING,
     max_tiles: int = 1,
 ) -> Prepared:
-    """Decode + letterbox + input tensors of one uploaded file, as every request does it.
-
-    `reduced_decode`: a large JPEG is decoded at reduced scale (`service.images.decode`), unless
-    the full image is kept (to draw on) or tiled; the letterbox still maps boxes to the full image.
-    `tile`: the image's windows (`TileOptions.windows`, at most `max_tiles`) each become a pass too."""
-    size = manifest.input_size
-    fit = size if reduced_decode and not keep_image and tile.mode == "off" else None
-    decoded = decode(data, max_pixels, fit=fit)
-    windows = tile.windows(decoded.height, decoded.width, input_size=size, max_tiles=max_tiles)
-    passes = [_pass(decoded.image[y1:y2, x1:x2], manifest, (x1, y1)) for x1, y1, x2, y2 in windows]
-    whole = _pass(decoded.image, manifest, (0, 0))
-    if whole.lb.source_hw != (decoded.height, decoded.width):  # decoded at reduced scale
-        whole = Pass(whole.tensor, whole.lb.from_source(decoded.height, decoded.width), (0, 0))
-    image = decoded.image if keep_image else None
-    return Prepared((*passes, whole), decoded.height, decoded.width, image)
+    """Decode + letterbox + input tensors of one uploaded file, as every untiled request does it
+    (`open_image`, then `make_passes` of its windows and the whole image)."""
+    opened = open_image(
+        data,
+        manifest,
+        max_pixels=max_pixels,
+        keep_image=keep_image,
+        reduced_decode=reduced_decode,
+        tile=tile,
+        max_tiles=max_tiles,
+    )
+    return prepared(opened, make_passes(opened, [*opened.windows, None], manifest), keep_image)
 
 
 @dataclass(frozen=True)
@@ -225,7 +263,7 @@ class Detector:
         side = max(1, min(32, int(self.max_pixels**0.5)))  # within YOLOR_MAX_IMAGE_PIXELS
         ok, encoded = cv2.imencode(".png", np.full((side, side, 3), 114, np.uint8))
         assert ok
-        sample = self._preprocess(encoded.tobytes(), keep_image=False, tile=NO_TILING)
+        sample = self._preprocess(encoded.tobytes(), keep_image=False)
 
         def infer_and_postprocess() -> None:
             # Every row a candidate (conf 0), but at most WARMUP_ROWS of them: on a raw head at
@@ -239,7 +277,7 @@ class Detector:
         def decode() -> None:
             with contextlib.suppress(threading.BrokenBarrierError):
                 together.wait()  # so that every thread takes one call
-            self._preprocess(encoded.tobytes(), keep_image=False, tile=NO_TILING)
+            self._preprocess(encoded.tobytes(), keep_image=False)
 
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._pool, decode) for _ in range(threads)))
@@ -324,26 +362,31 @@ class Detector:
         if tile.mode != "off":
             self._check_tiles(files, tile)
         deadline = started + self.timeout_s
-        loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         with self.batcher.incoming(len(files)):
             done = await asyncio.gather(
-                *(loop.run_in_executor(self._pool, self._prepare, f, keep_images, tile) for f in files),
+                *(self._prepare_image(f, keep_images, params, deadline) for f in files),
                 return_exceptions=True,
             )
-        prepared = [result for result in done if isinstance(result, Prepared)]
-        if len(prepared) < len(done):  # the first bad image, in request order, answers for the request
-            raise next(result for result in done if isinstance(result, BaseException))
-        t1 = time.monotonic()
-        passes = [p for item in prepared for p in item.passes]
-        if len(passes) > self.batcher.queue_size:  # files whose size only decoding told
-            raise TooManyTiles(f"{len(passes)} model passes; the batch queue holds {self.batcher.queue_size}")
-        finish = [functools.partial(self._finish, lb=p.lb, offset=p.offset, params=params) for p in passes]
-        outputs = await self._infer([p.tensor for p in passes], finish, deadline, disconnected)
-        images, merge_s = await self._merge_passes(prepared, outputs, params)
+        submitted = [f for result in done if isinstance(result, tuple) for f in result[1] or ()]
+        images = [result for result in done if isinstance(result, tuple)]
+        try:
+            if len(images) < len(done):  # the first bad image, in request order, answers for the request
+                raise next(result for result in done if isinstance(result, BaseException))
+            t1 = time.monotonic()
+            untiled = [item.passes[0] for item, futures in images if futures is None]
+            together = iter(self._submit(untiled, params, deadline))  # submitted at once: batched together
+            per_image = [futures if futures is not None else [next(together)] for _, futures in images]
+        except BaseException:
+            for future in submitted:
+                future.cancel()
+            raise
+        outputs = await self._wait([f for futures in per_image for f in futures], deadline, disconnected)
+        prepared = [item for item, _ in images]
+        images_out, merge_s = await self._merge_passes(prepared, outputs, params)
         done_at = time.monotonic()
-        self._metrics.images.inc(len(images))
-        self._metrics.detections.inc(sum(len(i.detections) for i in images))
+        self._metrics.images.inc(len(images_out))
+        self._metrics.detections.inc(sum(len(i.detections) for i in images_out))
         timing = {
             "preprocess": t1 - t0,
             "queue": max(o.queue_s for o in outputs),
@@ -351,7 +394,46 @@ class Detector:
             "postprocess": sum(o.output.seconds for o in outputs) + merge_s,
             "total": done_at - started,
         }
-        return DetectOutcome(images, {k: round(v * 1000, 3) for k, v in timing.items()}, outputs)
+        return DetectOutcome(images_out, {k: round(v * 1000, 3) for k, v in timing.items()}, outputs)
+
+    async def _prepare_image(
+        self, data: bytes, keep_image: bool, params: DetectParams, deadline: float
+    ) -> tuple[Prepared, list[asyncio.Future[BatchOutput]] | None]:
+        """One file prepared in the pool: untiled, its pass (submitted later with the request's
+        other untiled images); tiled, its passes submitted one batch at a time as they are made,
+        so the first windows run while the rest are cut."""
+        loop = asyncio.get_running_loop()
+        if params.tile.mode == "off":
+            return await loop.run_in_executor(self._pool, self._prepare, data, keep_image), None
+        start = time.monotonic()
+        opened = await loop.run_in_executor(self._pool, self._open, data, keep_image, params.tile)
+        jobs: list[Window | None] = [*opened.windows, None]
+        if len(jobs) > self.batcher.queue_size:  # a file whose header did not tell its size
+            raise TooManyTiles(
+                f"{len(jobs)} model passes for one image; the batch queue holds {self.batcher.queue_size}"
+            )
+        passes: list[Pass] = []
+        futures: list[asyncio.Future[BatchOutput]] = []
+        try:
+            for at in range(0, len(jobs), self.batcher.max_batch_size):
+                chunk = jobs[at : at + self.batcher.max_batch_size]
+                made = await loop.run_in_executor(self._pool, make_passes, opened, chunk, self.manifest)
+                futures += self._submit(made, params, deadline)
+                passes += made
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        self._metrics.preprocess.observe(time.monotonic() - start)
+        return prepared(opened, passes, keep_image), futures
+
+    def _submit(
+        self, passes: Sequence[Pass], params: DetectParams, deadline: float
+    ) -> list[asyncio.Future[BatchOutput]]:
+        if not passes:
+            return []
+        finish = [functools.partial(self._finish, lb=p.lb, offset=p.offset, params=params) for p in passes]
+        return self.batcher.submit([p.tensor for p in passes], deadline, finish)
 
     async def _merge_passes(
         self, prepared: list[Prepared], outputs: list[BatchOutput], params: DetectParams
@@ -391,15 +473,14 @@ class Detector:
         detections = Detections(merged.boxes[best], merged.scores[best], merged.class_ids[best])
         return Postprocessed(detections, time.monotonic() - start)
 
-    def _prepare(self, data: bytes, keep_image: bool, tile: TileOptions) -> Prepared:
+    def _prepare(self, data: bytes, keep_image: bool) -> Prepared:
         start = time.monotonic()
-        prepared = self._preprocess(data, keep_image, tile)
+        result = self._preprocess(data, keep_image)
         self._metrics.preprocess.observe(time.monotonic() - start)
-        return prepared
+        return result
 
-    def _preprocess(self, data: bytes, keep_image: bool, tile: TileOptions) -> Prepared:
-        """`preprocess` (unmeasured; `_prepare` times it)."""
-        return preprocess(
+    def _open(self, data: bytes, keep_image: bool, tile: TileOptions) -> Opened:
+        return open_image(
             data,
             self.manifest,
             max_pixels=self.max_pixels,
@@ -409,6 +490,11 @@ class Detector:
             max_tiles=self.max_tiles,
         )
 
+    def _preprocess(self, data: bytes, keep_image: bool) -> Prepared:
+        """An untiled file's `preprocess` (unmeasured; `_prepare` times it)."""
+        opened = self._open(data, keep_image, NO_TILING)
+        return prepared(opened, make_passes(opened, [None], self.manifest), keep_image)
+
     async def _infer(
         self,
         tensors: list[np.ndarray],
@@ -417,7 +503,13 @@ class Detector:
         disconnected: Disconnected | None,
     ) -> list[BatchOutput]:
         """Batch outputs: `finish(row)` of each, or the row itself without `finish`."""
-        futures = self.batcher.submit(tensors, deadline, finish)
+        return await self._wait(self.batcher.submit(tensors, deadline, finish), deadline, disconnected)
+
+    async def _wait(
+        self, futures: list[asyncio.Future[BatchOutput]], deadline: float, disconnected: Disconnected | None
+    ) -> list[BatchOutput]:
+        """The submitted images' outputs, in order; on failure, disconnect or deadline the others are
+        given up (the batcher skips them)."""
         results = asyncio.gather(*futures)
         gone = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:
