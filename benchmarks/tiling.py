@@ -7,8 +7,9 @@ the same ONNX with the same thresholds (conf 0.05, NMS IoU 0.65, at most 300 det
 
 - ours, served: `yolor serve` in a subprocess (the 2-core defaults), one image per `POST /detect`,
   sequentially (1 client) and from 4 clients; untiled, `tile=true` with 256 px windows (the
-  model input: what SAHI is given too) merged by NMS (the default) and NMM, and `tile=auto` (its
-  defaults: windows grown to fit 64 per image);
+  model input: what SAHI is given too; a server allowing 512 windows per image) merged by NMS
+  (the default) and NMM, and `tile=auto` on a server with every default (windows grown to fit
+  YOLOR_MAX_TILES_PER_IMAGE=64);
 - SAHI `get_sliced_prediction` (0.12.8, its defaults: standard pass on, GREEDYNMM / IOS 0.5, which
   it switches to NMS / IoU 0.5 at this low confidence threshold; also forced to stay GREEDYNMM) with
   256 px slices and 0.2 overlap, driving a SAHI `DetectionModel` around our ONNX Runtime backend
@@ -198,7 +199,9 @@ def sahi_model(model_dir: Path) -> Any:
     return YolorOnnx(confidence_threshold=CONF, device="cpu", load_at_init=True)
 
 
-def sahi_run(model: Any, jpegs: list[bytes], batch: int, **options: Any) -> tuple[list[Detections], float, float]:
+def sahi_run(
+    model: Any, jpegs: list[bytes], batch: int, **options: Any
+) -> tuple[list[Detections], float, float]:
     from sahi.predict import get_sliced_prediction
 
     def one(jpeg: bytes) -> Detections:
@@ -235,23 +238,19 @@ def main() -> int:
     )
     rows = []
     env = {"YOLOR_MAX_TILES_PER_IMAGE": "512", "YOLOR_QUEUE_SIZE": "1024", "YOLOR_REQUEST_TIMEOUT_S": "300"}
-    with spawned_server(args.model, env) as (url, pid):
-        for name, params in (("untiled", {}), ("tile=true, 256 px", {"tile": "true", "tile_size": SLICE}),
-                             ("tile=true, 256 px, nmm", {"tile": "true", "tile_size": SLICE, "tile_merge": "nmm"}),
-                             ("tile=auto (defaults)", {"tile": "auto"})):  # fmt: skip
+    runs = [
+        (env, "untiled", {}),
+        (env, "tile=true, 256 px", {"tile": "true", "tile_size": SLICE}),
+        (env, "tile=true, 256 px, nmm", {"tile": "true", "tile_size": SLICE, "tile_merge": "nmm"}),
+        ({}, "tile=auto, all defaults", {"tile": "auto"}),  # windows grown to fit 64 per image
+    ]
+    for overrides, name, params in runs:
+        with spawned_server(args.model, overrides) as (url, pid):
             for clients in (1, 4):
                 dets, seconds, cpu, tiles = served(url, pid, jpegs, params, clients)
+                tiles_mean = float(np.mean(tiles))
                 rows.append(
-                    score(
-                        f"ours {name}",
-                        gts,
-                        dets,
-                        seconds,
-                        cpu,
-                        nc,
-                        clients=clients,
-                        tiles=float(np.mean(tiles)),
-                    )
+                    score(f"ours {name}", gts, dets, seconds, cpu, nc, clients=clients, tiles=tiles_mean)
                 )
     model = sahi_model(args.model)
     for batch in (1, 8):

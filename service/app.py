@@ -3,7 +3,8 @@
 Start-up (lifespan): read the manifest, load the backend, check it against the manifest (refusing a
 mismatch), start the batcher and the backend watchdog, then warm up in the background: `/healthz`
 answers at once, `/readyz` and the detect routes turn ready after warm-up (and not ready while the
-watchdog sees a batch stuck in the backend). Shutdown: refuse new requests (503), let accepted ones
+watchdog sees a batch stuck in the backend). A reload (`service.reload`: POST /admin/reload, SIGHUP)
+replaces the loaded model while serving. Shutdown: refuse new requests (503), let accepted ones
 finish, drain the batch queue, and release the backend once no batch is running in it.
 """
 
@@ -11,26 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-import numpy as np
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service.api import detect, system, v2
+from service.api import admin, detect, system, v2
 from service.auth import ApiKeys
-from service.backends import Backend, BackendError, create_backend, load_checked_backend
+from service.backends import create_backend
 from service.backends.factory import BackendFactory
-from service.batcher import DynamicBatcher
-from service.detector import Detector
 from service.errors import install_error_handlers
+from service.loaded import LoadedModel, load_model, warm_up
 from service.logs import configure_logging
-from service.manifest import ModelManifest, load_manifest
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, RequestMetrics, UnexpectedErrors
+from service.reload import Reloader
 from service.settings import Settings, unknown_variables
 from service.state import ServiceState
 from service.watchdog import BackendWatchdog
@@ -38,68 +37,33 @@ from service.watchdog import BackendWatchdog
 log = logging.getLogger(__name__)
 
 
-def warm_up(backend: Backend, max_batch_size: int, stop: threading.Event | None = None) -> None:
-    """Run every batch size the batcher can form (1..max), checking each output's batch dimension.
-
-    Returns early once `stop` is set (shutdown during warm-up waits for one batch, not all of them).
-    """
-    for size in range(1, max_batch_size + 1):
-        if stop is not None and stop.is_set():
-            return
-        out = backend.infer(np.zeros((size, *backend.input_shape), dtype=np.float32))
-        if out.shape[0] != size:
-            raise BackendError(f"warm-up: batch of {size} gave output shape {out.shape}")
-
-
-async def _load(settings: Settings, backend_factory: BackendFactory) -> tuple[ModelManifest, Backend, int]:
-    """The manifest, the backend checked against it, and the largest batch to form."""
-    manifest = load_manifest(settings.model_dir)
-    backend, max_batch = await asyncio.to_thread(load_checked_backend, settings, manifest, backend_factory)
-    log.info("serving %s with %r, batches up to %d", manifest.arch, backend, max_batch)
-    return manifest, backend, max_batch
-
-
 async def _start(state: ServiceState, backend_factory: BackendFactory) -> None:
     settings = state.settings
     state.not_ready_reason = "loading the backend"
-    manifest, backend, max_batch = await _load(settings, backend_factory)
-    state.manifest, state.backend = manifest, backend
-    state.metrics.set_model(
-        arch=manifest.arch, backend=backend.name, precision=backend.precision, max_batch=max_batch
-    )
     state.pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="yolor-pre")
-    state.batcher = DynamicBatcher(
-        backend.infer,
-        max_batch_size=max_batch,
-        max_delay_s=settings.max_delay_ms / 1000,
-        queue_size=settings.queue_size,
-        metrics=state.metrics,
-        workers=backend.concurrency,
+    model = await load_model(
+        settings, settings.model_dir, backend_factory, metrics=state.metrics, pool=state.pool
     )
-    await state.batcher.start()
+    state.model = model
+    state.metrics.set_model(
+        arch=model.manifest.arch,
+        backend=model.backend.name,
+        precision=model.backend.precision,
+        max_batch=model.max_batch,
+        model_dir=str(model.model_dir),
+    )
     state.watchdog = BackendWatchdog(
-        state.batcher.inflight_age,
+        state.inflight_age,
         state.metrics,
         limit_s=settings.watchdog_s,
         on_stall=lambda reason: _set_stalled(state, reason),
         on_recover=lambda: _set_stalled(state, ""),
     )
     state.watchdog.start()
-    state.detector = Detector(
-        manifest,
-        backend,
-        state.batcher,
-        state.pool,
-        state.metrics,
-        max_images=settings.max_images_per_request,
-        max_pixels=settings.max_image_pixels,
-        reduced_decode=settings.jpeg_reduced_decode,
-        max_tiles=settings.max_tiles_per_image,
-        timeout_s=settings.request_timeout_s,
-    )
+    state.reloader = Reloader(state, backend_factory)
     if settings.warmup:
         state.not_ready_reason = "warming up"
-        state.warmup_task = asyncio.create_task(_warm_up(state, backend, max_batch), name="yolor-warmup")
+        state.warmup_task = asyncio.create_task(_warm_up(state, model), name="yolor-warmup")
     else:
         _mark_ready(state)
 
@@ -114,18 +78,18 @@ def _set_stalled(state: ServiceState, reason: str) -> None:
     state.metrics.ready.set(1 if state.ready and not reason and not state.shutting_down else 0)
 
 
-async def _warm_up(state: ServiceState, backend: Backend, max_batch: int) -> None:
+async def _warm_up(state: ServiceState, model: LoadedModel) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
-        await asyncio.to_thread(warm_up, backend, max_batch, state.stop_warmup)
-        if state.detector is not None and not state.stop_warmup.is_set():
-            await state.detector.warm_up(state.settings.preprocess_workers)
+        await asyncio.to_thread(warm_up, model.backend, model.max_batch, state.stop_warmup)
+        if not state.stop_warmup.is_set():
+            await model.detector.warm_up(state.settings.preprocess_workers)
     except Exception as e:
         log.exception("warm-up failed; the server stays not ready")
         state.not_ready_reason = f"warm-up failed: {e}"
         return
-    log.info("warmed up batch sizes 1..%d in %.2f s; ready", max_batch, loop.time() - started)
+    log.info("warmed up batch sizes 1..%d in %.2f s; ready", model.max_batch, loop.time() - started)
     _mark_ready(state)
 
 
@@ -138,20 +102,41 @@ async def _stop(state: ServiceState) -> None:
     if state.warmup_task is not None:  # not cancelled: its thread must be done before close()
         state.stop_warmup.set()
         await asyncio.gather(state.warmup_task, return_exceptions=True)
-    if state.detector is not None and not await state.detector.drain(settings.request_timeout_s):
-        log.warning("requests still running after %.1f s; shutting down anyway", settings.request_timeout_s)
     if state.watchdog is not None:
         await state.watchdog.stop()
-    idle = True
-    if state.batcher is not None:
-        idle = await state.batcher.stop(timeout_s=settings.request_timeout_s)
+    # The serving model and any a reload is retiring: each finishes its requests, then is closed.
+    models = [*state.retiring, *([state.model] if state.model is not None else [])]
+    released = await asyncio.gather(*(m.retire(settings.request_timeout_s) for m in models))
     if state.pool is not None:
         state.pool.shutdown(wait=False, cancel_futures=True)
-    if state.backend is not None:
-        if idle and state.backend.close(timeout_s=settings.request_timeout_s):
-            log.info("stopped")
-        else:  # freeing a runtime under a running call corrupts it; the process exit frees it
-            log.error("stopped without releasing the backend: a batch is still running in it")
+    if all(released):
+        log.info("stopped")
+    else:  # freeing a runtime under a running call corrupts it; the process exit frees it
+        log.error("stopped without releasing the backend: a batch is still running in it")
+
+
+def _on_sighup(state: ServiceState) -> Callable[[], None] | None:
+    """Install SIGHUP -> reload of the model folder (single-process servers, main thread only);
+    returns the uninstaller, or None where no handler could be installed."""
+    if state.settings.workers > 1 or not hasattr(signal, "SIGHUP"):
+        return None  # the uvicorn parent process handles SIGHUP: it replaces the workers
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(state.reloader.reload_logged(), name="yolor-sighup-reload")
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (RuntimeError, ValueError):  # not the main thread (a test's server thread)
+        return None
+
+    def uninstall() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return uninstall
 
 
 def create_app(settings: Settings | None = None, *, backend_factory: BackendFactory | None = None) -> FastAPI:
@@ -161,7 +146,12 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     """
     settings = settings if settings is not None else Settings()
     metrics = Metrics()
-    state = ServiceState(settings=settings, metrics=metrics, api_keys=ApiKeys(settings.api_keys))
+    state = ServiceState(
+        settings=settings,
+        metrics=metrics,
+        api_keys=ApiKeys(settings.api_keys),
+        admin_keys=ApiKeys(settings.admin_keys),
+    )
     factory = backend_factory or create_backend
 
     @asynccontextmanager
@@ -173,7 +163,12 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
 
                 state.grpc = GrpcServer(state)
                 await state.grpc.start(settings.host, settings.grpc_port)
-            yield
+            uninstall = _on_sighup(state)
+            try:
+                yield
+            finally:
+                if uninstall is not None:
+                    uninstall()
         finally:
             await _stop(state)
 
@@ -186,7 +181,7 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     install_error_handlers(app, retry_after_s=settings.retry_after_s, on_reject=metrics.reject)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, on_reject=metrics.reject)
     app.add_middleware(UnexpectedErrors)
-    routers = (system.router, detect.router, v2.router)
+    routers = (system.router, detect.router, v2.router, admin.router)
     paths = [route.path for router in routers for route in router.routes]  # type: ignore[attr-defined]
     app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
     if settings.cors_origins:

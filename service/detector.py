@@ -17,7 +17,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -244,22 +244,12 @@ class Detector:
         self._pool, self._metrics = pool, metrics
         self.max_images, self.max_pixels, self.timeout_s = max_images, max_pixels, timeout_s
         self.reduced_decode, self.max_tiles = reduced_decode, max_tiles
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    async def drain(self, timeout_s: float) -> bool:
-        """Wait until no request is in `detect` (True), or `timeout_s` passed (False)."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except asyncio.TimeoutError:  # not the builtin before Python 3.11
-            return False
-        return True
 
     async def warm_up(self, threads: int) -> None:
-        """Decode and letterbox a synthetic image once in each of the pool's `threads`, and
-        post-process a backend output once, off the metrics: the first calls in a thread pay for
-        lazy initialisation (tens of ms), and a request should not."""
+        """Decode and letterbox a synthetic image once in each of the pool's `threads` (none: 0, as
+        on a reload, whose pool is warm and busy), and post-process a backend output once, off the
+        metrics: the first calls in a thread pay for lazy initialisation (tens of ms), and a
+        request should not."""
         side = max(1, min(32, int(self.max_pixels**0.5)))  # within YOLOR_MAX_IMAGE_PIXELS
         ok, encoded = cv2.imencode(".png", np.full((side, side, 3), 114, np.uint8))
         assert ok
@@ -272,6 +262,8 @@ class Detector:
             self._postprocess(output, sample.lb, DetectParams(conf=0.0))
 
         await asyncio.to_thread(infer_and_postprocess)
+        if threads < 1:
+            return
         together = threading.Barrier(threads, timeout=5.0)
 
         def decode() -> None:
@@ -319,32 +311,18 @@ class Detector:
         Raises NoImages, TooManyImages, InvalidImage, TooManyPixels, Overloaded, ShuttingDown,
         DeadlineExceeded, ClientDisconnected and InferenceFailed (all ServiceError).
         """
-        with self._in_flight():
-            return await self._detect(files, params, started, keep_images, disconnected)
+        return await self._detect(files, params, started, keep_images, disconnected)
 
     async def infer_tensors(
         self, tensors: Sequence[np.ndarray], *, started: float, disconnected: Disconnected | None = None
     ) -> list[BatchOutput]:
         """The backend's output row (`output`) for each input tensor (C, H, W), through the same
         batcher, queue limit and deadline as `detect` (the KServe v2 tensor model)."""
-        with self._in_flight():
-            if not tensors:
-                raise NoImages("send at least one image")
-            if len(tensors) > self.max_images:
-                raise TooManyImages(f"{len(tensors)} images; at most {self.max_images} per request")
-            return await self._infer(list(tensors), None, started + self.timeout_s, disconnected)
-
-    @contextlib.contextmanager
-    def _in_flight(self) -> Iterator[None]:
-        """Counts requests for `drain`."""
-        self._active += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
+        if not tensors:
+            raise NoImages("send at least one image")
+        if len(tensors) > self.max_images:
+            raise TooManyImages(f"{len(tensors)} images; at most {self.max_images} per request")
+        return await self._infer(list(tensors), None, started + self.timeout_s, disconnected)
 
     async def _detect(
         self,

@@ -102,6 +102,18 @@ class InferenceFailed(ServiceError):
     status, code = 500, "inference_failed"
 
 
+class ReloadFailed(ServiceError):
+    """The new model did not load, check or warm up; the old one keeps serving."""
+
+    status, code = 422, "reload_failed"
+
+
+class ReloadUnavailable(ServiceError):
+    """No reload now: another is running, the server is not ready, or it runs several workers."""
+
+    status, code = 409, "reload_unavailable"
+
+
 class InvalidTensor(ServiceError):
     """A KServe v2 request whose tensors do not fit the protocol or the model."""
 
@@ -124,6 +136,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",

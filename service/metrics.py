@@ -112,15 +112,27 @@ class Metrics:
         self.model_info = Gauge(
             "yolor_model_info",
             "The served model (value 1)",
-            ["arch", "backend", "precision", "max_batch"],
+            ["arch", "backend", "precision", "max_batch", "model_dir"],
+            registry=registry,
+        )
+        self.reloads = Counter(
+            "yolor_model_reloads",
+            "Model reloads (POST /admin/reload, SIGHUP) by result: ok (switched) or failed (old model kept)",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("ok", "failed"):
+            self.reloads.labels(result=result)
+        self.last_reload = Gauge(
+            "yolor_model_last_reload_timestamp_seconds",
+            "Unix time of the last successful reload (0: none since start)",
             registry=registry,
         )
 
-    def set_model(self, *, arch: str, backend: str, precision: str, max_batch: int) -> None:
+    def set_model(self, *, arch: str, backend: str, precision: str, max_batch: int, model_dir: str) -> None:
         self.model_info.clear()
-        self.model_info.labels(arch=arch, backend=backend, precision=precision, max_batch=str(max_batch)).set(
-            1
-        )
+        labels = {"arch": arch, "backend": backend, "precision": precision, "max_batch": str(max_batch)}
+        self.model_info.labels(**labels, model_dir=model_dir).set(1)
 
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()

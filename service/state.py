@@ -13,6 +13,7 @@ from service.backends.base import Backend
 from service.batcher import DynamicBatcher
 from service.detector import Detector
 from service.errors import NotReady, ShuttingDown
+from service.loaded import LoadedModel
 from service.manifest import ModelManifest
 from service.metrics import Metrics
 from service.settings import Settings
@@ -25,13 +26,13 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     api_keys: ApiKeys
-    manifest: ModelManifest | None = None
-    backend: Backend | None = None
-    batcher: DynamicBatcher | None = None
+    admin_keys: ApiKeys = field(default_factory=lambda: ApiKeys([]))
+    model: LoadedModel | None = None  # the model new requests get; replaced whole by a reload
+    retiring: set[LoadedModel] = field(default_factory=set)  # replaced, finishing their requests
     pool: ThreadPoolExecutor | None = None
-    detector: Detector | None = None
     warmup_task: asyncio.Task[None] | None = None
     watchdog: BackendWatchdog | None = None
+    reloader: Any = None  # service.reload.Reloader once started
     stop_warmup: threading.Event = field(default_factory=threading.Event)
     ready: bool = False
     shutting_down: bool = False
@@ -39,6 +40,27 @@ class ServiceState:
     stalled_reason: str = ""  # set by the watchdog while a batch is stuck in the backend
     grpc: Any = None  # service.v2.grpc_server.GrpcServer while the gRPC port is open
     v2_statistics: dict[str, ModelStatistics] = field(default_factory=dict)  # by v2 model name
+
+    @property
+    def manifest(self) -> ModelManifest | None:
+        return self.model.manifest if self.model is not None else None
+
+    @property
+    def backend(self) -> Backend | None:
+        return self.model.backend if self.model is not None else None
+
+    @property
+    def batcher(self) -> DynamicBatcher | None:
+        return self.model.batcher if self.model is not None else None
+
+    @property
+    def detector(self) -> Detector | None:
+        return self.model.detector if self.model is not None else None
+
+    def inflight_age(self) -> float:
+        """Seconds the oldest batch now in any loaded model's backend has been running (0.0: none)."""
+        models = [*self.retiring, *([self.model] if self.model is not None else [])]
+        return max((m.batcher.inflight_age() for m in models), default=0.0)
 
     def is_ready(self) -> bool:
         return self.ready and not self.shutting_down and not self.stalled_reason
@@ -51,3 +73,9 @@ class ServiceState:
             raise NotReady(f"not ready: {self.not_ready_reason}")
         if self.stalled_reason:
             raise NotReady(f"not ready: {self.stalled_reason}")
+
+    def current(self) -> LoadedModel:
+        """The model a request takes (`with state.current().use() as detector`); 503 unless ready."""
+        self.raise_unless_ready()
+        assert self.model is not None  # ready
+        return self.model

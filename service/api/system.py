@@ -61,16 +61,17 @@ async def metrics(state: StateDep) -> Response:
 )
 async def model(state: StateDep) -> ModelInfo:
     """The model manifest plus how it is served (backend, precision, device, batching)."""
-    if state.manifest is None or state.backend is None or state.batcher is None:
+    if state.model is None:
         raise NotReady(f"not ready: {state.not_ready_reason}")
+    loaded = state.model
     return ModelInfo(
-        **state.manifest.model_dump(),
-        backend=state.backend.name,
-        precision=state.backend.precision,
-        device=state.backend.device,
-        max_batch_size=state.batcher.max_batch_size,
-        max_delay_ms=state.batcher.max_delay_s * 1000,
-        sample_image=SAMPLE_PATH if _sample_file(state.settings.model_dir) else None,
+        **loaded.manifest.model_dump(),
+        backend=loaded.backend.name,
+        precision=loaded.backend.precision,
+        device=loaded.backend.device,
+        max_batch_size=loaded.batcher.max_batch_size,
+        max_delay_ms=loaded.batcher.max_delay_s * 1000,
+        sample_image=SAMPLE_PATH if _sample_file(loaded.model_dir) else None,
     )
 
 
@@ -93,7 +94,7 @@ async def model_sample(state: StateDep) -> FileResponse:
     """A JPEG the served model detects things in (`sample.jpg` in the model folder); 404 when it has none.
 
     `GET /model` says whether there is one (`sample_image`)."""
-    path = _sample_file(state.settings.model_dir)
+    path = _sample_file(state.model.model_dir) if state.model is not None else None
     if path is None:
         raise NotFound("the served model has no sample image")
     return FileResponse(path, media_type="image/jpeg")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from service.detector import Disconnected
+from service.detector import Detector, Disconnected
 from service.errors import InvalidTensor, NotReady, ServiceError, UnknownModel
 from service.state import ServiceState
 from service.v2 import models
@@ -68,10 +68,23 @@ async def infer(
     started: float,
     disconnected: Disconnected | None = None,
 ) -> list[Tensor]:
-    """The requested outputs (all when none was named), in the model's output order."""
-    state.raise_unless_ready()
-    detector = state.detector
-    assert detector is not None  # ready
+    """The requested outputs (all when none was named), in the model's output order. The request
+    holds the model it started on (a reload meanwhile retires it only afterwards)."""
+    loaded = state.current()
+    with loaded.use() as detector:
+        model = models.Served(model.name, model.kind, loaded.manifest)  # the tensors this model takes
+        return await _infer(state, detector, model, request, started=started, disconnected=disconnected)
+
+
+async def _infer(
+    state: ServiceState,
+    detector: Detector,
+    model: models.Served,
+    request: InferRequest,
+    *,
+    started: float,
+    disconnected: Disconnected | None,
+) -> list[Tensor]:
     tensor = _input(request, model, max_batch(state, model))
     stats = statistics(state, model.name)
     try:

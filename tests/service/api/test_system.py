@@ -117,9 +117,19 @@ async def test_metrics_after_requests(tmp_path):
     assert metric(text, "yolor_queue_depth") == 0
     assert metric(text, "yolor_inflight_batches") == 0
     assert (
-        metric(text, "yolor_model_info", arch="tiny-test", backend="fake", max_batch="4", precision="fp32")
+        metric(
+            text,
+            "yolor_model_info",
+            arch="tiny-test",
+            backend="fake",
+            max_batch="4",
+            precision="fp32",
+            model_dir=str(tmp_path),
+        )
         == 1
     )
+    assert metric(text, "yolor_model_reloads_total", result="ok") == 0
+    assert metric(text, "yolor_model_last_reload_timestamp_seconds") == 0
 
 
 async def test_separate_apps_have_separate_metrics(tmp_path):
