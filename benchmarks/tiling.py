@@ -16,8 +16,11 @@ the same ONNX with the same thresholds (conf 0.05, NMS IoU 0.65, at most 300 det
   with the serving letterbox + NMS per slice, at batch 1 (SAHI's default) and batch 8 (its
   `batch_size`, our backend batching natively).
 
-Printed and written to OUT/tiling.json and OUT/README.md: COCO mAP@0.5, mAP@0.5:0.95 and recall
-(detections matched at IoU 0.5 / ground truth), images/s and the process CPU seconds per image.
+Printed and written to OUT/tiling.json and OUT/table.md: COCO mAP@0.5, mAP@0.5:0.95 and recall
+(detections matched at IoU 0.5 / ground truth), images/s and the process CPU seconds per image of
+each method over the whole set; then the throughput ratio measured side by side (`--rounds`
+rounds, each running ours and SAHI back to back on the same `--round-images` images; this
+machine's speed drifts by tens of percent within minutes), per round and the median.
 
     .venv/bin/pip install --no-deps sahi==0.12.8 shapely   # benchmark only, not a project dependency
     .venv/bin/python benchmarks/tiling.py --out benchmarks/results/cpu/tiling
@@ -222,12 +225,55 @@ def sahi_run(
     return dets, seconds, (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
 
 
+def alternate(
+    model_dir: Path, env: dict[str, str], sahi: Any, jpegs: list[bytes], rounds: int
+) -> dict[str, Any]:
+    """Throughput side by side: in each round ours (1 and 4 clients) and SAHI (batch 1 and 8) on the
+    same images, one after the other, so that the machine's drift falls on both; per-round ratios
+    and their median."""
+    per_round = []
+    with spawned_server(model_dir, env) as (url, pid):
+        params = {"tile": "true", "tile_size": SLICE}
+        for r in range(rounds):
+            ours1 = len(jpegs) / served(url, pid, jpegs, params, 1)[1]
+            sahi8 = len(jpegs) / sahi_run(sahi, jpegs, 8)[1]
+            ours4 = len(jpegs) / served(url, pid, jpegs, params, 4)[1]
+            sahi1 = len(jpegs) / sahi_run(sahi, jpegs, 1)[1]
+            row = {"round": r + 1, "ours_1_client": round(ours1, 3), "ours_4_clients": round(ours4, 3),
+                   "sahi_batch_1": round(sahi1, 3), "sahi_batch_8": round(sahi8, 3),
+                   "ours_1_client_over_sahi_best": round(ours1 / max(sahi1, sahi8), 3),
+                   "ours_4_clients_over_sahi_best": round(ours4 / max(sahi1, sahi8), 3)}  # fmt: skip
+            print(json.dumps(row), flush=True)
+            per_round.append(row)
+    median = {k: float(np.median([r[k] for r in per_round])) for k in per_round[0] if k != "round"}
+    return {"images": len(jpegs), "rounds": per_round, "median": median}
+
+
+def write_table(out: Path, rows: list[dict[str, Any]]) -> str:
+    """OUT/table.md from the result rows (SAHI's rows cut the same grid as ours at 256 px)."""
+    lines = [
+        "| method | clients | windows / image | mAP@0.5 | mAP@0.5:0.95 | recall@0.5 | images/s | CPU s / image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        windows = f"{r['tiles']:.1f}" if "tiles" in r else "same grid"
+        lines.append(
+            f"| {r['method']} | {r['clients']} | {windows} | {r['map50']:.3f} | {r['map50_95']:.3f} | "
+            f"{r['recall50']:.3f} | {r['images_per_s']:.2f} | {r['cpu_s_per_image']:.2f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(text)
+    return text
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR)
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--size", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating speed rounds")
+    parser.add_argument("--round-images", type=int, default=8, help="images per speed round")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     nc = load_manifest(args.model).nc
@@ -258,8 +304,10 @@ def main() -> int:
         rows.append(score(f"SAHI 256 px, batch {batch}", gts, dets, seconds, cpu, nc, clients=1))
     dets, seconds, cpu = sahi_run(model, jpegs, 8, force_postprocess_type=True)  # its GREEDYNMM / IOS kept
     rows.append(score("SAHI 256 px, batch 8, GREEDYNMM", gts, dets, seconds, cpu, nc, clients=1))
+    speed = alternate(args.model, env, model, jpegs[: args.round_images], args.rounds)
     machine = f"{platform.machine()}, {host_cpu_count()} CPUs, {platform.python_version()}"
     summary = {
+        "speed_rounds": speed,
         "machine": machine,
         "images": len(jpegs),
         "size": args.size,
@@ -268,14 +316,8 @@ def main() -> int:
         "rows": rows,
     }
     (args.out / "tiling.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = [
-        "| method | clients | windows / image | mAP@0.5 | mAP@0.5:0.95 | recall@0.5 | images/s | CPU s / image |",
-        "|---|---|---|---|---|---|---|---|",
-        *(f"| {r['method']} | {r['clients']} | {r.get('tiles', '')} | {r['map50']:.3f} | {r['map50_95']:.3f} | "
-          f"{r['recall50']:.3f} | {r['images_per_s']:.2f} | {r['cpu_s_per_image']:.2f} |" for r in rows),
-    ]  # fmt: skip
-    (args.out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_table(args.out, rows))
+    print("speed, median of the rounds:", json.dumps(speed["median"]))
     return 0
 
 

@@ -104,9 +104,16 @@ def resolve_classes(values: Sequence[int | str] | None, class_names: Sequence[st
 class Pass:
     """One model input of an image: the whole image, or one window of a tiled image."""
 
-    tensor: np.ndarray  # (3, S, S) float32
+    tensor: np.ndarray  # (3, S, S) float32; empty once handed to the batcher (`without_tensor`)
     lb: Letterbox  # the window's (or image's) pixels <-> input pixels
     offset: tuple[int, int]  # the window's top-left (x, y) in the image
+
+    def without_tensor(self) -> Pass:
+        """This pass, its tensor dropped: a tiled image's submitted windows are not held twice."""
+        return Pass(_NO_TENSOR, self.lb, self.offset)
+
+
+_NO_TENSOR = np.zeros((0,), np.float32)
 
 
 @dataclass(frozen=True)
@@ -397,7 +404,7 @@ class Detector:
                 chunk = jobs[at : at + self.batcher.max_batch_size]
                 made = await loop.run_in_executor(self._pool, make_passes, opened, chunk, self.manifest)
                 futures += self._submit(made, params, deadline)
-                passes += made
+                passes += [p.without_tensor() for p in made]  # the queue holds the tensors until run
         except BaseException:
             for future in futures:
                 future.cancel()

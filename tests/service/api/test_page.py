@@ -248,8 +248,11 @@ def test_without_a_sample_the_button_is_hidden_and_the_key_is_sent(browser, tmp_
     model_dir.mkdir()
     for name in ("model.json", "model.onnx"):
         shutil.copy(DEMO_MODEL_DIR / name, model_dir / name)
-    photo = tmp_path / "own.jpg"
-    shutil.copy(DEMO_MODEL_DIR / "sample.jpg", photo)
+    photo = tmp_path / "own.jpg"  # the sample enlarged past the input size, so that slicing has windows
+    import cv2
+
+    sample = cv2.imread(str(DEMO_MODEL_DIR / "sample.jpg"))
+    cv2.imwrite(str(photo), cv2.resize(sample, None, fx=2.5, fy=2.5, interpolation=cv2.INTER_LINEAR))
     with server(model_dir, tmp_path / "server.log", api_keys=KEY) as url:
         info = httpx.get(f"{url}/model", headers={"X-API-Key": KEY}).json()
         assert info["sample_image"] is None
@@ -266,6 +269,14 @@ def test_without_a_sample_the_button_is_hidden_and_the_key_is_sent(browser, tmp_
         assert answer.value.status == 200
         assert answer.value.request.headers.get("x-api-key") == KEY
         assert expect_result(page, answer.value.json())
+        assert "tile=false" in answer.value.url
+        with page.expect_response(lambda r: r.request.method == "POST" and "/detect" in r.url) as sliced:
+            page.get_by_label("sliced inference").select_option("true")  # the same image again, sliced
+        assert "tile=true" in sliced.value.url
+        tiles = sliced.value.json()["results"][0]["tiles"]
+        assert tiles > 1
+        expect(page.locator("#status")).to_contain_text(f"sliced into {tiles} windows")
+        assert expect_result(page, sliced.value.json())
     assert not [e for e in errors if "401" not in e], (
         errors
     )  # the first GET /model is refused, as it should be
