@@ -37,4 +37,10 @@ fi
     --seconds 40 --warmup 8 --bare-seconds 15 --rounds 2 --round-seconds 25 --out "$OUT/p6-1280"
 "$BIN/yolor" bench torch "$MODELS/yolor_p6.pt" --img-size 640 --batch 1,4 --seconds 10 --out "$OUT/torch-p6-640"
 "$BIN/yolor" bench torch "$MODELS/yolor_p6.pt" --img-size 1280 --batch 1 --seconds 15 --out "$OUT/torch-p6-1280"
+
+# Sliced inference against SAHI (sahi only for this benchmark: not a project dependency), and
+# zero-downtime reloads under load (issue 15).
+"$BIN/python" -m pip install -q --no-deps sahi==0.12.8 shapely
+"$BIN/python" benchmarks/tiling.py --out "$OUT/tiling" --images 24
+"$BIN/python" benchmarks/reload.py --out "$OUT/reload"
 echo "results in $OUT"
