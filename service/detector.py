@@ -190,21 +190,12 @@ def preprocess(
     max_pixels: int,
     keep_image: bool = False,
     reduced_decode: bool = False,
-    tile: TileOptions = NO_TILING,
-    max_tiles: int = 1,
 ) -> Prepared:
-    """Decode + letterbox + input tensors of one uploaded file, as every untiled request does it
-    (`open_image`, then `make_passes` of its windows and the whole image)."""
+    """Decode + letterbox + input tensor of one uploaded file, as every untiled request does it."""
     opened = open_image(
-        data,
-        manifest,
-        max_pixels=max_pixels,
-        keep_image=keep_image,
-        reduced_decode=reduced_decode,
-        tile=tile,
-        max_tiles=max_tiles,
+        data, manifest, max_pixels=max_pixels, keep_image=keep_image, reduced_decode=reduced_decode
     )
-    return prepared(opened, make_passes(opened, [*opened.windows, None], manifest), keep_image)
+    return prepared(opened, make_passes(opened, [None], manifest), keep_image)
 
 
 @dataclass(frozen=True)
@@ -476,9 +467,14 @@ class Detector:
         )
 
     def _preprocess(self, data: bytes, keep_image: bool) -> Prepared:
-        """An untiled file's `preprocess` (unmeasured; `_prepare` times it)."""
-        opened = self._open(data, keep_image, NO_TILING)
-        return prepared(opened, make_passes(opened, [None], self.manifest), keep_image)
+        """`preprocess` (unmeasured; `_prepare` times it)."""
+        return preprocess(
+            data,
+            self.manifest,
+            max_pixels=self.max_pixels,
+            keep_image=keep_image,
+            reduced_decode=self.reduced_decode,
+        )
 
     async def _infer(
         self,

@@ -54,13 +54,14 @@ class Models:
         self.dirs = {name: root / name for name in scores}
         for directory in self.dirs.values():
             write_model_dir(directory)
-        self.scores = {self.dirs[name]: score for name, score in scores.items()}
-        self.failing = {self.dirs[name] for name in failing}
+        self.scores = {self.dirs[name].resolve(): score for name, score in scores.items()}
+        self.failing = {self.dirs[name].resolve() for name in failing}
         self.made: list[weakref.ref[FakeBackend]] = []
 
     def factory(self, settings: Settings, manifest: ModelManifest) -> FakeBackend:
-        fn = scored(self.scores[settings.model_dir], delay_s=0.003)
-        if settings.model_dir in self.failing:
+        folder = settings.model_dir.resolve()  # a served symlink means the folder it points at now
+        fn = scored(self.scores[folder], delay_s=0.003)
+        if folder in self.failing:
             fn = _raises
         backend = FakeBackend.for_manifest(manifest, fn)
         self.made.append(weakref.ref(backend))
@@ -151,15 +152,25 @@ async def test_a_model_that_fails_its_warm_up_is_closed_and_the_old_one_keeps_se
     assert [b.closed for b in models.alive()] == [True]  # the shutdown closed a; bad was closed by the reload
 
 
-async def test_reload_rereads_the_same_folder_by_default(tmp_path):
-    models = Models(tmp_path, {"a": 0.5})
-    app = app_for(models, "a")
+async def test_reload_rereads_the_served_folder_by_default_and_follows_a_symlink(tmp_path):
+    models = Models(tmp_path, {"a": 0.5, "b": 0.7})
+    current = tmp_path / "current"
+    current.symlink_to(models.dirs["a"], target_is_directory=True)
+    app = create_app(
+        Settings(model_dir=current, admin_keys=[KEY], max_delay_ms=1.0), backend_factory=models.factory
+    )
     async with running(app) as client:
         first = app.state.service.model
-        r = await client.post("/admin/reload", headers=ADMIN)
-        assert r.status_code == 200, r.text
+        same = await client.post("/admin/reload", headers=ADMIN)
+        assert same.status_code == 200, same.text
         assert app.state.service.model is not first and first.backend.closed
-        assert r.json()["model_dir"] == r.json()["previous_model_dir"] == str(models.dirs["a"])
+        assert same.json()["model_dir"] == same.json()["previous_model_dir"] == str(current)
+        current.unlink()
+        current.symlink_to(models.dirs["b"], target_is_directory=True)  # ln -sfn b current
+        flipped = await client.post("/admin/reload", headers=ADMIN)
+        answer = await client.post("/detect", files=files(IMAGE))
+    assert flipped.status_code == 200, flipped.text
+    assert answer.json()["results"][0]["detections"][0]["score"] == 0.7
 
 
 async def test_admin_keys(tmp_path):
