@@ -339,11 +339,17 @@ class Detector:
             self._check_tiles(files, tile)
         deadline = started + self.timeout_s
         t0 = time.monotonic()
+        failed = asyncio.Event()  # set by the first file that fails: the others stop queueing windows
+
+        async def prepare(data: bytes) -> tuple[Prepared, list[asyncio.Future[BatchOutput]] | None]:
+            try:
+                return await self._prepare_image(data, keep_images, params, deadline, failed)
+            except BaseException:
+                failed.set()
+                raise
+
         with self.batcher.incoming(len(files)):
-            done = await asyncio.gather(
-                *(self._prepare_image(f, keep_images, params, deadline) for f in files),
-                return_exceptions=True,
-            )
+            done = await asyncio.gather(*(prepare(f) for f in files), return_exceptions=True)
         submitted = [f for result in done if isinstance(result, tuple) for f in result[1] or ()]
         images = [result for result in done if isinstance(result, tuple)]
         try:
@@ -373,11 +379,12 @@ class Detector:
         return DetectOutcome(images_out, {k: round(v * 1000, 3) for k, v in timing.items()}, outputs)
 
     async def _prepare_image(
-        self, data: bytes, keep_image: bool, params: DetectParams, deadline: float
+        self, data: bytes, keep_image: bool, params: DetectParams, deadline: float, failed: asyncio.Event
     ) -> tuple[Prepared, list[asyncio.Future[BatchOutput]] | None]:
         """One file prepared in the pool: untiled, its pass (submitted later with the request's
         other untiled images); tiled, its passes submitted one batch at a time as they are made,
-        so the first windows run while the rest are cut."""
+        so the first windows run while the rest are cut, until another file of the request fails
+        (`failed`: the request is lost, its queued windows are then given up)."""
         loop = asyncio.get_running_loop()
         if params.tile.mode == "off":
             return await loop.run_in_executor(self._pool, self._prepare, data, keep_image), None
@@ -392,6 +399,8 @@ class Detector:
         futures: list[asyncio.Future[BatchOutput]] = []
         try:
             for at in range(0, len(jobs), self.batcher.max_batch_size):
+                if failed.is_set():
+                    break
                 chunk = jobs[at : at + self.batcher.max_batch_size]
                 made = await loop.run_in_executor(self._pool, make_passes, opened, chunk, self.manifest)
                 futures += self._submit(made, params, deadline)

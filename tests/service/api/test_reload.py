@@ -50,10 +50,19 @@ class Models:
     """Model folders whose fake backends answer a folder-specific score; every backend made is
     remembered by weak reference (a retired model must be released and collected)."""
 
-    def __init__(self, root: Path, scores: dict[str, float], *, failing: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        root: Path,
+        scores: dict[str, float],
+        *,
+        failing: frozenset[str] = frozenset(),
+        input_sizes: dict[str, int] | None = None,
+    ):
         self.dirs = {name: root / name for name in scores}
-        for directory in self.dirs.values():
-            write_model_dir(directory)
+        for name, directory in self.dirs.items():
+            write_model_dir(
+                directory, **({"input_size": input_sizes[name]} if name in (input_sizes or {}) else {})
+            )
         self.scores = {self.dirs[name].resolve(): score for name, score in scores.items()}
         self.failing = {self.dirs[name].resolve() for name in failing}
         self.made: list[weakref.ref[FakeBackend]] = []
@@ -171,6 +180,21 @@ async def test_reload_rereads_the_served_folder_by_default_and_follows_a_symlink
         answer = await client.post("/detect", files=files(IMAGE))
     assert flipped.status_code == 200, flipped.text
     assert answer.json()["results"][0]["detections"][0]["score"] == 0.7
+
+
+async def test_a_reload_to_another_input_size_changes_what_every_endpoint_says(tmp_path):
+    models = Models(tmp_path, {"a": 0.5, "big": 0.7}, input_sizes={"big": 128})
+    app = app_for(models, "a")
+    async with running(app) as client:
+        before = (await client.get("/v2/models/yolor")).json()["inputs"][0]["shape"]
+        r = await client.post("/admin/reload", json={"model_dir": str(models.dirs["big"])}, headers=ADMIN)
+        info = (await client.get("/model")).json()
+        after = (await client.get("/v2/models/yolor")).json()["inputs"][0]["shape"]
+        detect = await client.post("/detect", files=files(IMAGE))
+    assert r.status_code == 200, r.text
+    assert before == [-1, 3, 64, 64] and after == [-1, 3, 128, 128] and info["input_size"] == 128
+    assert detect.json()["model"]["input_size"] == 128
+    assert detect.json()["results"][0]["detections"][0]["score"] == 0.7
 
 
 async def test_admin_keys(tmp_path):

@@ -128,3 +128,39 @@ async def test_limits_and_bad_parameters(tmp_path):
     assert_error(bad_overlap, 422, "invalid_request")
     assert_error(bad_merge, 422, "invalid_request")
     assert still_fine.status_code == 200 and still_fine.json()["results"][0]["tiles"] <= 20
+
+
+async def test_tiled_and_untiled_images_of_one_request_keep_their_order(tmp_path):
+    image, truth = large_image()
+    small = image[40:104, 40:104].copy()  # one square, 64x64: not sliced under auto
+    app, _ = fake_app(tmp_path, blob_finder, max_tiles_per_image=100)
+    blobs = [encode(image), encode(small), encode(image[:, ::-1].copy())]
+    async with running(app) as client:
+        r = await client.post("/detect", files=files(*blobs), params={"tile": "auto", "tile_size": 128})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [res["tiles"] for res in results] == [80, 0, 80]
+    assert [(res["width"], res["height"]) for res in results] == [(1000, 750), (64, 64), (1000, 750)]
+    assert len(results[0]["detections"]) == len(results[2]["detections"]) == len(truth)
+    mirrored = np.asarray([d["box"] for d in results[2]["detections"]])
+    expected = np.stack([1000 - truth[:, 2], truth[:, 1], 1000 - truth[:, 0], truth[:, 3]], axis=1)
+    assert box_iou(mirrored, expected).max(axis=1).min() > 0.75  # each image's own boxes
+
+
+async def test_a_bad_file_fails_the_request_and_gives_up_the_windows_already_queued(tmp_path):
+    image, _ = large_image()
+    app, made = fake_app(tmp_path, blob_finder, max_tiles_per_image=100)
+    async with running(app) as client:
+        made["backend"].batch_sizes.clear()
+        bad = await client.post(
+            "/detect", files=files(encode(image), b"not an image"), params={"tile": "true", "tile_size": 128}
+        )
+        good = await client.post(
+            "/detect", files=files(encode(image)), params={"tile": "true", "tile_size": 128}
+        )
+        metrics = (await client.get("/metrics")).text
+    assert_error(bad, 415, "invalid_image")
+    assert good.status_code == 200 and good.json()["results"][0]["tiles"] == 80
+    ran = sum(made["backend"].batch_sizes)
+    assert 81 <= ran < 2 * 81  # the failed request's windows did not all run: the ones queued were dropped
+    assert "yolor_queue_depth 0.0" in metrics
