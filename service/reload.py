@@ -8,9 +8,12 @@ answering. If anything fails the old model keeps serving and the caller gets the
 it starts, so it runs on the old model or on the new one, never on both; the old model finishes the
 requests it took, its batcher drains what it accepted, and its backend is closed.
 
-One reload at a time (another one meanwhile is refused). With several uvicorn worker processes each
-holds its own model, so a request can only reload the worker it reaches: there, SIGHUP to the parent
-process is the reload (uvicorn replaces the workers one by one, each ready before the old one stops).
+One reload at a time: a request for another one meanwhile is refused (409), a SIGHUP meanwhile
+re-reads the folder once the running one is done (signals while one waits coalesce).
+
+With several uvicorn worker processes each holds its own model, so a request can only reload the
+worker it reaches: there, SIGHUP to the parent process is the reload (uvicorn replaces the workers
+one by one, each ready before the old one stops).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Reloader:
     def __init__(self, state: ServiceState, factory: BackendFactory) -> None:
         self._state, self._factory = state, factory
         self._lock = asyncio.Lock()
+        self._signal_waiting = False  # a SIGHUP reload waits for the one running
 
     @property
     def busy(self) -> bool:
@@ -52,55 +56,65 @@ class Reloader:
         """Serve `model_dir` (default: the current model's folder, re-read) once it is loaded, checked
         and warm. Raises ReloadUnavailable (not ready, shutting down, a reload running) or
         ReloadFailed (the old model still serving)."""
-        state = self._state
         if self.busy:
             raise ReloadUnavailable("a reload is already in progress")
-        if not state.is_ready() or state.model is None:
-            raise ReloadUnavailable(f"cannot reload now: {state.not_ready_reason or 'not ready'}")
         async with self._lock:
-            old = state.model
-            target = Path(model_dir) if model_dir is not None else old.model_dir
-            started = time.monotonic()
-            new = await self._load(target, old)
-            loaded_at = time.monotonic()
-            await self._warm(new, target, old)
-            warm_at = time.monotonic()
-            if state.shutting_down:  # began while this one loaded: it closes the serving model only
-                await new.close(state.settings.request_timeout_s)
-                raise ReloadUnavailable("the server began shutting down during the reload")
-            state.model = new  # the switch: requests from now on take the new model
-            state.retiring.add(old)
-            state.metrics.set_model(
-                arch=new.manifest.arch,
-                backend=new.backend.name,
-                precision=new.backend.precision,
-                max_batch=new.max_batch,
-                model_dir=str(target),
-            )
-            state.metrics.reloads.labels(result="ok").inc()
-            state.metrics.last_reload.set(time.time())
-            log.info("reloaded: serving %s (was %s); retiring the old model", target, old.model_dir)
-            try:
-                released = await old.retire(state.settings.request_timeout_s)
-            finally:
-                state.retiring.discard(old)
-            return Reloaded(
-                new,
-                old.model_dir,
-                load_s=loaded_at - started,
-                warmup_s=warm_at - loaded_at,
-                retire_s=time.monotonic() - warm_at,
-                previous_released=released,
-            )
+            return await self._reload(model_dir)
 
-    async def reload_logged(self, model_dir: Path | None = None) -> None:
-        """`reload`, its outcome logged (SIGHUP has nobody to answer)."""
+    async def reload_on_signal(self) -> None:
+        """SIGHUP: re-read the served folder once the reload running now (if any) is done; signals
+        while one is already waiting are that one. The outcome is logged (nobody to answer)."""
+        if self._signal_waiting:
+            return
+        self._signal_waiting = True
         try:
-            done = await self.reload(model_dir)
+            async with self._lock:
+                self._signal_waiting = False  # a signal from now on asks for another read
+                done = await self._reload(None)
         except (ReloadFailed, ReloadUnavailable) as e:
             log.error("SIGHUP reload: %s", e.message)
             return
         log.info("SIGHUP reload of %s done in %.2f s", done.model.model_dir, done.load_s + done.warmup_s)
+
+    async def _reload(self, model_dir: Path | None) -> Reloaded:
+        """`reload` with the lock held."""
+        state = self._state
+        if not state.is_ready() or state.model is None:
+            raise ReloadUnavailable(f"cannot reload now: {state.not_ready_reason or 'not ready'}")
+        old = state.model
+        target = Path(model_dir) if model_dir is not None else old.model_dir
+        started = time.monotonic()
+        new = await self._load(target, old)
+        loaded_at = time.monotonic()
+        await self._warm(new, target, old)
+        warm_at = time.monotonic()
+        if state.shutting_down:  # began while this one loaded: it closes the serving model only
+            await new.close(state.settings.request_timeout_s)
+            raise ReloadUnavailable("the server began shutting down during the reload")
+        state.model = new  # the switch: requests from now on take the new model
+        state.retiring.add(old)
+        state.metrics.set_model(
+            arch=new.manifest.arch,
+            backend=new.backend.name,
+            precision=new.backend.precision,
+            max_batch=new.max_batch,
+            model_dir=str(target),
+        )
+        state.metrics.reloads.labels(result="ok").inc()
+        state.metrics.last_reload.set(time.time())
+        log.info("reloaded: serving %s (was %s); retiring the old model", target, old.model_dir)
+        try:
+            released = await old.retire(state.settings.request_timeout_s)
+        finally:
+            state.retiring.discard(old)
+        return Reloaded(
+            new,
+            old.model_dir,
+            load_s=loaded_at - started,
+            warmup_s=warm_at - loaded_at,
+            retire_s=time.monotonic() - warm_at,
+            previous_released=released,
+        )
 
     async def _load(self, target: Path, old: LoadedModel) -> LoadedModel:
         state = self._state

@@ -233,6 +233,25 @@ async def test_one_reload_at_a_time_and_none_with_several_workers(tmp_path):
     assert "SIGHUP" in assert_error(several, 409, "reload_unavailable")
 
 
+async def test_signals_during_a_reload_make_one_more_reload_after_it(tmp_path):
+    models = Models(tmp_path, {"a": 0.5, "b": 0.7})
+    app = app_for(models, "a")
+    async with running(app) as client:
+        reloader = app.state.service.reloader
+        post = asyncio.create_task(
+            client.post("/admin/reload", json={"model_dir": str(models.dirs["b"])}, headers=ADMIN)
+        )
+        while not reloader.busy:
+            await asyncio.sleep(0.001)
+        signals = [asyncio.create_task(reloader.reload_on_signal()) for _ in range(3)]  # SIGHUP x 3
+        assert (await post).status_code == 200
+        await asyncio.gather(*signals)
+        metrics = (await client.get("/metrics")).text
+        served = app.state.service.model.model_dir
+    assert 'yolor_model_reloads_total{result="ok"} 2.0' in metrics  # the POST, then one re-read
+    assert served == models.dirs["b"]  # the signal re-read the folder the POST switched to
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_sighup_reloads_a_running_server(tmp_path):
     """A real `yolor serve` (ONNX Runtime, the tiny graph): SIGHUP re-reads the model folder and the
