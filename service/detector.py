@@ -17,10 +17,10 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -33,7 +33,6 @@ from service.errors import (
     InvalidParameter,
     NoImages,
     TooManyImages,
-    TooManyTiles,
 )
 from service.images import Decoded, decode, header_size
 from service.manifest import ModelManifest
@@ -60,6 +59,7 @@ from service.schemas import (
 from service.tiling import MATCH_IOS, TileOptions, Window
 
 Disconnected = Callable[[], Awaitable[None]]  # returns once the client has gone away
+T = TypeVar("T")
 WARMUP_ROWS = 1000  # output rows post-processed by the warm-up
 NO_TILING = TileOptions()
 
@@ -220,6 +220,20 @@ class DetectOutcome:
     batches: list[BatchOutput]  # each pass's (its `output` is a `Postprocessed`)
 
 
+def _batch_done(
+    _: asyncio.Future[Any],
+    *,
+    batch: list[asyncio.Future[BatchOutput]],
+    permits: asyncio.Semaphore,
+    failed: asyncio.Event,
+) -> None:
+    """A tiled image's batch of windows has run (or was given up): its permit is free again; a
+    failed one stops the request's other windows being queued."""
+    permits.release()
+    if any(not f.cancelled() and f.exception() is not None for f in batch):
+        failed.set()
+
+
 class Detector:
     """Turns uploaded files into detections through the shared batcher."""
 
@@ -276,23 +290,13 @@ class Detector:
         return DetectParams(classes=resolve_classes(classes, self.manifest.class_names), **values)
 
     def _check_tiles(self, files: Sequence[bytes], tile: TileOptions) -> None:
-        """Before decoding, from the files' headers: each image's windows within the per-image limit
-        (TooManyTiles) and all of the request's passes within the batch queue, which must hold
-        them at once (TooManyTiles: a request that can never fit is not "overloaded")."""
-        passes, capacity = 0, self.batcher.queue_size
+        """Before decoding, from the files' headers: an explicit `tile_size` that cuts an image into
+        more windows than the per-image limit is refused now (TooManyTiles), not after decoding."""
         size = self.manifest.input_size
         for data in files:
-            width_height = header_size(data)
-            if width_height is None:  # counted after decoding
-                passes += 1
-                continue
-            width, height = width_height
-            passes += 1 + len(tile.windows(height, width, input_size=size, max_tiles=self.max_tiles))
-        if passes > capacity:
-            raise TooManyTiles(
-                f"the request's images make {passes} model passes with tiling; the batch queue holds "
-                f"{capacity} (YOLOR_QUEUE_SIZE): send fewer images per request or a larger tile_size"
-            )
+            if (width_height := header_size(data)) is not None:
+                width, height = width_height
+                tile.windows(height, width, input_size=size, max_tiles=self.max_tiles)
 
     async def detect(
         self,
@@ -334,36 +338,48 @@ class Detector:
             raise NoImages("send at least one image")
         if len(files) > self.max_images:
             raise TooManyImages(f"{len(files)} images; at most {self.max_images} per request")
-        tile = params.tile
-        if tile.mode != "off":
-            self._check_tiles(files, tile)
+        if params.tile.mode != "off":
+            self._check_tiles(files, params.tile)
         deadline = started + self.timeout_s
+        return await self._race(
+            self._run(files, params, started, keep_images, deadline), deadline, disconnected
+        )
+
+    async def _run(
+        self, files: Sequence[bytes], params: DetectParams, started: float, keep_images: bool, deadline: float
+    ) -> DetectOutcome:
+        """`_detect`'s work (raced against the client going away and the deadline, cancelled then):
+        prepare and submit every file, wait for the outputs, merge tiled images' passes."""
         t0 = time.monotonic()
         failed = asyncio.Event()  # set by the first file that fails: the others stop queueing windows
+        permits = asyncio.Semaphore(self.batcher.workers + 1)  # window batches of this request queued
+        submitted: list[asyncio.Future[BatchOutput]] = []
 
         async def prepare(data: bytes) -> tuple[Prepared, list[asyncio.Future[BatchOutput]] | None]:
             try:
-                return await self._prepare_image(data, keep_images, params, deadline, failed)
+                return await self._prepare_image(
+                    data, keep_images, params, deadline, failed, permits, submitted
+                )
             except BaseException:
                 failed.set()
                 raise
 
-        with self.batcher.incoming(len(files)):
-            done = await asyncio.gather(*(prepare(f) for f in files), return_exceptions=True)
-        submitted = [f for result in done if isinstance(result, tuple) for f in result[1] or ()]
-        images = [result for result in done if isinstance(result, tuple)]
         try:
+            with self.batcher.incoming(len(files)):
+                done = await asyncio.gather(*(prepare(f) for f in files), return_exceptions=True)
+            images = [result for result in done if isinstance(result, tuple)]
             if len(images) < len(done):  # the first bad image, in request order, answers for the request
                 raise next(result for result in done if isinstance(result, BaseException))
             t1 = time.monotonic()
             untiled = [item.passes[0] for item, futures in images if futures is None]
-            together = iter(self._submit(untiled, params, deadline))  # submitted at once: batched together
-            per_image = [futures if futures is not None else [next(together)] for _, futures in images]
-        except BaseException:
-            for future in submitted:
+            together = self._submit(untiled, params, deadline)  # submitted at once: batched together
+            submitted += together
+            remaining = iter(together)
+            per_image = [futures if futures is not None else [next(remaining)] for _, futures in images]
+            outputs = await asyncio.gather(*(f for futures in per_image for f in futures))
+        finally:
+            for future in submitted:  # after a failure, a disconnect or the deadline: the batcher skips them
                 future.cancel()
-            raise
-        outputs = await self._wait([f for futures in per_image for f in futures], deadline, disconnected)
         prepared = [item for item, _ in images]
         images_out, merge_s = await self._merge_passes(prepared, outputs, params)
         done_at = time.monotonic()
@@ -379,36 +395,47 @@ class Detector:
         return DetectOutcome(images_out, {k: round(v * 1000, 3) for k, v in timing.items()}, outputs)
 
     async def _prepare_image(
-        self, data: bytes, keep_image: bool, params: DetectParams, deadline: float, failed: asyncio.Event
+        self,
+        data: bytes,
+        keep_image: bool,
+        params: DetectParams,
+        deadline: float,
+        failed: asyncio.Event,
+        permits: asyncio.Semaphore,
+        submitted: list[asyncio.Future[BatchOutput]],
     ) -> tuple[Prepared, list[asyncio.Future[BatchOutput]] | None]:
-        """One file prepared in the pool: untiled, its pass (submitted later with the request's
-        other untiled images); tiled, its passes submitted one batch at a time as they are made,
-        so the first windows run while the rest are cut, until another file of the request fails
-        (`failed`: the request is lost, its queued windows are then given up)."""
+        """One file prepared in the pool. Untiled: its pass (submitted later with the request's other
+        untiled images). Tiled: its passes submitted one batch at a time as they are cut (into
+        `submitted`), each batch holding one of the request's `permits` until it has run: a sliced
+        request keeps a few batches queued, not all of its windows, so other requests' images
+        interleave with it and its tensors are not all in memory at once. Stops when another file
+        of the request (or one of its batches) fails: `failed`."""
         loop = asyncio.get_running_loop()
         if params.tile.mode == "off":
             return await loop.run_in_executor(self._pool, self._prepare, data, keep_image), None
         start = time.monotonic()
         opened = await loop.run_in_executor(self._pool, self._open, data, keep_image, params.tile)
         jobs: list[Window | None] = [*opened.windows, None]
-        if len(jobs) > self.batcher.queue_size:  # a file whose header did not tell its size
-            raise TooManyTiles(
-                f"{len(jobs)} model passes for one image; the batch queue holds {self.batcher.queue_size}"
-            )
         passes: list[Pass] = []
         futures: list[asyncio.Future[BatchOutput]] = []
-        try:
-            for at in range(0, len(jobs), self.batcher.max_batch_size):
+        for at in range(0, len(jobs), self.batcher.max_batch_size):
+            await permits.acquire()
+            try:
                 if failed.is_set():
+                    permits.release()
                     break
                 chunk = jobs[at : at + self.batcher.max_batch_size]
                 made = await loop.run_in_executor(self._pool, make_passes, opened, chunk, self.manifest)
-                futures += self._submit(made, params, deadline)
-                passes += [p.without_tensor() for p in made]  # the queue holds the tensors until run
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+                batch = self._submit(made, params, deadline)
+            except BaseException:
+                permits.release()
+                raise
+            submitted += batch
+            futures += batch
+            passes += [p.without_tensor() for p in made]  # the queue holds the tensors until run
+            asyncio.gather(*batch, return_exceptions=True).add_done_callback(
+                functools.partial(_batch_done, batch=batch, permits=permits, failed=failed)
+            )
         self._metrics.preprocess.observe(time.monotonic() - start)
         return prepared(opened, passes, keep_image), futures
 
@@ -493,32 +520,40 @@ class Detector:
         disconnected: Disconnected | None,
     ) -> list[BatchOutput]:
         """Batch outputs: `finish(row)` of each, or the row itself without `finish`."""
-        return await self._wait(self.batcher.submit(tensors, deadline, finish), deadline, disconnected)
+        futures = self.batcher.submit(tensors, deadline, finish)
 
-    async def _wait(
-        self, futures: list[asyncio.Future[BatchOutput]], deadline: float, disconnected: Disconnected | None
-    ) -> list[BatchOutput]:
-        """The submitted images' outputs, in order; on failure, disconnect or deadline the others are
-        given up (the batcher skips them)."""
-        results = asyncio.gather(*futures)
+        async def outputs() -> list[BatchOutput]:
+            try:
+                return await asyncio.gather(*futures)
+            finally:
+                for future in futures:  # after a failure: the batcher skips abandoned images
+                    future.cancel()
+
+        return await self._race(outputs(), deadline, disconnected)
+
+    async def _race(
+        self, work: Coroutine[Any, Any, T], deadline: float, disconnected: Disconnected | None
+    ) -> T:
+        """`work`'s result, unless the client goes away (ClientDisconnected) or the deadline passes
+        (DeadlineExceeded) first: `work` is then cancelled, which gives up its queued images."""
+        task = asyncio.ensure_future(work)
         gone = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:
-            waiting: set[asyncio.Future[Any]] = {results} if gone is None else {results, gone}
+            waiting: set[asyncio.Future[Any]] = {task} if gone is None else {task, gone}
             remaining = max(0.0, deadline - time.monotonic())
             done, _ = await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            if results in done:
-                return results.result()
+            if task in done:
+                return task.result()
             if gone is not None and gone in done:
                 self._metrics.client_disconnects.inc()
                 raise ClientDisconnected("the client disconnected before its images were run")
             raise DeadlineExceeded(f"no result within the {self.timeout_s:g} s request deadline")
         finally:
-            for future in futures:  # after a failure: the batcher skips abandoned images
-                future.cancel()
             if gone is not None:
                 gone.cancel()
-            if results.done() and not results.cancelled():
-                results.exception()  # retrieved: a failure is reported once, by the result above
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)  # its queued images given up first
 
     def _finish(
         self, output: np.ndarray, *, lb: Letterbox, params: DetectParams, offset: tuple[int, int] = (0, 0)

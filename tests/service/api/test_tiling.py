@@ -3,7 +3,9 @@ pixels, with the slices batched together; limits and parameters."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 
 import cv2
 import numpy as np
@@ -108,12 +110,13 @@ async def test_json_and_annotated_take_the_same_parameters(tmp_path):
 
 
 async def test_limits_and_bad_parameters(tmp_path):
-    image, _ = large_image()
-    app, _ = fake_app(tmp_path, blob_finder, max_tiles_per_image=20, queue_size=40)
+    image, truth = large_image()
+    # 2 x (80 windows + the whole image) > the queue's 40: fine, a request queues a few batches at a time
+    app, _ = fake_app(tmp_path, blob_finder, max_tiles_per_image=100, queue_size=40)
     blob = encode(image)
     async with running(app) as client:
-        too_small = await client.post("/detect", files=files(blob), params={"tile": "true", "tile_size": 128})
-        too_many = await client.post("/detect", files=files(blob, blob), params={"tile": "true"})
+        two = await client.post("/detect", files=files(blob, blob), params={"tile": "true", "tile_size": 128})
+        too_small = await client.post("/detect", files=files(blob), params={"tile": "true", "tile_size": 64})
         bad_mode = await client.post("/detect", files=files(blob), params={"tile": "maybe"})
         bad_overlap = await client.post(
             "/detect", files=files(blob), params={"tile": "true", "tile_overlap": 0.9}
@@ -121,13 +124,43 @@ async def test_limits_and_bad_parameters(tmp_path):
         bad_merge = await client.post(
             "/detect", files=files(blob), params={"tile": "true", "tile_merge": "wbf"}
         )
-        still_fine = await client.post("/detect", files=files(blob), params={"tile": "true"})
-    assert "80 tiles; at most 20" in assert_error(too_small, 413, "too_many_tiles")
-    assert "42 model passes" in assert_error(too_many, 413, "too_many_tiles")  # 2 x (20 + 1) > 40
+        default_size = await client.post("/detect", files=files(blob), params={"tile": "true"})
+    assert two.status_code == 200, two.text
+    assert [len(r["detections"]) for r in two.json()["results"]] == [len(truth)] * 2
+    assert "into 285 tiles; at most 100" in assert_error(too_small, 413, "too_many_tiles")
     assert "true, false or auto" in assert_error(bad_mode, 422, "invalid_parameter")
     assert_error(bad_overlap, 422, "invalid_request")
     assert_error(bad_merge, 422, "invalid_request")
-    assert still_fine.status_code == 200 and still_fine.json()["results"][0]["tiles"] <= 20
+    assert default_size.status_code == 200 and 1 < default_size.json()["results"][0]["tiles"] <= 100
+
+
+async def test_a_sliced_request_leaves_room_for_other_requests(tmp_path):
+    """A photo cut into 285 windows keeps a few batches queued at a time (one more than the
+    backend runs at once), so a small request that arrives meanwhile waits for those, not for all
+    of the sliced request's windows."""
+    image, _ = large_image()
+
+    def slow_blobs(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.005)
+        return blob_finder(batch)
+
+    app, made = fake_app(tmp_path, slow_blobs, max_tiles_per_image=300)
+    async with running(app) as client:
+        ran = made["backend"].batch_sizes
+        ran.clear()
+        sliced = asyncio.create_task(
+            client.post("/detect", files=files(encode(image)), params={"tile": "true", "tile_size": 64})
+        )
+        while len(ran) < 3:  # the sliced request's windows are running
+            await asyncio.sleep(0.001)
+        sent_at = len(ran)
+        small = await client.post("/detect", files=files(encode(image[:64, :64].copy())))
+        made_batches = len(ran)
+        assert (await sliced).json()["results"][0]["tiles"] == 285
+    workers = app.state.service.model.batcher.workers
+    assert small.status_code == 200
+    assert made_batches - sent_at <= 2 * (workers + 1) + 1  # not behind the other ~30 batches
+    assert sum(ran) == 286 + 1  # 285 windows + the whole image, and the small image
 
 
 async def test_tiled_and_untiled_images_of_one_request_keep_their_order(tmp_path):
