@@ -380,8 +380,7 @@ class Detector:
         finally:
             for future in submitted:  # after a failure, a disconnect or the deadline: the batcher skips them
                 future.cancel()
-        prepared = [item for item, _ in images]
-        images_out, merge_s = await self._merge_passes(prepared, outputs, params)
+        images_out, merge_s = await self._merge_passes([item for item, _ in images], outputs, params)
         done_at = time.monotonic()
         self._metrics.images.inc(len(images_out))
         self._metrics.detections.inc(sum(len(i.detections) for i in images_out))
