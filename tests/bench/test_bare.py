@@ -104,16 +104,17 @@ def test_cpu_time_per_image_is_the_cpu_clock_over_the_images():
 
 def test_concurrent_callers_as_many_as_the_backend_runs_at_once():
     def sleepy(batch: np.ndarray) -> np.ndarray:
-        time.sleep(0.02)
+        time.sleep(0.05)  # long beside scheduling noise on a loaded 2-core machine (0.02 s flaked in CI)
         return np.zeros((len(batch), 4, 6), np.float32)
 
     speeds = {}
     for concurrency in (1, 2):
         backend = FakeBackend(sleepy, input_size=32, output_shape=(4, 6), concurrency=concurrency)
-        result = bench_batch(backend, 2, min_seconds=0.3, warmup_calls=1)
-        assert result.callers == concurrency and result.latency.p50_ms >= 20
+        result = bench_batch(backend, 2, min_seconds=0.4, warmup_calls=1)
+        assert result.callers == concurrency and result.latency.p50_ms >= 50
         speeds[concurrency] = result.images_per_s
-    assert speeds[1] <= 2 / 0.02 and speeds[2] > 1.5 * speeds[1]  # sleeping calls overlap
+    # sleeping calls overlap: ~2x with two callers; one caller at a time would stay near 1x
+    assert speeds[1] <= 2 / 0.05 and speeds[2] > 1.4 * speeds[1]
 
 
 def test_a_batch_larger_than_the_model_allows_is_a_user_error(caplog):

@@ -159,7 +159,9 @@ async def test_a_sliced_request_leaves_room_for_other_requests(tmp_path):
         assert (await sliced).json()["results"][0]["tiles"] == 285
     workers = app.state.service.model.batcher.workers
     assert small.status_code == 200
-    assert made_batches - sent_at <= 2 * (workers + 1) + 1  # not behind the other ~30 batches
+    # Queued behind at most workers + 1 of the sliced request's batches (not the ~70 left of its
+    # 72): the bound leaves room for the batches that run while the small image is still decoded.
+    assert made_batches - sent_at < 20, (made_batches, sent_at, workers)
     assert sum(ran) == 286 + 1  # 285 windows + the whole image, and the small image
 
 
