@@ -44,6 +44,7 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)  # Unix time
     users: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _closing: asyncio.Future[bool] | None = None
 
     def __post_init__(self) -> None:
         self._idle.set()
@@ -71,7 +72,13 @@ class LoadedModel:
     async def close(self, timeout_s: float) -> bool:
         """Stop the batcher (finishing what it accepted) and release the backend once no batch runs
         in it; False when a batch is still running at the timeout (the backend is then not freed:
-        freeing a runtime under a running call corrupts it, the process exit frees it)."""
+        freeing a runtime under a running call corrupts it, the process exit frees it). Closing
+        twice (a shutdown during a reload's retirement) waits for the first close."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close(timeout_s))
+        return await asyncio.shield(self._closing)
+
+    async def _close(self, timeout_s: float) -> bool:
         idle = await self.batcher.stop(timeout_s=timeout_s)
         if idle and self.backend.close(timeout_s=timeout_s):
             await asyncio.to_thread(return_freed_memory)
