@@ -44,14 +44,7 @@ async def _start(state: ServiceState, backend_factory: BackendFactory) -> None:
     model = await load_model(
         settings, settings.model_dir, backend_factory, metrics=state.metrics, pool=state.pool
     )
-    state.model = model
-    state.metrics.set_model(
-        arch=model.manifest.arch,
-        backend=model.backend.name,
-        precision=model.backend.precision,
-        max_batch=model.max_batch,
-        model_dir=str(model.model_dir),
-    )
+    state.serve(model)
     state.watchdog = BackendWatchdog(
         state.inflight_age,
         state.metrics,

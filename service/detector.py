@@ -168,10 +168,10 @@ def open_image(
 def make_passes(opened: Opened, jobs: Sequence[Window | None], manifest: ModelManifest) -> list[Pass]:
     """The input tensors of `jobs`: each a window of the image, or None for the whole image."""
     passes, image, pad = [], opened.decoded.image, manifest.input.letterbox_pad
+    height, width = opened.decoded.height, opened.decoded.width  # the full image's (maybe not decoded's)
     for window in jobs:
         x1, y1, x2, y2 = window or (0, 0, image.shape[1], image.shape[0])
         tensor, lb = letterbox_tensor(image[y1:y2, x1:x2], manifest.input_size, color=pad)
-        height, width = opened.decoded.height, opened.decoded.width
         if window is None and lb.source_hw != (height, width):  # decoded at reduced scale
             lb = lb.from_source(height, width)
         passes.append(Pass(tensor, lb, (x1, y1)))
@@ -289,6 +289,12 @@ class Detector:
     def params(self, *, classes: Sequence[int | str] | None = None, **values: Any) -> DetectParams:
         return DetectParams(classes=resolve_classes(classes, self.manifest.class_names), **values)
 
+    def _check_count(self, images: int) -> None:
+        if not images:
+            raise NoImages("send at least one image")
+        if images > self.max_images:
+            raise TooManyImages(f"{images} images; at most {self.max_images} per request")
+
     def _check_tiles(self, files: Sequence[bytes], tile: TileOptions) -> None:
         """Before decoding, from the files' headers: an explicit `tile_size` that cuts an image into
         more windows than the per-image limit is refused now (TooManyTiles), not after decoding."""
@@ -313,31 +319,7 @@ class Detector:
         Raises NoImages, TooManyImages, InvalidImage, TooManyPixels, Overloaded, ShuttingDown,
         DeadlineExceeded, ClientDisconnected and InferenceFailed (all ServiceError).
         """
-        return await self._detect(files, params, started, keep_images, disconnected)
-
-    async def infer_tensors(
-        self, tensors: Sequence[np.ndarray], *, started: float, disconnected: Disconnected | None = None
-    ) -> list[BatchOutput]:
-        """The backend's output row (`output`) for each input tensor (C, H, W), through the same
-        batcher, queue limit and deadline as `detect` (the KServe v2 tensor model)."""
-        if not tensors:
-            raise NoImages("send at least one image")
-        if len(tensors) > self.max_images:
-            raise TooManyImages(f"{len(tensors)} images; at most {self.max_images} per request")
-        return await self._infer(list(tensors), None, started + self.timeout_s, disconnected)
-
-    async def _detect(
-        self,
-        files: Sequence[bytes],
-        params: DetectParams,
-        started: float,
-        keep_images: bool,
-        disconnected: Disconnected | None,
-    ) -> DetectOutcome:
-        if not files:
-            raise NoImages("send at least one image")
-        if len(files) > self.max_images:
-            raise TooManyImages(f"{len(files)} images; at most {self.max_images} per request")
+        self._check_count(len(files))
         if params.tile.mode != "off":
             self._check_tiles(files, params.tile)
         deadline = started + self.timeout_s
@@ -345,10 +327,18 @@ class Detector:
             self._run(files, params, started, keep_images, deadline), deadline, disconnected
         )
 
+    async def infer_tensors(
+        self, tensors: Sequence[np.ndarray], *, started: float, disconnected: Disconnected | None = None
+    ) -> list[BatchOutput]:
+        """The backend's output row (`output`) for each input tensor (C, H, W), through the same
+        batcher, queue limit and deadline as `detect` (the KServe v2 tensor model)."""
+        self._check_count(len(tensors))
+        return await self._infer(list(tensors), None, started + self.timeout_s, disconnected)
+
     async def _run(
         self, files: Sequence[bytes], params: DetectParams, started: float, keep_images: bool, deadline: float
     ) -> DetectOutcome:
-        """`_detect`'s work (raced against the client going away and the deadline, cancelled then):
+        """`detect`'s work (raced against the client going away and the deadline, cancelled then):
         prepare and submit every file, wait for the outputs, merge tiled images' passes."""
         t0 = time.monotonic()
         failed = asyncio.Event()  # set by the first file that fails: the others stop queueing windows

@@ -14,7 +14,6 @@ import ctypes
 import gc
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -41,7 +40,6 @@ class LoadedModel:
     batcher: DynamicBatcher
     detector: Detector
     max_batch: int
-    loaded_at: float = field(default_factory=time.time)  # Unix time
     users: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _closing: asyncio.Future[bool] | None = None

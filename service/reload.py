@@ -91,15 +91,8 @@ class Reloader:
         if state.shutting_down:  # began while this one loaded: it closes the serving model only
             await new.close(state.settings.request_timeout_s)
             raise ReloadUnavailable("the server began shutting down during the reload")
-        state.model = new  # the switch: requests from now on take the new model
+        state.serve(new)  # the switch: requests from now on take the new model
         state.retiring.add(old)
-        state.metrics.set_model(
-            arch=new.manifest.arch,
-            backend=new.backend.name,
-            precision=new.backend.precision,
-            max_batch=new.max_batch,
-            model_dir=str(target),
-        )
         state.metrics.reloads.labels(result="ok").inc()
         state.metrics.last_reload.set(time.time())
         log.info("reloaded: serving %s (was %s); retiring the old model", target, old.model_dir)

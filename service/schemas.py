@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.manifest import ModelManifest
 from service.processing import MergeMode
-from service.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP
+from service.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, MAX_OVERLAP, MAX_SIZE, MIN_SIZE
 
 # The post-processing parameters' bounds, for JSON bodies (Field) and query strings (Query) alike.
 CONF_BOUNDS: dict[str, Any] = {"ge": 0.0, "le": 1.0, "description": "keep detections with score > conf"}
@@ -20,11 +20,15 @@ TILE_BOUNDS: dict[str, Any] = {
     "image more than twice the model input)"
 }
 TILE_SIZE_BOUNDS: dict[str, Any] = {
-    "ge": 32,
-    "le": 8192,
+    "ge": MIN_SIZE,
+    "le": MAX_SIZE,
     "description": "window side in image pixels (default: the model input, grown to fit the tile limit)",
 }
-TILE_OVERLAP_BOUNDS: dict[str, Any] = {"ge": 0.0, "le": 0.75, "description": "neighbouring windows' overlap"}
+TILE_OVERLAP_BOUNDS: dict[str, Any] = {
+    "ge": 0.0,
+    "le": MAX_OVERLAP,
+    "description": "neighbouring windows' overlap",
+}
 TILE_MERGE_DESCRIPTION = "merging of overlapping windows' detections: nmm (union of the matches) or nms"
 
 Conf = Annotated[float, Field(**CONF_BOUNDS)]

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.auth import ApiKeys
-from service.backends.base import Backend
 from service.batcher import DynamicBatcher
 from service.detector import Detector
 from service.errors import NotReady, ShuttingDown
@@ -46,16 +45,24 @@ class ServiceState:
         return self.model.manifest if self.model is not None else None
 
     @property
-    def backend(self) -> Backend | None:
-        return self.model.backend if self.model is not None else None
-
-    @property
     def batcher(self) -> DynamicBatcher | None:
         return self.model.batcher if self.model is not None else None
 
     @property
     def detector(self) -> Detector | None:
         return self.model.detector if self.model is not None else None
+
+    def serve(self, model: LoadedModel) -> None:
+        """Make `model` the one new requests take (one assignment: no await between readers), and
+        say so in `yolor_model_info`."""
+        self.model = model
+        self.metrics.set_model(
+            arch=model.manifest.arch,
+            backend=model.backend.name,
+            precision=model.backend.precision,
+            max_batch=model.max_batch,
+            model_dir=str(model.model_dir),
+        )
 
     def inflight_age(self) -> float:
         """Seconds the oldest batch now in any loaded model's backend has been running (0.0: none)."""

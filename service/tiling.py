@@ -28,7 +28,7 @@ AUTO_FACTOR = 2.0
 DEFAULT_OVERLAP = 0.2
 DEFAULT_MERGE: MergeMode = "nms"
 MATCH_IOS = 0.5  # boxes of two passes are one object above this intersection over the smaller box
-MIN_SIZE, MAX_SIZE = 32, 8192
+MIN_SIZE, MAX_SIZE = 32, 8192  # bounds of `tile_size` (service.schemas)
 MAX_OVERLAP = 0.75
 
 
@@ -77,6 +77,11 @@ class TileOptions:
     size: int | None = None
     overlap: float = DEFAULT_OVERLAP
     merge: MergeMode = DEFAULT_MERGE
+
+    @classmethod
+    def of(cls, tile: bool | str, size: int | None, overlap: float, merge: MergeMode) -> TileOptions:
+        """A request's `tile`, `tile_size`, `tile_overlap` and `tile_merge` parameters."""
+        return cls(tile_mode(tile), size, overlap, merge)
 
     def windows(self, height: int, width: int, *, input_size: int, max_tiles: int) -> list[Window]:
         """The windows of a `height` x `width` image (empty: run it untiled). Raises TooManyTiles

@@ -31,7 +31,7 @@ from service.schemas import (
     ErrorBody,
     JsonDetectRequest,
 )
-from service.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, TileOptions, tile_mode
+from service.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, TileOptions
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (400, 401, 403, 413, 415, 422, 500, 503, 504)
@@ -64,7 +64,7 @@ async def detect_params(
     tile_overlap: TileOverlapQuery = DEFAULT_OVERLAP,
     tile_merge: TileMergeQuery = DEFAULT_MERGE,
 ) -> DetectParams:
-    tiling = TileOptions(tile_mode(tile), tile_size, tile_overlap, tile_merge)
+    tiling = TileOptions.of(tile, tile_size, tile_overlap, tile_merge)
     return detector.params(
         conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic, tile=tiling
     )
@@ -116,7 +116,7 @@ async def detect_json(
 ) -> Response:
     """The same as `/detect` for clients that cannot send multipart: base64 images in JSON."""
     started = time.monotonic()
-    tiling = TileOptions(tile_mode(body.tile), body.tile_size, body.tile_overlap, body.tile_merge)
+    tiling = TileOptions.of(body.tile, body.tile_size, body.tile_overlap, body.tile_merge)
     params = detector.params(
         conf=body.conf,
         iou=body.iou,

@@ -33,7 +33,7 @@ from service.schemas import (
     TileOverlap,
     TileSize,
 )
-from service.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, TileOptions, tile_mode
+from service.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, TileOptions
 from service.v2.tensors import Tensor, TensorError
 
 VERSION = "1"
@@ -156,7 +156,7 @@ class ImageParameters(BaseModel):
             "max_det": self.max_det,
             "classes": classes,
             "agnostic": self.agnostic,
-            "tile": TileOptions(tile_mode(self.tile), self.tile_size, self.tile_overlap, self.tile_merge),
+            "tile": TileOptions.of(self.tile, self.tile_size, self.tile_overlap, self.tile_merge),
         }
 
 
