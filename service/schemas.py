@@ -10,7 +10,7 @@ from service.manifest import ModelManifest
 from service.processing import MergeMode
 from service.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, MAX_OVERLAP, MAX_SIZE, MIN_SIZE
 
-# The post-processing parameters' bounds, for JSON bodies (Field) and query strings (Query) alike.
+# The post-processing parameters' bounds, for JSON bodies and query strings alike.
 CONF_BOUNDS: dict[str, Any] = {"ge": 0.0, "le": 1.0, "description": "keep detections with score > conf"}
 IOU_BOUNDS: dict[str, Any] = {"ge": 0.0, "le": 1.0, "description": "NMS IoU threshold"}
 MAX_DET_BOUNDS: dict[str, Any] = {"ge": 1, "le": 10_000, "description": "most detections per image"}
@@ -73,6 +73,22 @@ class DetectResponse(BaseModel):
     model: ModelSummary
     results: list[ImageResult] = Field(description="one per image, in request order")
     timing_ms: Timing
+
+
+class DetectQuery(BaseModel):
+    """The query string of `POST /detect` and `/detect/annotated` (`service.api.direct.read_query`)."""
+
+    conf: Conf = DEFAULT_CONF
+    iou: Iou = DEFAULT_IOU
+    max_det: MaxDet = DEFAULT_MAX_DET
+    classes: list[str] | None = Field(
+        None, description="class ids or names to keep; repeat or comma-separate"
+    )
+    agnostic: bool = Field(False, description="NMS across classes")
+    tile: Annotated[str, Field(**TILE_BOUNDS)] = "false"
+    tile_size: TileSize = None
+    tile_overlap: TileOverlap = DEFAULT_OVERLAP
+    tile_merge: MergeMode = Field(DEFAULT_MERGE, description=TILE_MERGE_DESCRIPTION)
 
 
 class JsonDetectRequest(BaseModel):

@@ -76,6 +76,18 @@ async def require_api_key(state: StateDep, api_key: ApiKeyDep, bearer: BearerDep
         _check_key(state.api_keys, api_key, bearer, "an API key")
 
 
+async def check_api_key(request: Request, state: ServiceState) -> None:
+    """`require_api_key` for a `DirectRoute` (no dependencies), reading the same two headers."""
+    if state.api_keys.enabled:
+        _check_key(state.api_keys, await _api_key_header(request), await _bearer(request), "an API key")
+
+
+API_KEY_SECURITY: list[dict[str, list[str]]] = [
+    {_api_key_header.scheme_name: []},
+    {_bearer.scheme_name: []},
+]  # as OpenAPI lists it
+
+
 async def require_admin_key(state: StateDep, api_key: ApiKeyDep, bearer: BearerDep) -> None:
     """/admin: one of YOLOR_ADMIN_KEYS (401 without, 403 wrong); 403 for everyone when none is set."""
     if not state.admin_keys.enabled:

@@ -5,79 +5,113 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
-from service.api.deps import DetectorDep, DisconnectedDep, require_api_key, require_multipart
-from service.detector import DetectOutcome, DetectParams
+from service.api.deps import (
+    API_KEY_SECURITY,
+    DetectorDep,
+    DisconnectedDep,
+    check_api_key,
+    client_disconnected,
+    require_api_key,
+    require_multipart,
+)
+from service.api.direct import DirectRoute, query_parameters, read_query
+from service.detector import Detector, DetectOutcome, DetectParams
 from service.drawing import draw_detections, encode_jpeg
 from service.errors import InvalidBase64, InvalidParameter
-from service.processing import MergeMode
-from service.schemas import (
-    CONF_BOUNDS,
-    DEFAULT_CONF,
-    DEFAULT_IOU,
-    DEFAULT_MAX_DET,
-    IOU_BOUNDS,
-    MAX_DET_BOUNDS,
-    TILE_BOUNDS,
-    TILE_MERGE_DESCRIPTION,
-    TILE_OVERLAP_BOUNDS,
-    TILE_SIZE_BOUNDS,
-    DetectResponse,
-    ErrorBody,
-    JsonDetectRequest,
-)
-from service.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, TileOptions
+from service.schemas import DetectQuery, DetectResponse, ErrorBody, JsonDetectRequest
+from service.state import ServiceState
+from service.tiling import TileOptions
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (400, 401, 403, 413, 415, 422, 500, 503, 504)
 }
+# The multipart routes read their own request (service.api.direct: the hot path, no dependencies);
+# /detect/json goes through FastAPI's.
+uploads = APIRouter(tags=["detect"], responses=ERRORS, route_class=DirectRoute)
 router = APIRouter(tags=["detect"], dependencies=[Depends(require_api_key)], responses=ERRORS)
 
+_FILE = {"type": "string", "contentMediaType": "application/octet-stream"}
+UPLOAD_OPENAPI: dict[str, Any] = {
+    "parameters": query_parameters(DetectQuery),
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images": {"type": "array", "items": _FILE, "description": "one or more image files"},
+                        "image": {**_FILE, "description": "a single image file (alternative to images)"},
+                    },
+                }
+            }
+        },
+    },
+    "security": API_KEY_SECURITY,
+}
+UPLOAD_FIELDS = ("images", "image")
 
-ConfQuery = Annotated[float, Query(**CONF_BOUNDS)]
-IouQuery = Annotated[float, Query(**IOU_BOUNDS)]
-MaxDetQuery = Annotated[int, Query(**MAX_DET_BOUNDS)]
-ClassesQuery = Annotated[
-    list[str] | None, Query(description="class ids or names to keep; repeat or comma-separate")
-]
-AgnosticQuery = Annotated[bool, Query(description="NMS across classes")]
-TileQuery = Annotated[str, Query(**TILE_BOUNDS)]
-TileSizeQuery = Annotated[int | None, Query(**TILE_SIZE_BOUNDS)]
-TileOverlapQuery = Annotated[float, Query(**TILE_OVERLAP_BOUNDS)]
-TileMergeQuery = Annotated[MergeMode, Query(description=TILE_MERGE_DESCRIPTION)]
 
-
-async def detect_params(
-    detector: DetectorDep,
-    conf: ConfQuery = DEFAULT_CONF,
-    iou: IouQuery = DEFAULT_IOU,
-    max_det: MaxDetQuery = DEFAULT_MAX_DET,
-    classes: ClassesQuery = None,
-    agnostic: AgnosticQuery = False,
-    tile: TileQuery = "false",
-    tile_size: TileSizeQuery = None,
-    tile_overlap: TileOverlapQuery = DEFAULT_OVERLAP,
-    tile_merge: TileMergeQuery = DEFAULT_MERGE,
-) -> DetectParams:
-    tiling = TileOptions.of(tile, tile_size, tile_overlap, tile_merge)
+def _params(detector: Detector, query: DetectQuery | JsonDetectRequest) -> DetectParams:
+    tiling = TileOptions.of(query.tile, query.tile_size, query.tile_overlap, query.tile_merge)
     return detector.params(
-        conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic, tile=tiling
+        conf=query.conf,
+        iou=query.iou,
+        max_det=query.max_det,
+        classes=query.classes,
+        agnostic=query.agnostic,
+        tile=tiling,
     )
 
 
-ParamsDep = Annotated[DetectParams, Depends(detect_params)]
-ImagesField = Annotated[list[UploadFile] | None, File(description="one or more image files")]
-ImageField = Annotated[UploadFile | None, File(description="a single image file (alternative to images)")]
+async def _read_files(request: Request) -> list[bytes]:
+    """The uploaded files of `images` then `image`, in order (other fields are ignored); a text
+    value in one of them is a 422, an unparseable body a 400 (Starlette's)."""
+    async with request.form() as form:
+        files, errors = [], []
+        for name in UPLOAD_FIELDS:
+            for i, value in enumerate(form.getlist(name)):
+                if isinstance(value, UploadFile):
+                    files.append(await value.read())
+                else:
+                    loc = ("body", name, i) if name == "images" else ("body", name)
+                    errors.append({"loc": loc, "msg": "expected an image file, got a text field"})
+        if errors:
+            raise RequestValidationError(errors)
+        return files
 
 
-async def _read_uploads(images: list[UploadFile] | None, image: UploadFile | None) -> list[bytes]:
-    uploads = [*(images or []), *([image] if image is not None else [])]
-    return [await upload.read() for upload in uploads]
+Respond = Callable[[Detector, DetectOutcome], Awaitable[Response]]
+
+
+async def _detect_upload(request: Request, respond: Respond, *, one_image: bool = False) -> Response:
+    """A multipart detect request, checked in the order FastAPI's dependencies did: API key (401/403),
+    content type (415), the model (503 until ready), then query and files (422). `one_image`: at most
+    one file, its decoded image kept for drawing. The model is held until `respond` has made the
+    answer (a reload retires it after)."""
+    started = time.monotonic()
+    state: ServiceState = request.app.state.service
+    await check_api_key(request, state)
+    await require_multipart(request)
+    with state.current().use() as detector:
+        params = _params(detector, read_query(DetectQuery, request, lists=("classes",)))
+        files = await _read_files(request)
+        if one_image and len(files) > 1:
+            raise InvalidParameter(f"{request.url.path} takes exactly one image, got {len(files)}")
+        disconnected = await client_disconnected(request)
+        outcome = await detector.detect(
+            files, params, started=started, keep_images=one_image, disconnected=disconnected
+        )
+        return await respond(detector, outcome)
 
 
 def _json(response: DetectResponse) -> Response:
@@ -95,19 +129,14 @@ def _decode_base64(text: str, index: int) -> bytes:
         raise InvalidBase64(f"images[{index}] is not valid base64") from None
 
 
-@router.post("/detect", response_model=DetectResponse, dependencies=[Depends(require_multipart)])
-async def detect(
-    detector: DetectorDep,
-    params: ParamsDep,
-    disconnected: DisconnectedDep,
-    images: ImagesField = None,
-    image: ImageField = None,
-) -> DetectResponse:
+@uploads.post("/detect", response_model=DetectResponse, openapi_extra=UPLOAD_OPENAPI)
+async def detect(request: Request) -> Response:
     """Detect objects in one or more uploaded images; one result per image, in upload order."""
-    started = time.monotonic()
-    files = await _read_uploads(images, image)
-    outcome = await detector.detect(files, params, started=started, disconnected=disconnected)
-    return detector.to_response(outcome)
+
+    async def respond(detector: Detector, outcome: DetectOutcome) -> Response:
+        return _json(detector.to_response(outcome))
+
+    return await _detect_upload(request, respond)
 
 
 @router.post("/detect/json", response_model=DetectResponse)
@@ -116,15 +145,7 @@ async def detect_json(
 ) -> Response:
     """The same as `/detect` for clients that cannot send multipart: base64 images in JSON."""
     started = time.monotonic()
-    tiling = TileOptions.of(body.tile, body.tile_size, body.tile_overlap, body.tile_merge)
-    params = detector.params(
-        conf=body.conf,
-        iou=body.iou,
-        max_det=body.max_det,
-        classes=body.classes,
-        agnostic=body.agnostic,
-        tile=tiling,
-    )
+    params = _params(detector, body)
     files = [_decode_base64(text, i) for i, text in enumerate(body.images)]
     outcome = await detector.detect(files, params, started=started, disconnected=disconnected)
     return _json(detector.to_response(outcome))
@@ -136,27 +157,18 @@ def _render(outcome: DetectOutcome, class_names: list[str]) -> bytes:
     return encode_jpeg(draw_detections(result.image, result.detections, class_names))
 
 
-@router.post(
+@uploads.post(
     "/detect/annotated",
     response_class=Response,
-    dependencies=[Depends(require_multipart)],
+    openapi_extra=UPLOAD_OPENAPI,
     responses={200: {"content": {"image/jpeg": {}}, "description": "the image with boxes and labels"}},
 )
-async def detect_annotated(
-    detector: DetectorDep,
-    params: ParamsDep,
-    disconnected: DisconnectedDep,
-    images: ImagesField = None,
-    image: ImageField = None,
-) -> Response:
+async def detect_annotated(request: Request) -> Response:
     """One uploaded image back as JPEG with its detections drawn (header X-Detections: count)."""
-    started = time.monotonic()
-    files = await _read_uploads(images, image)
-    if len(files) > 1:
-        raise InvalidParameter(f"/detect/annotated takes exactly one image, got {len(files)}")
-    outcome = await detector.detect(
-        files, params, started=started, keep_images=True, disconnected=disconnected
-    )
-    jpeg = await run_in_threadpool(_render, outcome, detector.manifest.class_names)
-    count = len(outcome.images[0].detections)
-    return Response(jpeg, media_type="image/jpeg", headers={"X-Detections": str(count)})
+
+    async def respond(detector: Detector, outcome: DetectOutcome) -> Response:
+        jpeg = await run_in_threadpool(_render, outcome, detector.manifest.class_names)
+        count = len(outcome.images[0].detections)
+        return Response(jpeg, media_type="image/jpeg", headers={"X-Detections": str(count)})
+
+    return await _detect_upload(request, respond, one_image=True)

@@ -62,14 +62,20 @@ async def test_response_shape(tmp_path):
         ({"classes": "car"}, [1]),
         ({"classes": "person,dog"}, [0, 2]),
         ({"classes": ["0", "dog"]}, [0, 2]),
+        ("conf=0.95&conf=0.4", [0, 1]),  # a repeated parameter: its last value, as FastAPI reads it
+        ("classes=2&classes=person", [0, 2]),  # classes: every value
+        ("conf=0.4&unknown=1", [0, 1]),  # other parameters are ignored
     ],
 )
 async def test_per_request_thresholds_and_class_filters(tmp_path, params, expected_classes):
     app, _ = fake_app(tmp_path, topk_rows(THREE))
+    image = files(encode(solid(64, 64, (0, 0, 0))))
     async with running(app) as client:
-        r = await client.post("/detect", files=files(encode(solid(64, 64, (0, 0, 0)))), params=params)
+        r = await client.post("/detect", files=image, params=params)
+        annotated = await client.post("/detect/annotated", files=image, params=params)
     assert r.status_code == 200, r.text
     assert [d["class_id"] for d in r.json()["results"][0]["detections"]] == expected_classes
+    assert annotated.headers["x-detections"] == str(len(expected_classes))  # the same query reading
 
 
 async def test_nms_iou_and_agnostic_are_per_request(tmp_path):

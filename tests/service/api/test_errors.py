@@ -53,6 +53,8 @@ MULTIPART, JSON = "multipart/form-data; boundary=B", "application/json"
         ({"files": files(png_header(100_000, 100_000))}, 413, "too_many_pixels"),  # refused from the header
         ({"files": files(*[IMAGE] * 5)}, 413, "too_many_images"),
         ({"data": {"note": "no files"}, "files": [("other", ("x", b"x", "text/plain"))]}, 422, "no_images"),
+        ({"data": {"images": "t"}, "files": [("other", ("x", IMAGE, "image/png"))]}, 422, "invalid_request"),
+        ({"data": {"image": "text"}}, 422, "invalid_request"),  # beside a file in images: still refused
         ({"files": None, "json": {"images": []}}, 415, "unsupported_media_type"),
         (
             {"files": None, "content": b"--x\r\nrubbish", "headers": {"content-type": MULTIPART}},
@@ -69,6 +71,24 @@ async def test_bad_detect_requests(tmp_path, request_kwargs, status, code):
     async with running(app) as client:
         assert_error(await client.post("/detect", **kwargs), status, code)
         assert (await client.post("/detect", files=files(IMAGE))).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("route", ["/detect", "/detect/annotated"])
+async def test_query_errors_name_every_bad_parameter_and_checks_keep_their_order(tmp_path, route):
+    app, _ = fake_app(tmp_path, topk_rows(OK_ROWS), api_keys=["s3cret-key-1"])
+    key = {"X-API-Key": "s3cret-key-1"}
+    async with running(app) as client:
+        bad = await client.post(f"{route}?conf=2&iou=x&tile_merge=y", files=files(IMAGE), headers=key)
+        text = await client.post(route, data={"images": "x"}, files=files(IMAGE), headers=key)
+        keyless = await client.post(route, json={"images": []})  # 401 before the content type's 415
+        unsupported = await client.post(route, json={"images": []}, headers=key)
+    message = assert_error(bad, 422, "invalid_request")
+    assert message.startswith("query.conf: Input should be less than or equal to 1; query.iou: ")
+    assert "query.tile_merge: Input should be 'nms' or 'nmm'" in message
+    text_message = assert_error(text, 422, "invalid_request")
+    assert text_message == "body.images.0: expected an image file, got a text field"
+    assert_error(keyless, 401, "unauthorized")
+    assert_error(unsupported, 415, "unsupported_media_type")
 
 
 @pytest.mark.parametrize(

@@ -203,9 +203,20 @@ async def test_openapi_documents_the_routes(tmp_path):
         "/metrics",
         "/model",
     } <= set(spec["paths"])
-    detect_params = {p["name"] for p in spec["paths"]["/detect"]["post"]["parameters"]}
-    assert {"conf", "iou", "max_det", "classes", "agnostic"} <= detect_params
+    detect = spec["paths"]["/detect"]["post"]
+    detect_params = {p["name"] for p in detect["parameters"]}
+    assert {"conf", "iou", "max_det", "classes", "agnostic", "tile", "tile_size"} <= detect_params
     assert docs.status_code == 200
+    # the multipart routes read their own request (service.api.direct): documented as FastAPI would
+    assert spec["paths"]["/detect/annotated"]["post"]["parameters"] == detect["parameters"]
+    for p in detect["parameters"]:
+        assert p["in"] == "query" and not p["required"] and p["description"] == p["schema"]["description"]
+    upload = detect["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert upload["images"]["type"] == "array" and upload["image"]["type"] == "string"
+    schemes = set(spec["components"]["securitySchemes"])
+    assert detect["security"] == spec["paths"]["/detect/json"]["post"]["security"]
+    listed = {name for entry in detect["security"] for name in entry}
+    assert listed == schemes == {"APIKeyHeader", "HTTPBearer"}
 
 
 async def test_the_openapi_schema_is_the_response_models_and_one_set_of_bounds(tmp_path):
