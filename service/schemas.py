@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.manifest import ModelManifest
 from service.processing import MergeMode
-from service.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, MAX_OVERLAP, MAX_SIZE, MIN_SIZE
+from service.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, MAX_OVERLAP, MAX_SIZE, MIN_SIZE, TILE_WORDS
 
 # The post-processing parameters' bounds, for JSON bodies and query strings alike.
 CONF_BOUNDS: dict[str, Any] = {"ge": 0.0, "le": 1.0, "description": "keep detections with score > conf"}
@@ -85,7 +85,7 @@ class DetectQuery(BaseModel):
         None, description="class ids or names to keep; repeat or comma-separate"
     )
     agnostic: bool = Field(False, description="NMS across classes")
-    tile: Annotated[str, Field(**TILE_BOUNDS)] = "false"
+    tile: Annotated[str, Field(**TILE_BOUNDS, json_schema_extra={"enum": list(TILE_WORDS)})] = "false"
     tile_size: TileSize = None
     tile_overlap: TileOverlap = DEFAULT_OVERLAP
     tile_merge: MergeMode = Field(DEFAULT_MERGE, description=TILE_MERGE_DESCRIPTION)

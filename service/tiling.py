@@ -34,6 +34,7 @@ MAX_OVERLAP = 0.75
 
 _MODES: dict[str, TileMode] = {"false": "off", "0": "off", "off": "off", "no": "off"}
 _MODES |= {"true": "on", "1": "on", "on": "on", "yes": "on", "auto": "auto"}
+TILE_WORDS = tuple(_MODES)  # what a query string's `tile` may say (any case, surrounding spaces)
 
 
 def tile_mode(value: bool | str) -> TileMode:

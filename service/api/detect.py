@@ -40,24 +40,29 @@ uploads = APIRouter(tags=["detect"], responses=ERRORS, route_class=DirectRoute)
 router = APIRouter(tags=["detect"], dependencies=[Depends(require_api_key)], responses=ERRORS)
 
 _FILE = {"type": "string", "contentMediaType": "application/octet-stream"}
-UPLOAD_OPENAPI: dict[str, Any] = {
-    "parameters": query_parameters(DetectQuery),
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "images": {"type": "array", "items": _FILE, "description": "one or more image files"},
-                        "image": {**_FILE, "description": "a single image file (alternative to images)"},
-                    },
-                }
-            }
+
+
+def upload_openapi(*, one_image: bool = False) -> dict[str, Any]:
+    """The OpenAPI of what `_detect_upload` reads: the query string, the files, the API key."""
+    images = {"type": "array", "items": _FILE, "minItems": 1, "description": "one or more image files"}
+    if one_image:
+        images |= {"maxItems": 1, "description": "the image file (or send it as image)"}
+    required = [{"required": ["images"]}, {"required": ["image"]}]  # neither: 422 no_images
+    form = {
+        "type": "object",
+        "properties": {
+            "images": images,
+            "image": {**_FILE, "description": "a single image file (alternative to images)"},
         },
-    },
-    "security": API_KEY_SECURITY,
-}
+        **({"oneOf": required} if one_image else {"anyOf": required}),
+    }
+    return {
+        "parameters": query_parameters(DetectQuery),
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}},
+        "security": API_KEY_SECURITY,
+    }
+
+
 UPLOAD_FIELDS = ("images", "image")
 
 
@@ -129,7 +134,7 @@ def _decode_base64(text: str, index: int) -> bytes:
         raise InvalidBase64(f"images[{index}] is not valid base64") from None
 
 
-@uploads.post("/detect", response_model=DetectResponse, openapi_extra=UPLOAD_OPENAPI)
+@uploads.post("/detect", response_model=DetectResponse, openapi_extra=upload_openapi())
 async def detect(request: Request) -> Response:
     """Detect objects in one or more uploaded images; one result per image, in upload order."""
 
@@ -160,7 +165,7 @@ def _render(outcome: DetectOutcome, class_names: list[str]) -> bytes:
 @uploads.post(
     "/detect/annotated",
     response_class=Response,
-    openapi_extra=UPLOAD_OPENAPI,
+    openapi_extra=upload_openapi(one_image=True),
     responses={200: {"content": {"image/jpeg": {}}, "description": "the image with boxes and labels"}},
 )
 async def detect_annotated(request: Request) -> Response:
