@@ -130,5 +130,11 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class V2ErrorBody(BaseModel):
+    """Under /v2: the KServe v2 protocol's error body."""
+
+    error: str
+
+
 class Status(BaseModel):
     status: str

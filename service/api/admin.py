@@ -37,7 +37,7 @@ class ReloadResponse(BaseModel):
 @router.post(
     "/reload",
     response_model=ReloadResponse,
-    responses={status: {"model": ErrorBody} for status in (401, 403, 409, 422)},
+    responses={status: {"model": ErrorBody} for status in (400, 401, 403, 409, 413, 422)},
 )
 async def reload(state: StateDep, body: ReloadRequest | None = None) -> ReloadResponse:
     """Load, check and warm up a model beside the serving one, then switch to it; the old one finishes

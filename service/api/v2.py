@@ -17,6 +17,7 @@ from fastapi.responses import Response
 
 from service.api.deps import DisconnectedDep, StateDep, require_api_key
 from service.errors import InvalidTensor
+from service.schemas import V2ErrorBody
 from service.v2 import inference, models
 from service.v2.tensors import (
     HEADER_LENGTH,
@@ -25,7 +26,10 @@ from service.v2.tensors import (
     parse_infer_request,
 )
 
-router = APIRouter(prefix="/v2", tags=["kserve-v2"], include_in_schema=True)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": V2ErrorBody} for status in (400, 401, 403, 404, 413, 503, 504)
+}
+router = APIRouter(prefix="/v2", tags=["kserve-v2"], responses=ERRORS)
 
 
 @router.get("/health/live")
