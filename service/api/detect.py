@@ -99,22 +99,23 @@ Respond = Callable[[Detector, DetectOutcome], Awaitable[Response]]
 
 
 async def _detect_upload(request: Request, respond: Respond, *, one_image: bool = False) -> Response:
-    """A multipart detect request, checked in the order FastAPI's dependencies did: API key (401/403),
-    content type (415), the model (503 until ready), then query and files (422). `one_image`: at most
-    one file, its decoded image kept for drawing. The model is held until `respond` has made the
-    answer (a reload retires it after)."""
-    started = time.monotonic()
+    """A multipart detect request: API key (401/403), content type (415), query string (422), files
+    (400 unparseable, 422), then the model (503 until ready). `one_image`: at most one file, its
+    decoded image kept for drawing. The model is taken once the body is read (a slow upload does
+    not hold it) and held until `respond` has made the answer (a reload retires it after). As with
+    FastAPI's parameters, the request's time and deadline start once its body is in."""
     state: ServiceState = request.app.state.service
     await check_api_key(request, state)
     await require_multipart(request)
+    query = read_query(DetectQuery, request, lists=("classes",))
+    files = await _read_files(request)
+    if one_image and len(files) > 1:
+        raise InvalidParameter(f"{request.url.path} takes exactly one image, got {len(files)}")
+    started = time.monotonic()
     with state.current().use() as detector:
-        params = _params(detector, read_query(DetectQuery, request, lists=("classes",)))
-        files = await _read_files(request)
-        if one_image and len(files) > 1:
-            raise InvalidParameter(f"{request.url.path} takes exactly one image, got {len(files)}")
         disconnected = await client_disconnected(request)
         outcome = await detector.detect(
-            files, params, started=started, keep_images=one_image, disconnected=disconnected
+            files, _params(detector, query), started=started, keep_images=one_image, disconnected=disconnected
         )
         return await respond(detector, outcome)
 

@@ -197,6 +197,40 @@ async def test_a_reload_to_another_input_size_changes_what_every_endpoint_says(t
     assert detect.json()["results"][0]["detections"][0]["score"] == 0.7
 
 
+async def test_a_slow_upload_does_not_hold_the_model_a_reload_retires(tmp_path):
+    models = Models(tmp_path, {"a": 0.5, "b": 0.7})
+    boundary = "slow-upload"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="x.png"\r\n\r\n'
+    body = head.encode() + IMAGE + f"\r\n--{boundary}--\r\n".encode()
+    rest_may_come = asyncio.Event()
+
+    async def slowly():
+        yield body[: len(body) // 2]
+        await rest_may_come.wait()  # the client is still uploading while the reload runs
+        yield body[len(body) // 2 :]
+
+    app = app_for(models, "a", request_timeout_s=5.0)
+    async with running(app) as client:
+        first = app.state.service.model
+        upload = asyncio.create_task(
+            client.post(
+                "/detect",
+                content=slowly(),
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            )
+        )
+        await asyncio.sleep(0.05)
+        reload = await asyncio.wait_for(
+            client.post("/admin/reload", json={"model_dir": str(models.dirs["b"])}, headers=ADMIN), 3.0
+        )
+        closed_before_the_upload_ended = first.backend.closed
+        rest_may_come.set()
+        answer = await upload
+    assert reload.status_code == 200 and reload.json()["previous_released"], reload.text
+    assert closed_before_the_upload_ended  # the retirement did not wait for the half-sent request
+    assert answer.status_code == 200 and answer.json()["results"][0]["detections"][0]["score"] == 0.7
+
+
 async def test_admin_keys(tmp_path):
     models = Models(tmp_path, {"a": 0.5})
     async with running(app_for(models, "a", admin_keys=[], api_keys=["user-key-0123"])) as client:
