@@ -8,22 +8,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from service.api.deps import (
-    API_KEY_SECURITY,
-    DetectorDep,
-    DisconnectedDep,
-    check_api_key,
-    client_disconnected,
-    require_api_key,
-    require_multipart,
-)
-from service.api.direct import DirectRoute, query_parameters, read_query
+from service.api.deps import API_KEY_SECURITY, check_api_key, client_disconnected, require_multipart
+from service.api.direct import DirectRoute, json_body, query_parameters, read_json, read_query
 from service.detector import Detector, DetectOutcome, DetectParams
 from service.drawing import draw_detections, encode_jpeg
 from service.errors import InvalidBase64, InvalidParameter
@@ -34,10 +26,8 @@ from service.tiling import TileOptions
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (400, 401, 403, 413, 415, 422, 500, 503, 504)
 }
-# The multipart routes read their own request (service.api.direct: the hot path, no dependencies);
-# /detect/json goes through FastAPI's.
-uploads = APIRouter(tags=["detect"], responses=ERRORS, route_class=DirectRoute)
-router = APIRouter(tags=["detect"], dependencies=[Depends(require_api_key)], responses=ERRORS)
+# The detect routes read their own request (service.api.direct: the hot path, no dependencies).
+router = APIRouter(tags=["detect"], responses=ERRORS, route_class=DirectRoute)
 
 _FILE = {"type": "string", "contentMediaType": "application/octet-stream"}
 
@@ -98,26 +88,47 @@ async def _read_files(request: Request) -> list[bytes]:
 Respond = Callable[[Detector, DetectOutcome], Awaitable[Response]]
 
 
+async def _detect(
+    request: Request,
+    files: list[bytes],
+    query: DetectQuery | JsonDetectRequest,
+    respond: Respond,
+    *,
+    keep_images: bool = False,
+) -> Response:
+    """Detections for a request whose key, body and parameters were checked: the model is taken now
+    (503 until ready), once the body is read (a slow upload does not hold it), and held until
+    `respond` has made the answer (a reload retires it after). As with FastAPI's parameters, the
+    request's time and deadline start once its body is in."""
+    started = time.monotonic()
+    state: ServiceState = request.app.state.service
+    with state.current().use() as detector:
+        disconnected = await client_disconnected(request)
+        outcome = await detector.detect(
+            files,
+            _params(detector, query),
+            started=started,
+            keep_images=keep_images,
+            disconnected=disconnected,
+        )
+        return await respond(detector, outcome)
+
+
 async def _detect_upload(request: Request, respond: Respond, *, one_image: bool = False) -> Response:
     """A multipart detect request: API key (401/403), content type (415), query string (422), files
-    (400 unparseable, 422), then the model (503 until ready). `one_image`: at most one file, its
-    decoded image kept for drawing. The model is taken once the body is read (a slow upload does
-    not hold it) and held until `respond` has made the answer (a reload retires it after). As with
-    FastAPI's parameters, the request's time and deadline start once its body is in."""
-    state: ServiceState = request.app.state.service
-    await check_api_key(request, state)
+    (400 unparseable, 422), then `_detect`. `one_image`: at most one file, its decoded image kept
+    for drawing."""
+    await check_api_key(request, request.app.state.service)
     await require_multipart(request)
     query = read_query(DetectQuery, request, lists=("classes",))
     files = await _read_files(request)
     if one_image and len(files) > 1:
         raise InvalidParameter(f"{request.url.path} takes exactly one image, got {len(files)}")
-    started = time.monotonic()
-    with state.current().use() as detector:
-        disconnected = await client_disconnected(request)
-        outcome = await detector.detect(
-            files, _params(detector, query), started=started, keep_images=one_image, disconnected=disconnected
-        )
-        return await respond(detector, outcome)
+    return await _detect(request, files, query, respond, keep_images=one_image)
+
+
+async def _respond_json(detector: Detector, outcome: DetectOutcome) -> Response:
+    return _json(detector.to_response(outcome))
 
 
 def _json(response: DetectResponse) -> Response:
@@ -135,26 +146,23 @@ def _decode_base64(text: str, index: int) -> bytes:
         raise InvalidBase64(f"images[{index}] is not valid base64") from None
 
 
-@uploads.post("/detect", response_model=DetectResponse, openapi_extra=upload_openapi())
+@router.post("/detect", response_model=DetectResponse, openapi_extra=upload_openapi())
 async def detect(request: Request) -> Response:
     """Detect objects in one or more uploaded images; one result per image, in upload order."""
-
-    async def respond(detector: Detector, outcome: DetectOutcome) -> Response:
-        return _json(detector.to_response(outcome))
-
-    return await _detect_upload(request, respond)
+    return await _detect_upload(request, _respond_json)
 
 
-@router.post("/detect/json", response_model=DetectResponse)
-async def detect_json(
-    detector: DetectorDep, body: JsonDetectRequest, disconnected: DisconnectedDep
-) -> Response:
-    """The same as `/detect` for clients that cannot send multipart: base64 images in JSON."""
-    started = time.monotonic()
-    params = _params(detector, body)
+JSON_OPENAPI = {"requestBody": json_body(JsonDetectRequest), "security": API_KEY_SECURITY}
+
+
+@router.post("/detect/json", response_model=DetectResponse, openapi_extra=JSON_OPENAPI)
+async def detect_json(request: Request) -> Response:
+    """The same as `/detect` for clients that cannot send multipart: base64 images in JSON.
+    API key (401/403), content type (415), body (422, 400 for bad base64), then the model (503)."""
+    await check_api_key(request, request.app.state.service)
+    body = await read_json(JsonDetectRequest, request, elsewhere=" (multipart uploads go to POST /detect)")
     files = [_decode_base64(text, i) for i, text in enumerate(body.images)]
-    outcome = await detector.detect(files, params, started=started, disconnected=disconnected)
-    return _json(detector.to_response(outcome))
+    return await _detect(request, files, body, _respond_json)
 
 
 def _render(outcome: DetectOutcome, class_names: list[str]) -> bytes:
@@ -163,7 +171,7 @@ def _render(outcome: DetectOutcome, class_names: list[str]) -> bytes:
     return encode_jpeg(draw_detections(result.image, result.detections, class_names))
 
 
-@uploads.post(
+@router.post(
     "/detect/annotated",
     response_class=Response,
     openapi_extra=upload_openapi(one_image=True),

@@ -1,23 +1,27 @@
-"""Routes FastAPI calls without its parameter machinery, for the upload routes on the hot path.
+"""Routes FastAPI calls without its parameter machinery, for the detect routes on the hot path.
 
 FastAPI resolves each dependency and validates each query parameter and form field on its own: on
 `POST /detect` that was ~0.55 ms of the event loop's CPU per request under load (py-spy and
 per-thread CPU, docs/benchmarks.md), a quarter of what the rest of the server spends beside
 inference on the demo model. A `DirectRoute` endpoint takes the `Request` and returns a `Response`;
-it reads the query string with one pydantic model (`read_query`) and declares that model and its
-body for OpenAPI (`query_parameters`), so /docs shows the same contract. Its checks answer as
-FastAPI's would: RequestValidationError (422) through the app's handlers.
+it reads the query string or a JSON body with one pydantic model (`read_query`, `read_json`: one
+validation call) and declares that model for OpenAPI (`query_parameters`, `json_body`), so /docs
+shows the same contract. Invalid input answers as FastAPI's would: RequestValidationError (422,
+`query.<name>` / `body.<name>` locations) through the app's handlers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import codecs
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+
+from service.errors import UnsupportedMediaType
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -33,18 +37,48 @@ class DirectRoute(APIRoute):
         return endpoint
 
 
-def read_query(model: type[Model], request: Request, *, lists: tuple[str, ...] = ()) -> Model:
+def _invalid(e: ValidationError, where: str) -> RequestValidationError:
+    return RequestValidationError(
+        [{**error, "loc": (where, *error["loc"])} for error in e.errors(include_input=False)]
+    )
+
+
+def read_query(model: type[Model], request: Request, *, lists: Sequence[str] = ()) -> Model:
     """The query string as `model` (the last value of a repeated parameter; every value of those
-    in `lists`); 422 with FastAPI's `query.<name>` locations when it does not validate."""
+    in `lists`); 422 when it does not validate."""
     query = request.query_params
     values: dict[str, Any] = dict(query)
     values.update({name: query.getlist(name) for name in lists if name in query})
     try:
         return model.model_validate(values)
     except ValidationError as e:
-        raise RequestValidationError(
-            [{**error, "loc": ("query", *error["loc"])} for error in e.errors(include_input=False)]
-        ) from None
+        raise _invalid(e, "query") from None
+
+
+def is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_json(model: type[Model], request: Request, *, elsewhere: str = "") -> Model:
+    """The body as `model`, parsed and validated by pydantic-core in one pass (a UTF-8 BOM allowed,
+    a repeated key's last value); 415 unless the content type is JSON (`elsewhere`: where other
+    bodies go), 422 for malformed JSON or a body that does not validate."""
+    content_type = request.headers.get("content-type", "")
+    if not is_json(content_type):
+        raise UnsupportedMediaType(
+            f"expected application/json, got {content_type or 'no content type'!r}{elsewhere}"
+        )
+    body = (await request.body()).removeprefix(codecs.BOM_UTF8)
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        raise _invalid(e, "body") from None
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI `requestBody` of a body read with `read_json(model, ...)`."""
+    return {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}
 
 
 def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:

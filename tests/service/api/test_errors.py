@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import codecs
+import json
 import logging
 import struct
 import zlib
@@ -113,6 +116,33 @@ async def test_malformed_json_body(tmp_path):
     async with running(app) as client:
         r = await client.post("/detect/json", content=b'{"images": [', headers={"content-type": JSON})
     assert_error(r, 422, "invalid_request")
+
+
+async def test_json_route_checks_the_key_then_the_content_type_then_the_body(tmp_path):
+    app, _ = fake_app(tmp_path, topk_rows(OK_ROWS), api_keys=["s3cret-key-1"])
+    key = {"X-API-Key": "s3cret-key-1"}
+    payload = json.dumps({"images": [base64.b64encode(IMAGE).decode()], "conf": 0.5}).encode()
+    async with running(app) as client:
+        keyless = await client.post("/detect/json", content=b"{", headers={"content-type": JSON})
+        text = await client.post(
+            "/detect/json", content=payload, headers={**key, "content-type": "text/plain"}
+        )
+        form = await client.post("/detect/json", files=files(IMAGE), headers=key)
+        broken = await client.post(
+            "/detect/json", content=b'{"images": [', headers={**key, "content-type": JSON}
+        )
+        suffixed = await client.post(
+            "/detect/json", content=payload, headers={**key, "content-type": "application/vnd.x+json"}
+        )
+        bom = await client.post(
+            "/detect/json", content=codecs.BOM_UTF8 + payload, headers={**key, "content-type": JSON}
+        )
+    assert_error(keyless, 401, "unauthorized")  # an unauthenticated client learns nothing of the body
+    assert "(multipart uploads go to POST /detect)" in assert_error(text, 415, "unsupported_media_type")
+    assert_error(form, 415, "unsupported_media_type")
+    assert assert_error(broken, 422, "invalid_request").startswith("body: Invalid JSON")
+    assert suffixed.status_code == bom.status_code == 200, (suffixed.text, bom.text)
+    assert suffixed.json()["results"] == bom.json()["results"]
 
 
 async def test_pixels_checked_after_decoding_when_the_header_is_not_read(tmp_path):

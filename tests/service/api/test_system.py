@@ -233,7 +233,8 @@ async def test_the_openapi_schema_is_the_response_models_and_one_set_of_bounds(t
     assert set(answer.json()["timing_ms"]) == set(schemas["Timing"]["properties"])
     # query string (/detect) and JSON body (/detect/json) share their bounds
     query = {p["name"]: p["schema"] for p in spec["paths"]["/detect"]["post"]["parameters"]}
-    body = schemas["JsonDetectRequest"]["properties"]
+    json_route = spec["paths"]["/detect/json"]["post"]
+    body = json_route["requestBody"]["content"]["application/json"]["schema"]["properties"]
     for name in ("conf", "iou", "max_det"):
         bounds = {k: v for k, v in query[name].items() if k in ("minimum", "maximum")}
         assert bounds and bounds == {k: v for k, v in body[name].items() if k in ("minimum", "maximum")}
