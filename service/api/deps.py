@@ -6,14 +6,13 @@ one thread hop per dependency per request (~0.1-0.3 ms of CPU each, measured by 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import ApiKeys
-from service.detector import Detector, Disconnected
+from service.detector import Disconnected
 from service.errors import Forbidden, Unauthorized, UnsupportedMediaType
 from service.state import ServiceState
 
@@ -27,16 +26,6 @@ async def get_state(request: Request) -> ServiceState:
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
-
-
-async def get_detector(state: StateDep) -> AsyncIterator[Detector]:
-    """The current model's detector, held for the whole request (a reload meanwhile retires the
-    model only once this request is done); 503 before warm-up and while shutting down."""
-    with state.current().use() as detector:
-        yield detector
-
-
-DetectorDep = Annotated[Detector, Depends(get_detector)]
 
 
 async def client_disconnected(request: Request) -> Disconnected:
