@@ -175,7 +175,7 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     install_error_handlers(app, retry_after_s=settings.retry_after_s, on_reject=metrics.reject)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, on_reject=metrics.reject)
     app.add_middleware(UnexpectedErrors)
-    routers = (system.router, detect.router, v2.router, admin.router)
+    routers = (system.router, detect.router, v2.router, v2.infer_router, admin.router)
     paths = [route.path for router in routers for route in router.routes]  # type: ignore[attr-defined]
     app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
     if settings.cors_origins:

@@ -15,9 +15,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from service.api.deps import DisconnectedDep, StateDep, require_api_key
+from service.api.deps import API_KEY_SECURITY, StateDep, check_api_key, client_disconnected, require_api_key
+from service.api.direct import DirectRoute
 from service.errors import InvalidTensor
 from service.schemas import V2ErrorBody
+from service.state import ServiceState
 from service.v2 import inference, models
 from service.v2.tensors import (
     HEADER_LENGTH,
@@ -30,6 +32,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": V2ErrorBody} for status in (400, 401, 403, 404, 413, 503, 504)
 }
 router = APIRouter(prefix="/v2", tags=["kserve-v2"], responses=ERRORS)
+# infer reads its own request (service.api.direct), as the detect routes: the hot path.
+infer_router = APIRouter(prefix="/v2", tags=["kserve-v2"], responses=ERRORS, route_class=DirectRoute)
 
 
 @router.get("/health/live")
@@ -91,18 +95,32 @@ def _header_length(request: Request) -> int | None:
         raise InvalidTensor(f"{HEADER_LENGTH} must be an integer, got {value!r}") from None
 
 
-@router.post("/models/{name}/infer", dependencies=[Depends(require_api_key)])
-@router.post("/models/{name}/versions/{version}/infer", dependencies=[Depends(require_api_key)])
-async def infer(
-    request: Request,
-    state: StateDep,
-    disconnected: DisconnectedDep,
-    name: str,
-    version: str | None = None,
-) -> Response:
-    """Infer on the exported graph's tensors; the rows of a batch go through the dynamic batcher."""
+def _infer_openapi(*, versioned: bool) -> dict[str, Any]:
+    names = ("name", "version") if versioned else ("name",)
+    return {
+        "parameters": [
+            {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
+        ],
+        "requestBody": {
+            "required": True,
+            "description": "the protocol's JSON infer request, optionally followed by binary tensor data "
+            f"(its JSON length in {HEADER_LENGTH})",
+            "content": {"application/json": {}, "application/octet-stream": {}},
+        },
+        "security": API_KEY_SECURITY,
+    }
+
+
+@infer_router.post("/models/{name}/infer", openapi_extra=_infer_openapi(versioned=False))
+@infer_router.post("/models/{name}/versions/{version}/infer", openapi_extra=_infer_openapi(versioned=True))
+async def infer(request: Request) -> Response:
+    """Infer on the exported graph's tensors; the rows of a batch go through the dynamic batcher.
+    A `DirectRoute` (as the detect routes): API key, model name, then the body."""
     started = time.monotonic()
-    model = inference.served(state, name, version)
+    state: ServiceState = request.app.state.service
+    await check_api_key(request, state)
+    name = request.path_params["name"]
+    model = inference.served(state, name, request.path_params.get("version"))
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":
         raise InvalidTensor(f"Content-Encoding {encoding!r} is not supported (send identity)")
@@ -111,6 +129,7 @@ async def infer(
         parsed = parse_infer_request(body, _header_length(request))
     except TensorError as e:
         raise InvalidTensor(str(e)) from None
+    disconnected = await client_disconnected(request)
     outputs = await inference.infer(state, model, parsed, started=started, disconnected=disconnected)
     content, header_length = encode_infer_response(name, models.VERSION, parsed, outputs)
     if header_length is None:
