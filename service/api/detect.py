@@ -132,8 +132,7 @@ async def _respond_json(detector: Detector, outcome: DetectOutcome) -> Response:
 
 
 def _json(response: DetectResponse) -> Response:
-    """`response` serialised once by pydantic-core: returned as a model, FastAPI would validate it
-    again against `response_model` and encode it in a second pass (that stays the documented schema)."""
+    """`response` serialised once by pydantic-core (the route's `response_model` documents it)."""
     return Response(response.model_dump_json(), media_type="application/json")
 
 
