@@ -12,8 +12,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import ApiKeys
-from service.detector import Disconnected
-from service.errors import Forbidden, Unauthorized, UnsupportedMediaType
+from service.errors import Forbidden, Unauthorized
 from service.state import ServiceState
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key (when configured)")
@@ -26,23 +25,6 @@ async def get_state(request: Request) -> ServiceState:
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
-
-
-async def client_disconnected(request: Request) -> Disconnected:
-    """An awaitable that returns once the client has gone away; call it after the body was read.
-
-    Servers answer `receive()` with `http.disconnect` when the connection closes (uvicorn) or the
-    response is complete (test transports), so this waits without polling.
-    """
-
-    async def wait() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    return wait
-
-
-DisconnectedDep = Annotated[Disconnected, Depends(client_disconnected)]
 
 
 ApiKeyDep = Annotated[str | None, Security(_api_key_header)]
@@ -82,13 +64,3 @@ async def require_admin_key(state: StateDep, api_key: ApiKeyDep, bearer: BearerD
     if not state.admin_keys.enabled:
         raise Forbidden("the admin API is disabled: set YOLOR_ADMIN_KEYS to enable it")
     _check_key(state.admin_keys, api_key, bearer, "an admin key")
-
-
-async def require_multipart(request: Request) -> None:
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        got = content_type or "no content type"
-        raise UnsupportedMediaType(
-            f"expected multipart/form-data with image files in 'images', got {got!r}"
-            " (base64 JSON goes to POST /detect/json)"
-        )

@@ -14,11 +14,18 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from service.api.deps import API_KEY_SECURITY, check_api_key, client_disconnected, require_multipart
-from service.api.direct import DirectRoute, json_body, query_parameters, read_json, read_query
+from service.api.deps import API_KEY_SECURITY, check_api_key
+from service.api.direct import (
+    DirectRoute,
+    client_disconnected,
+    json_body,
+    query_parameters,
+    read_json,
+    read_query,
+)
 from service.detector import Detector, DetectOutcome, DetectParams
 from service.drawing import draw_detections, encode_jpeg
-from service.errors import InvalidBase64, InvalidParameter
+from service.errors import InvalidBase64, InvalidParameter, UnsupportedMediaType
 from service.schemas import DetectQuery, DetectResponse, ErrorBody, JsonDetectRequest
 from service.state import ServiceState
 from service.tiling import TileOptions
@@ -85,6 +92,16 @@ async def _read_files(request: Request) -> list[bytes]:
         return files
 
 
+def _require_multipart(request: Request) -> None:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        got = content_type or "no content type"
+        raise UnsupportedMediaType(
+            f"expected multipart/form-data with image files in 'images', got {got!r}"
+            " (base64 JSON goes to POST /detect/json)"
+        )
+
+
 Respond = Callable[[Detector, DetectOutcome], Awaitable[Response]]
 
 
@@ -119,7 +136,7 @@ async def _detect_upload(request: Request, respond: Respond, *, one_image: bool 
     (400 unparseable, 422), then `_detect`. `one_image`: at most one file, its decoded image kept
     for drawing."""
     await check_api_key(request, request.app.state.service)
-    await require_multipart(request)
+    _require_multipart(request)
     query = read_query(DetectQuery, request, lists=("classes",))
     files = await _read_files(request)
     if one_image and len(files) > 1:

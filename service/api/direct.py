@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
+from service.detector import Disconnected
 from service.errors import UnsupportedMediaType
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -95,3 +96,17 @@ def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
         }
         for name, schema in properties.items()
     ]
+
+
+async def client_disconnected(request: Request) -> Disconnected:
+    """An awaitable that returns once the client has gone away; call it after the body was read.
+
+    Servers answer `receive()` with `http.disconnect` when the connection closes (uvicorn) or the
+    response is complete (test transports), so this waits without polling.
+    """
+
+    async def wait() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return wait

@@ -15,8 +15,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from service.api.deps import API_KEY_SECURITY, StateDep, check_api_key, client_disconnected, require_api_key
-from service.api.direct import DirectRoute
+from service.api.deps import API_KEY_SECURITY, StateDep, check_api_key, require_api_key
+from service.api.direct import DirectRoute, client_disconnected
 from service.errors import InvalidTensor
 from service.schemas import V2ErrorBody
 from service.state import ServiceState
