@@ -70,7 +70,7 @@ class Metrics:
         )
         self.queue_depth = Gauge("yolor_queue_depth", "Images waiting in the batch queue", registry=registry)
         self.inflight_batches = Gauge(
-            "yolor_inflight_batches", "Batches being run by the backend (0 or 1)", registry=registry
+            "yolor_inflight_batches", "Batches being run by the backend", registry=registry
         )
         self.images = Counter("yolor_images", "Images run through the model", registry=registry)
         self.detections = Counter("yolor_detections", "Detections returned", registry=registry)

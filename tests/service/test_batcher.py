@@ -400,3 +400,109 @@ async def test_metrics_are_recorded_around_each_batch():
     assert (sample("yolor_batch_size_count"), sample("yolor_batch_size_sum")) == (2, 3)
     assert sample("yolor_queue_wait_seconds_count") == 3
     assert sample("yolor_inference_seconds_count") == 2
+
+
+class TwoGates(Model):
+    """Gated; records each call's entry as a threading event (`calls[i]`), and can hold call 2 too."""
+
+    def __init__(self) -> None:
+        super().__init__(gated=True)
+        self.calls = [threading.Event() for _ in range(4)]
+        self.second = threading.Event()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        n = len(self.sizes)
+        self.calls[n].set()
+        if n == 1:
+            assert self.second.wait(TIMEOUT)
+        return super().__call__(batch)
+
+
+async def wait_until(condition, timeout_s: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+async def test_a_full_batch_queued_while_every_worker_is_busy_starts_without_the_event_loop():
+    model = TwoGates()
+    model.second.set()
+    batcher = await started(model, max_batch_size=2, max_delay_s=0.0)
+    try:
+        running = batcher.submit([item(0)], later())
+        await wait_for_event(model.calls[0])
+        ready = batcher.submit([item(1), item(2)], later())  # a full batch: formed as the ready batch
+        await wait_until(lambda: batcher._queue.qsize() == 0)
+        # The event loop is blocked from here on: only the worker pool can start the ready batch.
+        model.release.set()
+        assert model.calls[1].wait(TIMEOUT)
+    finally:
+        model.release.set()
+    outputs = await results(running + ready)
+    assert await batcher.stop(TIMEOUT)
+    assert model.sizes == [1, 2]
+    assert [float(o.output[0]) for o in outputs] == [0, 10, 20]
+    assert [o.batch_size for o in outputs] == [1, 2, 2]
+
+
+async def test_no_ready_batch_is_formed_before_a_full_batch_is_queued():
+    model = Model(gated=True)
+    batcher = await started(model, max_batch_size=4, max_delay_s=0.0)
+    try:
+        running = batcher.submit([item(0)], later())
+        await wait_for_event(model.entered)
+        first = batcher.submit([item(1), item(2)], later())
+        await asyncio.sleep(0.05)
+        assert batcher._queue.qsize() == 2  # left to fill up while the worker is busy
+        second = batcher.submit([item(3), item(4)], later())
+        await wait_until(lambda: batcher._queue.qsize() == 0)  # now full: formed
+    finally:
+        model.release.set()
+    outputs = await results(running + first + second)
+    assert await batcher.stop(TIMEOUT)
+    assert model.sizes == [1, 4]
+    assert [float(o.output[0]) for o in outputs] == [0, 10, 20, 30, 40]
+
+
+async def test_images_of_the_ready_batch_count_against_the_queue_bound():
+    model = Model(gated=True)
+    batcher = await started(model, max_batch_size=2, queue_size=3)
+    try:
+        running = batcher.submit([item(0)], later())
+        await wait_for_event(model.entered)
+        ready = batcher.submit([item(1), item(2)], later())
+        await wait_until(lambda: batcher._queue.qsize() == 0)
+        with pytest.raises(Overloaded, match=r"2/3 images waiting"):
+            batcher.submit([item(3), item(4)], later())
+        queued = batcher.submit([item(5)], later())
+    finally:
+        model.release.set()
+    outputs = await results(running + ready + queued)
+    assert await batcher.stop(TIMEOUT)
+    assert [float(o.output[0]) for o in outputs] == [0, 10, 20, 50]
+
+
+async def test_images_of_the_ready_batch_abandoned_or_expired_while_it_waits_are_not_run():
+    model = TwoGates()
+    batcher = await started(model, max_batch_size=3, max_delay_s=0.0)
+    try:
+        running = batcher.submit([item(0)], later())
+        await wait_for_event(model.calls[0])
+        expiring = batcher.submit([item(1)], later(0.05))
+        abandoned, kept = batcher.submit([item(2), item(3)], later())
+        await wait_until(lambda: batcher._queue.qsize() == 0)  # the ready batch holds all three
+        abandoned.cancel()
+        await asyncio.sleep(0.1)  # item 1's deadline passes while the ready batch waits
+    finally:
+        model.release.set()
+        model.second.set()
+    outputs = await results([*running, *expiring, kept])
+    assert await batcher.stop(TIMEOUT)
+    assert model.sizes == [1, 1]  # only item 3 ran in the second call
+    assert isinstance(outputs[1], DeadlineExceeded)
+    assert float(outputs[2].output[0]) == 30 and outputs[2].batch_size == 1
+    sample = batcher._metrics.registry.get_sample_value
+    assert sample("yolor_dropped_images_total", {"reason": "abandoned"}) == 1
+    assert sample("yolor_dropped_images_total", {"reason": "expired"}) == 1
+    assert (sample("yolor_batch_size_count"), sample("yolor_batch_size_sum")) == (2, 2)

@@ -217,7 +217,7 @@ async def test_queue_full_is_503_with_retry_after(tmp_path):
         first = asyncio.create_task(client.post("/detect", files=files(IMAGE)))  # held in the backend
         await wait_until(gate.entered.is_set, "the first batch reached the backend")
         queued = [asyncio.create_task(client.post("/detect", files=files(IMAGE))) for _ in range(2)]
-        await wait_until(lambda: batcher._queue.qsize() == 2, "two images queued")
+        await wait_until(lambda: batcher.waiting == 2, "two images queued")
         refused = await client.post("/detect", files=files(IMAGE))
         gate.release.set()
         answered = await asyncio.gather(first, *queued)

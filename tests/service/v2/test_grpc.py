@@ -189,7 +189,7 @@ def test_overload_and_deadline_are_those_of_detect(tmp_path):
         running = http_c.async_infer("yolor", [tensor])  # held in the backend by the gate
         queued = http_c.async_infer("yolor", [tensor])  # fills the queue of 1
         give_up = time.monotonic() + 10
-        while not (gate.entered.is_set() and state.batcher._queue.qsize() == 1):
+        while not (gate.entered.is_set() and state.batcher.waiting == 1):
             assert time.monotonic() < give_up
             gevent.sleep(0.01)
         other = httpclient.InferenceServerClient(url[7:])
