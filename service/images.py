@@ -31,6 +31,9 @@ SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _JPEG_NO_LENGTH = {0x01, *range(0xD0, 0xDA)}  # TEM, RSTn, SOI, EOI
 _REDUCED_JPEG = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
+# OpenCV >= 4.10 decodes straight to RGB (libjpeg-turbo writes RGB as cheaply as BGR), which saves a
+# full-image conversion pass (~0.15 ms of 1.6 for a 640x480 JPEG); older versions decode BGR.
+_RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -126,23 +129,27 @@ def decode(data: bytes, max_pixels: int, *, fit: int | None = None) -> Decoded:
         factor = jpeg_reduction(width, height, fit)
         if factor > 1 and width != height and -(-width // factor) == -(-height // factor):
             factor = 1  # a rotated and an unrotated result would look the same
-    bgr = _imdecode(data, _REDUCED_JPEG.get(factor, cv2.IMREAD_COLOR))
-    height, width = bgr.shape[:2]
+    rgb = _imdecode_rgb(data, _REDUCED_JPEG.get(factor, cv2.IMREAD_COLOR))
+    height, width = rgb.shape[:2]
     if factor > 1:
         assert declared is not None
         rotated = (height, width) != (-(-declared[1] // factor), -(-declared[0] // factor))
         width, height = (declared[1], declared[0]) if rotated else declared
     if height * width > max_pixels:
         raise TooManyPixels(f"image is {width}x{height}, more than {max_pixels} pixels")
-    rgb = np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
     return Decoded(rgb, height, width)
 
 
-def _imdecode(data: bytes, flags: int) -> np.ndarray:
+def _imdecode_rgb(data: bytes, flags: int) -> npt.NDArray[np.uint8]:
+    """`cv2.imdecode` with `flags` (a BGR colour mode), to RGB."""
+    if _RGB is not None:
+        flags = (flags & ~cv2.IMREAD_COLOR) | _RGB
     try:
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error:
-        bgr = None
-    if bgr is None or bgr.size == 0:
+        image = None
+    if image is None or image.size == 0:
         raise InvalidImage(f"not a decodable image (supported: {SUPPORTED})")
-    return bgr
+    if _RGB is None:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.asarray(image, dtype=np.uint8)

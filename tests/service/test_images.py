@@ -8,12 +8,27 @@ import cv2
 import numpy as np
 import pytest
 
+from service import images
 from service.errors import InvalidImage, TooManyPixels
 from service.images import decode, decode_image, header_size, jpeg_reduction
 
 pytestmark = pytest.mark.unit
 
 BIG = 10**9
+
+
+@pytest.fixture(autouse=True, params=["decoded-as-rgb", "decoded-as-bgr"])
+def opencv_colour_order(request, monkeypatch):
+    """Every test twice: OpenCV decoding straight to RGB (>= 4.10), and decoding BGR then converting
+    (what older OpenCV versions do)."""
+    if request.param == "decoded-as-bgr":
+        monkeypatch.setattr(images, "_RGB", None)
+
+
+def test_both_colour_orders_decode_the_same_pixels():
+    data = encoded(np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8), ".jpg")
+    reference = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(decode_image(data, BIG), reference)
 
 
 def bgr_quadrants(height: int = 20, width: int = 40) -> np.ndarray:
