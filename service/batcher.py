@@ -5,8 +5,10 @@ future exists before the item is queued; one task takes up to `max_batch_size` i
 `max_delay_s` of the first, drops the expired ones (LitServe's `collate_requests`), runs the batch in
 a worker thread (the event loop never blocks) and fans the outputs out. A failing batch fails
 exactly its own futures. An item may bring a `finish` function (post-processing) that the worker
-thread applies to its output row right after the batch: no further thread hop per image, and the
-backend's output buffer is read before the next call can reuse it.
+thread applies to its output row after the batch: no further thread hop per image. The backend's
+output is copied before the next batch may enter the backend (backends may reuse their output
+buffers), and post-processing runs after that, beside the next batch's inference: an accelerator
+is not left idle while the CPU post-processes.
 
 A batch does not wait for images nobody is preparing: the detector announces the images it is
 decoding (`incoming`), and once the queue is empty and none are announced the batch goes at once
@@ -15,11 +17,16 @@ instead of after `max_delay_s` (a lone request pays no delay; under load the que
 `workers` batches may be in the backend at once (Triton's instance count): a CPU backend whose
 runs are single-threaded answers more images/s with two independent batches in flight than with one
 batch on two threads. A batch is formed once a worker is free, so it takes whatever queued
-meanwhile; while other workers are idle it takes only its share. One more, the ready batch, is
-formed while every worker is busy, but only once a full batch is queued: it waits in the worker
-pool and starts the moment a worker is free, instead of after a round trip through a busy event
-loop (measured under load: workers idle ~5% of the time between batches). Its images still count
-against the queue bound, and those abandoned or expired by the time it starts are not run.
+meanwhile; while other workers are idle it takes only its share. Batches enter the backend in the
+order they were formed.
+
+With an `accelerator` (a backend that computes off the host's CPU), one more batch, the ready
+batch, is formed while every worker is busy, but only once a full batch is queued: it waits in a
+thread of its own and enters the backend the moment a batch leaves it, and that batch is
+post-processed beside it, instead of the backend idling through the post-processing and a round
+trip through a busy event loop (docs/benchmarks.md, "The ready batch": ~7% more images/s). Its
+images count against the queue bound, and those abandoned or expired by the time it starts are not
+run. On the CPU the same overlap only makes the threads contend for the cores: not done there.
 
 Stopping waits (bounded) for the batches in the worker threads: the caller releases the backend
 only when `stop` says they are idle. `inflight_age` lets a watchdog see a batch stuck in the backend.
@@ -31,6 +38,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -103,8 +111,9 @@ class _Batch:
     items: list[_Item]
     task: asyncio.Task[None] | None = None  # answers the items once the thread is done
     thread: concurrent.futures.Future[_Ran] | None = None  # the call in the worker thread
-    started: float | None = None  # when a worker thread took it (time.monotonic())
-    ready: bool = False  # formed while every worker was busy, and no worker has taken it yet
+    turn: int = 0  # batches enter the backend in the order they were formed: 0, 1, 2, ...
+    ready: bool = False  # formed while every worker was busy, and not yet in the backend
+    started: float | None = None  # when it entered the backend (time.monotonic())
 
 
 class DynamicBatcher:
@@ -119,6 +128,7 @@ class DynamicBatcher:
         queue_size: int,
         metrics: Metrics,
         workers: int = 1,
+        accelerator: bool = False,
     ) -> None:
         if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0 or workers < 1:
             raise ValueError("need max_batch_size >= 1, queue_size >= 1, max_delay_s >= 0, workers >= 1")
@@ -126,13 +136,22 @@ class DynamicBatcher:
         self.max_batch_size, self.max_delay_s, self.workers = max_batch_size, max_delay_s, workers
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
         self._metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="yolor-infer")
-        self._free = asyncio.Semaphore(workers + 1)  # a batch per worker, and the ready batch
+        self.accelerator = accelerator
+        # A thread per batch in the backend; with an accelerator one more, in which the ready batch
+        # waits for its turn while the last batch is post-processed.
+        threads = workers + 1 if accelerator else workers
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="yolor-infer")
+        self._turns = threading.Condition()  # guards the three below, shared with the worker threads
+        self._next_turn = 0  # the turn of the next batch to enter the backend
+        self._in_backend = 0
+        self._closing = False  # stop(): batches still waiting for their turn give up
+        # A batch per worker, and with an accelerator the ready batch.
+        self._free = asyncio.Semaphore(workers + 1 if accelerator else workers)
         self._changed = asyncio.Event()  # an image was queued or a batch was answered
         self._task: asyncio.Task[None] | None = None
         self._batches: set[_Batch] = set()  # formed and not yet answered
         self._incoming = 0  # images being prepared, to be submitted soon
-        self._batch_count = 0
+        self._formed = 0
         self._accepting = False
 
     @property
@@ -206,6 +225,9 @@ class DynamicBatcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        with self._turns:
+            self._closing = True
+            self._turns.notify_all()
         batches = list(self._batches)
         for batch in batches:  # on cancellation the threads run on: waited for below
             if batch.task is not None:
@@ -248,7 +270,8 @@ class DynamicBatcher:
                 raise
             live = self._drop_finished(items)
             if live:
-                batch = _Batch(live, ready=len(self._batches) >= self.workers)
+                batch = _Batch(live, turn=self._formed, ready=len(self._batches) >= self.workers)
+                self._formed += 1
                 self._batches.add(batch)
                 batch.task = asyncio.create_task(self._run(batch, items), name="yolor-batch")
             else:
@@ -262,8 +285,8 @@ class DynamicBatcher:
             self._queue.task_done()
 
     async def _worker_free_or_full_batch(self) -> None:
-        """Return once a worker is free, or (every worker busy: the ready batch) once a full batch
-        is queued."""
+        """Return once a worker is free, or (every worker busy: the ready batch, accelerators only)
+        once a full batch is queued."""
         while len(self._batches) >= self.workers and self._queue.qsize() < self.max_batch_size:
             self._changed.clear()
             await self._changed.wait()
@@ -315,14 +338,13 @@ class DynamicBatcher:
     async def _run(self, batch: _Batch, collected: list[_Item]) -> None:
         """Run `batch` in a worker thread and answer its items; `collected` (the live items and the
         dropped ones) are marked done in the queue at the end, and the worker is freed."""
-        items = batch.items
-        self._batch_count += 1
-        batch_id = self._batch_count
+        items, batch_id = batch.items, batch.turn + 1
         try:
             batch.thread = self._executor.submit(self._run_in_thread, batch)
-            # On cancellation (stop) the thread runs on: stop() waits for it before the backend may
-            # be closed, and fails the batch's futures (the batch stays in `_batches`).
-            ran = await asyncio.wrap_future(batch.thread)
+            # On cancellation (stop) the thread runs on, even one not started yet (shielded: every
+            # turn is taken, or a later batch would wait for it forever): stop() waits for it before
+            # the backend may be closed, and fails the batch's futures (it stays in `_batches`).
+            ran = await asyncio.shield(asyncio.wrap_future(batch.thread))
         except Exception as e:
             self._metrics.inference_errors.inc()
             log.exception("batch of %d failed", len(items))
@@ -355,33 +377,57 @@ class DynamicBatcher:
         self._done(collected)
 
     def _run_in_thread(self, batch: _Batch) -> _Ran:
-        """Worker thread: drop what is no longer worth running (a ready batch may have waited), stack,
-        infer, check one output per input, then each item's `finish` (or a copy of its row: backends
-        reuse their output buffers) before the next call."""
-        start = batch.started = time.monotonic()
-        batch.ready = False
-        answers: list[Any | BaseException | _Dropped] = [_dropped(item, start) for item in batch.items]
-        live = [item for item, dropped in zip(batch.items, answers, strict=True) if dropped is None]
-        if not live:
-            return _Ran(answers, 0.0, 0)
-        self._metrics.inflight_batches.inc()
-        try:
-            outputs = self._infer(np.stack([item.tensor for item in live]))
-        finally:
-            self._metrics.inflight_batches.dec()
-        inference_s = time.monotonic() - start
-        if len(outputs) != len(live):
-            raise InferenceFailed(f"backend returned {len(outputs)} outputs for a batch of {len(live)}")
-        rows = iter(outputs)
-        for i, item in enumerate(batch.items):
-            if answers[i] is not None:  # dropped
-                continue
-            row = next(rows)
+        """Worker thread: stack the batch, then in its turn in the backend (formation order, at most
+        `workers` at once) drop what is no longer worth running (a ready batch may have waited),
+        infer and check one output per input; then each item's `finish` on its row (or a copy of the
+        row: backends may reuse their output buffers). With an accelerator the turn ends before the
+        post-processing (the outputs copied first if they are a view of the backend's buffer), so
+        that the next batch runs beside it."""
+        stacked = np.stack([item.tensor for item in batch.items])  # before its turn: it waits instead
+        with self._turn(batch) as start:
+            if start is None:  # stop(): it fails the items
+                return _Ran([_Dropped("abandoned") for _ in batch.items], 0.0, 0)
+            answers: list[Any | BaseException | _Dropped] = [_dropped(item, start) for item in batch.items]
+            alive = [dropped is None for dropped in answers]
+            live = sum(alive)
+            if not live:
+                return _Ran(answers, 0.0, 0)
+            self._metrics.inflight_batches.inc()
             try:
-                answers[i] = np.array(row, copy=True) if item.finish is None else item.finish(row)
-            except Exception as e:  # this image's answer; the batch's other images are unaffected
-                answers[i] = e
-        return _Ran(answers, inference_s, len(live))
+                outputs = self._infer(stacked if live == len(alive) else stacked[alive])
+            finally:
+                self._metrics.inflight_batches.dec()
+            inference_s = time.monotonic() - start
+            if len(outputs) != live:
+                raise InferenceFailed(f"backend returned {len(outputs)} outputs for a batch of {live}")
+            if not self.accelerator:  # on the CPU, post-processing beside the next batch only contends
+                return _Ran(_finished(batch.items, answers, outputs, copy=True), inference_s, live)
+            if outputs.base is not None:  # a view of a buffer the next call may reuse (Backend.infer)
+                outputs = np.array(outputs, copy=True)
+        return _Ran(_finished(batch.items, answers, outputs, copy=False), inference_s, live)
+
+    @contextlib.contextmanager
+    def _turn(self, batch: _Batch) -> Iterator[float | None]:
+        """Wait for `batch`'s turn and a free place in the backend, hold it: the time it entered, or
+        None when the batcher stops first (later turns are then not waited for)."""
+        with self._turns:
+            self._turns.wait_for(
+                lambda: self._closing or (self._next_turn == batch.turn and self._in_backend < self.workers)
+            )
+            entered = not self._closing
+            if entered:
+                self._next_turn += 1
+                self._in_backend += 1
+                batch.started, batch.ready = time.monotonic(), False
+        if not entered:
+            yield None
+            return
+        try:
+            yield batch.started
+        finally:
+            with self._turns:
+                self._in_backend -= 1
+                self._turns.notify_all()
 
     @staticmethod
     def _fail(item: _Item, error: BaseException) -> bool:
@@ -390,3 +436,23 @@ class DynamicBatcher:
             return False
         item.future.set_exception(error)
         return True
+
+
+def _finished(
+    items: list[_Item], answers: list[Any | BaseException | _Dropped], outputs: np.ndarray, *, copy: bool
+) -> list[Any | BaseException | _Dropped]:
+    """`answers` with each item that ran (None in it) answered: `finish(row)`, or the row (copied
+    when `copy`); what a `finish` raises is that image's answer only."""
+    rows = iter(outputs)
+    for i, item in enumerate(items):
+        if answers[i] is not None:  # dropped
+            continue
+        row = next(rows)
+        try:
+            if item.finish is not None:
+                answers[i] = item.finish(row)
+            else:
+                answers[i] = np.array(row, copy=True) if copy else row
+        except Exception as e:
+            answers[i] = e
+    return answers

@@ -141,6 +141,7 @@ async def load_model(
         queue_size=settings.queue_size,
         metrics=metrics,
         workers=backend.concurrency,
+        accelerator=backend.accelerator,
     )
     await batcher.start()
     detector = Detector(

@@ -40,6 +40,8 @@ class Backend(Protocol):
     `head` names that layout. `device` says where it runs, in words (providers, GPU).
     `concurrency` is how many `infer` calls may run at once (the batcher keeps that many batches in
     flight): 1 unless the runtime is thread-safe and gains from it (ONNX Runtime on the CPU).
+    `accelerator`: it computes off the host's CPU (a GPU), which the CPU's post-processing of one
+    batch should not keep waiting for the next.
     """
 
     name: str
@@ -51,12 +53,14 @@ class Backend(Protocol):
     input_shape: tuple[int, int, int]
     output_shape: tuple[int | None, ...]
     concurrency: int
+    accelerator: bool
 
     @property
     def closed(self) -> bool: ...
 
     def infer(self, batch: FloatBatch) -> FloatBatch:
-        """(B, 3, S, S) float32 RGB in [0, 1], 1 <= B <= max_batch_size -> (B, *output_shape) float32.
+        """(B, 3, S, S) float32 RGB in [0, 1], 1 <= B <= max_batch_size -> (B, *output_shape) float32:
+        an array of the caller's, or a view (numpy `base` set) of a buffer the next call reuses.
 
         Raises BackendClosed after `close()`.
         """
@@ -91,6 +95,7 @@ class BaseBackend(ABC):
         input_shape: tuple[int, int, int],
         output_shape: tuple[int | None, ...],
         concurrency: int = 1,
+        accelerator: bool = False,
     ) -> None:
         if max_batch_size < 1 or concurrency < 1:
             raise ValueError(
@@ -101,7 +106,7 @@ class BaseBackend(ABC):
         self.input_name = input_name
         self.input_shape = input_shape
         self.output_shape = output_shape
-        self.concurrency = concurrency
+        self.concurrency, self.accelerator = concurrency, accelerator
         self._calls = threading.Condition()  # guards _running and _closed; notified when either changes
         self._running = 0
         self._closed = False

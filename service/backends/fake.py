@@ -28,17 +28,19 @@ class FakeBackend(BaseBackend):
         input_name: str = "images",
         precision: str = "fp32",
         concurrency: int = 1,
+        accelerator: bool = False,
     ) -> None:
         super().__init__(
             name="fake",
             precision=precision,
-            device="cpu (python function)",
+            device="accelerator (python function)" if accelerator else "cpu (python function)",
             head=head,
             max_batch_size=max_batch_size,
             input_name=input_name,
             input_shape=(3, input_size, input_size),
             output_shape=output_shape,
             concurrency=concurrency,
+            accelerator=accelerator,
         )
         self._fn = fn
         self._lock = threading.Lock()
@@ -46,7 +48,12 @@ class FakeBackend(BaseBackend):
 
     @classmethod
     def for_manifest(
-        cls, manifest: ModelManifest, fn: InferFn, *, max_batch_size: int | None = None
+        cls,
+        manifest: ModelManifest,
+        fn: InferFn,
+        *,
+        max_batch_size: int | None = None,
+        accelerator: bool = False,
     ) -> FakeBackend:
         """A fake whose input and output shapes are the manifest's."""
         out = tuple(int(d) if isinstance(d, int) else None for d in manifest.output.shape[1:])
@@ -57,6 +64,7 @@ class FakeBackend(BaseBackend):
             max_batch_size=max_batch_size or manifest.max_batch,
             head=manifest.head,
             input_name=manifest.input.name,
+            accelerator=accelerator,
         )
 
     def _infer(self, batch: FloatBatch) -> FloatBatch:

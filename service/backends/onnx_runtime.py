@@ -164,6 +164,7 @@ class OnnxRuntimeBackend(BaseBackend):
             input_shape=tuple(d if isinstance(d, int) else -1 for d in chw),  # type: ignore[arg-type]
             output_shape=tuple(d if isinstance(d, int) else None for d in out.shape[1:]),
             concurrency=parallel_runs,
+            accelerator=on_gpu,
         )
         log.info("onnxruntime %s loaded %s on %s", ort.__version__, model_path.name, self.device)
 

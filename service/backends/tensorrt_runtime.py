@@ -109,6 +109,7 @@ class TensorRTBackend(BaseBackend):
             input_name=self._input,
             input_shape=(int(largest[1]), int(largest[2]), int(largest[3])),
             output_shape=tuple(int(d) for d in out_largest[1:]),
+            accelerator=True,
         )
 
     def _infer(self, batch: FloatBatch) -> FloatBatch:

@@ -287,6 +287,7 @@ class TorchCudaBackend(BaseBackend):
             input_name="images",
             input_shape=(3, input_size, input_size),
             output_shape=(rows, columns),
+            accelerator=True,
         )
         forward = inference_forward(model, anchors)
         graph_forward: Forward = torch.compile(forward, dynamic=False) if compile_model else forward

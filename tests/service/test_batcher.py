@@ -42,13 +42,16 @@ class Model:
         return values[:, None] * 10
 
 
-async def started(model, *, max_batch_size=4, max_delay_s=0.02, queue_size=64) -> DynamicBatcher:
+async def started(
+    model, *, max_batch_size=4, max_delay_s=0.02, queue_size=64, accelerator=False
+) -> DynamicBatcher:
     batcher = DynamicBatcher(
         model,
         max_batch_size=max_batch_size,
         max_delay_s=max_delay_s,
         queue_size=queue_size,
         metrics=Metrics(),
+        accelerator=accelerator,
     )
     await batcher.start()
     return batcher
@@ -244,21 +247,23 @@ async def test_wrong_number_of_outputs_fails_the_batch():
     assert all(isinstance(o, InferenceFailed) and "1 outputs for a batch of 2" in o.message for o in outputs)
 
 
-async def test_outputs_are_copied_before_the_backend_reuses_its_buffer():
+@pytest.mark.parametrize("accelerator", [False, True])
+async def test_outputs_are_copied_before_the_backend_reuses_its_buffer(accelerator):
     buffer = np.zeros((4, 1), np.float32)
 
     def reusing(batch: np.ndarray) -> np.ndarray:
         buffer[: len(batch), 0] = batch[:, 0, 0, 0]
         return buffer[: len(batch)]
 
-    batcher = await started(reusing, max_batch_size=1)
+    batcher = await started(reusing, max_batch_size=1, accelerator=accelerator)
     first = await results(batcher.submit([item(7)], later()))
     await results(batcher.submit([item(8)], later()))
     await batcher.stop(TIMEOUT)
     assert float(first[0].output[0]) == 7
 
 
-async def test_finish_runs_on_the_row_in_the_worker_thread_before_the_buffer_is_reused():
+@pytest.mark.parametrize("accelerator", [False, True])
+async def test_finish_runs_in_the_worker_thread_on_its_row_before_the_buffer_is_reused(accelerator):
     buffer = np.zeros((4, 1), np.float32)
 
     def reusing(batch: np.ndarray) -> np.ndarray:
@@ -268,7 +273,7 @@ async def test_finish_runs_on_the_row_in_the_worker_thread_before_the_buffer_is_
     def finish(row: np.ndarray) -> tuple[float, str]:
         return float(row[0]) * 2, threading.current_thread().name
 
-    batcher = await started(reusing, max_batch_size=2, max_delay_s=0.05)
+    batcher = await started(reusing, max_batch_size=2, max_delay_s=0.05, accelerator=accelerator)
     both = batcher.submit([item(3), item(4)], later(), [finish, finish])
     outputs = await results(both)
     await results(batcher.submit([item(8)], later(), [finish]))
@@ -425,10 +430,10 @@ async def wait_until(condition, timeout_s: float = TIMEOUT) -> None:
         await asyncio.sleep(0.001)
 
 
-async def test_a_full_batch_queued_while_every_worker_is_busy_starts_without_the_event_loop():
+async def test_with_an_accelerator_a_full_batch_queued_meanwhile_starts_without_the_event_loop():
     model = TwoGates()
     model.second.set()
-    batcher = await started(model, max_batch_size=2, max_delay_s=0.0)
+    batcher = await started(model, max_batch_size=2, max_delay_s=0.0, accelerator=True)
     try:
         running = batcher.submit([item(0)], later())
         await wait_for_event(model.calls[0])
@@ -448,7 +453,7 @@ async def test_a_full_batch_queued_while_every_worker_is_busy_starts_without_the
 
 async def test_no_ready_batch_is_formed_before_a_full_batch_is_queued():
     model = Model(gated=True)
-    batcher = await started(model, max_batch_size=4, max_delay_s=0.0)
+    batcher = await started(model, max_batch_size=4, max_delay_s=0.0, accelerator=True)
     try:
         running = batcher.submit([item(0)], later())
         await wait_for_event(model.entered)
@@ -467,7 +472,7 @@ async def test_no_ready_batch_is_formed_before_a_full_batch_is_queued():
 
 async def test_images_of_the_ready_batch_count_against_the_queue_bound():
     model = Model(gated=True)
-    batcher = await started(model, max_batch_size=2, queue_size=3)
+    batcher = await started(model, max_batch_size=2, queue_size=3, accelerator=True)
     try:
         running = batcher.submit([item(0)], later())
         await wait_for_event(model.entered)
@@ -485,7 +490,7 @@ async def test_images_of_the_ready_batch_count_against_the_queue_bound():
 
 async def test_images_of_the_ready_batch_abandoned_or_expired_while_it_waits_are_not_run():
     model = TwoGates()
-    batcher = await started(model, max_batch_size=3, max_delay_s=0.0)
+    batcher = await started(model, max_batch_size=3, max_delay_s=0.0, accelerator=True)
     try:
         running = batcher.submit([item(0)], later())
         await wait_for_event(model.calls[0])
@@ -506,3 +511,83 @@ async def test_images_of_the_ready_batch_abandoned_or_expired_while_it_waits_are
     assert sample("yolor_dropped_images_total", {"reason": "abandoned"}) == 1
     assert sample("yolor_dropped_images_total", {"reason": "expired"}) == 1
     assert (sample("yolor_batch_size_count"), sample("yolor_batch_size_sum")) == (2, 2)
+
+
+@pytest.mark.parametrize("accelerator", [True, False])
+async def test_with_an_accelerator_the_next_batch_runs_while_the_last_one_is_post_processed(accelerator):
+    """An accelerator is not left idle while the CPU post-processes: its turn ends once the outputs
+    are copied, and the ready batch, waiting in a thread of its own, goes in. On the CPU the
+    post-processing comes first (beside the next batch it would only contend for the cores)."""
+    second_call = threading.Event()
+    model = Model()
+
+    def recording(batch: np.ndarray) -> np.ndarray:
+        if model.sizes:
+            second_call.set()
+        return model(batch)
+
+    def slow_finish(row: np.ndarray) -> bool:  # True once the next batch has entered the backend
+        return second_call.wait(TIMEOUT if accelerator else 0.2)
+
+    batcher = await started(recording, max_batch_size=1, max_delay_s=0.0, accelerator=accelerator)
+    first = batcher.submit([item(1)], later(), [slow_finish])
+    second = batcher.submit([item(2)], later())
+    outputs = await results(first + second)
+    assert await batcher.stop(TIMEOUT)
+    assert outputs[0].output is accelerator and float(outputs[1].output[0]) == 20
+    assert model.sizes == [1, 1]
+
+
+async def test_batches_enter_the_backend_in_the_order_they_were_formed(monkeypatch):
+    """The ready batch waits for its turn: it does not overtake an earlier batch whose thread was
+    slower to get there (here: slower to stack its images)."""
+    seen: list[float] = []
+    stack = np.stack
+
+    def slow_for_the_first(arrays, *args, **kwargs):
+        if float(arrays[0][0, 0, 0]) == 1:
+            time.sleep(0.2)
+        return stack(arrays, *args, **kwargs)
+
+    def recording(batch: np.ndarray) -> np.ndarray:
+        seen.extend(float(v) for v in batch[:, 0, 0, 0])
+        return batch[:, 0, 0, :1] * 10
+
+    monkeypatch.setattr(np, "stack", slow_for_the_first)
+    batcher = await started(recording, max_batch_size=1, max_delay_s=0.0, accelerator=True)
+    first = batcher.submit([item(1)], later())
+    await asyncio.sleep(0.05)  # formed, its thread stacking
+    second = batcher.submit([item(2)], later())  # formed as the ready batch
+    outputs = await results(first + second)
+    assert await batcher.stop(TIMEOUT)
+    assert seen == [1, 2]
+    assert [o.batch_id for o in outputs] == [1, 2]
+
+
+async def test_with_an_accelerator_an_output_of_its_own_is_not_copied_again():
+    returned: list[np.ndarray] = []
+
+    def owning(batch: np.ndarray) -> np.ndarray:
+        returned.append(batch[:, 0, 0, :1] * 10)  # a new array each call, the caller's to keep
+        return returned[-1]
+
+    batcher = await started(owning, max_batch_size=1, accelerator=True)
+    (output,) = await results(batcher.submit([item(3)], later()))
+    assert await batcher.stop(TIMEOUT)
+    assert float(output.output[0]) == 30 and np.shares_memory(output.output, returned[0])
+
+
+async def test_on_the_cpu_a_batch_is_formed_only_once_a_worker_is_free():
+    model = Model(gated=True)
+    batcher = await started(model, max_batch_size=2, max_delay_s=0.0)
+    try:
+        running = batcher.submit([item(0)], later())
+        await wait_for_event(model.entered)
+        queued = batcher.submit([item(1), item(2)], later())  # a full batch, every worker busy
+        await asyncio.sleep(0.05)
+        assert batcher._queue.qsize() == 2 and batcher.waiting == 2
+    finally:
+        model.release.set()
+    outputs = await results(running + queued)
+    assert await batcher.stop(TIMEOUT)
+    assert model.sizes == [1, 2] and [float(o.output[0]) for o in outputs] == [0, 10, 20]

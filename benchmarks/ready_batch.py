@@ -1,0 +1,185 @@
+"""The batcher's ready batch, measured where it matters: a backend that leaves the CPU free while it
+runs (an accelerator), so every moment it waits for the next batch is lost throughput.
+
+    .venv/bin/python benchmarks/ready_batch.py [--out DIR] [--batch-ms 40] [--rounds 4]
+
+The server is the real one (`create_app`: HTTP, decode pool, batcher, post-processing) on the demo
+model's manifest, with one stand-in backend: each batch sleeps `--batch-ms` (the GIL released, as
+a GPU call releases it) and answers no detections; one batch in flight, as the torch CUDA and
+TensorRT backends run. Its ceiling is max batch / batch time images/s. Closed-loop clients (the
+`yolor bench serve` load, one 640x480 JPEG per request) at 4 x max batch, against the server as it
+is and against the same server with the ready batch turned off (a batch formed only once the worker
+is free: the behaviour before it), alternating. Also measures, in each server, how long the worker
+waited between two full batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.images import sample_jpegs
+from bench.serve import sweep
+from bench.server import _wait_ready, end_process, free_port
+
+MODEL = Path("service/demo_model")
+
+
+def serve(port: int, batch_ms: float, ready_batch: bool) -> None:
+    """Subprocess: the server with the sleeping backend (the one piece of the real server replaced)."""
+    import uvicorn
+
+    from service.app import GC_THRESHOLDS, create_app
+    from service.backends.fake import FakeBackend
+    from service.batcher import DynamicBatcher
+    from service.settings import Settings
+
+    gaps: list[float] = []
+    last_end = [0.0]
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        start = time.monotonic()
+        if last_end[0] and len(batch) == max_batch:
+            gaps.append(start - last_end[0])
+        time.sleep(batch_ms / 1000)
+        last_end[0] = time.monotonic()
+        return np.zeros((len(batch), *out_shape), np.float32)
+
+    def factory(settings: Settings, manifest: Any) -> FakeBackend:
+        backend = FakeBackend.for_manifest(manifest, infer, accelerator=True)
+        out_shape.extend(int(d or 1) for d in backend.output_shape)
+        return backend
+
+    out_shape: list[int] = []
+    max_batch = 8
+    if not ready_batch:  # a batch only once the worker is free, as before the ready batch
+
+        async def worker_free(self: DynamicBatcher) -> None:
+            while len(self._batches) >= self.workers:
+                self._changed.clear()
+                await self._changed.wait()
+
+        DynamicBatcher._worker_free_or_full_batch = worker_free  # type: ignore[method-assign]
+
+    import gc
+
+    gc.set_threshold(*GC_THRESHOLDS)
+    settings = Settings(model_dir=MODEL, device="cpu", max_batch_size=max_batch, log_level="WARNING")
+    app = create_app(settings, backend_factory=factory)
+
+    @app.get("/bench/gaps")
+    def read_gaps() -> list[float]:
+        return gaps[len(gaps) // 4 :]  # without the first quarter (warm-up)
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+@contextlib.contextmanager
+def server(batch_ms: float, ready_batch: bool):  # type: ignore[no-untyped-def]
+    port = free_port()
+    command = [sys.executable, __file__, "--serve", str(port), "--batch-ms", str(batch_ms)]
+    if not ready_batch:
+        command.append("--no-ready-batch")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with open("/dev/null", "rb") as log:
+            _wait_ready(url, process, log, 120)
+        yield url
+    finally:
+        end_process(process)
+
+
+def gaps_ms(url: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/bench/gaps") as answer:
+        gaps = json.loads(answer.read())
+    return 1000 * statistics.mean(gaps) if gaps else float("nan")
+
+
+def measure(batch_ms: float, rounds: int, seconds: float, concurrency: int) -> list[dict[str, Any]]:
+    jpegs = sample_jpegs()
+    runs = []
+    for r in range(rounds):
+        for ready in (True, False) if r % 2 == 0 else (False, True):
+            with server(batch_ms, ready) as url:
+                (result,) = asyncio.run(sweep(url, jpegs, [concurrency], seconds=seconds, warmup_s=2))
+                runs.append(
+                    {
+                        "round": r,
+                        "ready_batch": ready,
+                        "images_per_s": result.images_per_s,
+                        "p50_ms": result.latency.p50_ms if result.latency else None,
+                        "mean_batch": result.mean_batch,
+                        "gap_ms": gaps_ms(url),
+                        "errors": result.errors,
+                    }
+                )
+            print(json.dumps(runs[-1]), flush=True)
+    return runs
+
+
+def report(runs: list[dict[str, Any]], batch_ms: float, concurrency: int) -> str:
+    ceiling = 8 / (batch_ms / 1000)
+    lines = [
+        f"Backend: one batch of 8 in flight, {batch_ms:g} ms per batch (ceiling {ceiling:.1f} images/s); "
+        f"{concurrency} closed-loop clients.",
+        "",
+        "| round | ready batch | images/s | / ceiling | p50 ms | mean batch | backend idle ms |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        lines.append(
+            f"| {run['round']} | {'on' if run['ready_batch'] else 'off'} | {run['images_per_s']:.1f} | "
+            f"{run['images_per_s'] / ceiling:.3f} | {run['p50_ms']:.1f} | {run['mean_batch']:.2f} | "
+            f"{run['gap_ms']:.2f} |"
+        )
+    ratios = []
+    for r in sorted({run["round"] for run in runs}):
+        on, off = (next(x for x in runs if x["round"] == r and x["ready_batch"] is v) for v in (True, False))
+        ratios.append(on["images_per_s"] / off["images_per_s"])
+    lines += [
+        "",
+        f"on / off images/s per round: {', '.join(f'{x:.3f}' for x in ratios)}; "
+        f"median {statistics.median(ratios):.3f}",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the subprocess, on this port
+    parser.add_argument("--no-ready-batch", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-ms", type=float, default=40.0, help="backend time per batch (default 40)")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per server")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.batch_ms, not args.no_ready_batch)
+        return
+    logging.basicConfig(level=logging.WARNING)
+    runs = measure(args.batch_ms, args.rounds, args.seconds, args.concurrency)
+    text = report(runs, args.batch_ms, args.concurrency)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "ready_batch.json").write_text(json.dumps(runs, indent=1))
+        (args.out / "ready_batch.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
