@@ -17,23 +17,8 @@ import torch
 from torch import nn
 
 from service.processing.heads import Head
-from yolor.heads import decode
+from yolor.heads import decode, topk_candidates
 from yolor.model import YOLOR
-
-
-def topk_candidates(pred: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, N, 5 + nc) decoded predictions -> (B, k, 6) best-class boxes sorted by score.
-
-    score = obj * max class score, class = argmax (first on ties), box = xywh -> xyxy.
-    """
-    cls_scores, cls_ids = pred[..., 5:].max(-1)
-    scores = pred[..., 4] * cls_scores
-    top_scores, idx = scores.topk(k, dim=1, largest=True, sorted=True)
-    xy, wh = pred[..., 0:2], pred[..., 2:4]
-    boxes = torch.cat([xy - wh / 2, xy + wh / 2], -1)
-    top_boxes = boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4))
-    top_cls = cls_ids.gather(1, idx).to(pred.dtype)
-    return torch.cat([top_boxes, top_scores.unsqueeze(-1), top_cls.unsqueeze(-1)], -1)
 
 
 class ExportGraph(nn.Module):

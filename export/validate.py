@@ -23,13 +23,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from export.graph import ExportGraph, topk_candidates
+from export.graph import ExportGraph
 from export.onnx_export import INPUT_NAME
 from service.backends.base import BackendError
 from service.backends.onnx_runtime import OnnxRuntimeBackend
 from service.processing import Detections, box_iou, letterbox, select_detections, to_input_tensor
 from service.processing.heads import Head, head_layout
 from service.settings import host_cpu_count
+from yolor.heads import topk_candidates
 from yolor.model import YOLOR
 
 FloatArray = npt.NDArray[np.float32]

@@ -252,7 +252,7 @@ class Detector:
         max_tiles: int = 1,
     ) -> None:
         self.manifest, self.backend, self.batcher = manifest, backend, batcher
-        self._head = head_layout(backend.head)  # the torch backend answers raw rows for any manifest
+        self._head = head_layout(backend.head)  # what the backend answers (the torch one: raw or top-K)
         self._pool, self._metrics = pool, metrics
         self.max_images, self.max_pixels, self.timeout_s = max_images, max_pixels, timeout_s
         self.reduced_decode, self.max_tiles = reduced_decode, max_tiles

@@ -111,3 +111,18 @@ def decode(raw: list[torch.Tensor], anchors: torch.Tensor, strides: tuple[int, .
         wh = (y[..., 2:4] * 2.0) ** 2 * anchors[i].view(1, na, 1, 1, 2).to(p.dtype)
         out.append(torch.cat([xy, wh, y[..., 4:]], -1).view(b, -1, no))
     return torch.cat(out, 1)
+
+
+def topk_candidates(pred: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, N, 5 + nc) decoded predictions -> (B, k, 6) best-class boxes sorted by score.
+
+    score = obj * max class score, class = argmax (first on ties), box = xywh -> xyxy.
+    """
+    cls_scores, cls_ids = pred[..., 5:].max(-1)
+    scores = pred[..., 4] * cls_scores
+    top_scores, idx = scores.topk(k, dim=1, largest=True, sorted=True)
+    xy, wh = pred[..., 0:2], pred[..., 2:4]
+    boxes = torch.cat([xy - wh / 2, xy + wh / 2], -1)
+    top_boxes = boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4))
+    top_cls = cls_ids.gather(1, idx).to(pred.dtype)
+    return torch.cat([top_boxes, top_scores.unsqueeze(-1), top_cls.unsqueeze(-1)], -1)

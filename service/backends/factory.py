@@ -99,6 +99,7 @@ def _torch(settings: Settings, manifest: ModelManifest) -> Backend:
         input_size=manifest.input_size,
         max_batch_size=effective_max_batch(settings, manifest),
         device=f"cuda:{device_index(settings.device)}",
+        top_k=manifest.top_k,  # the exported head's K: the same candidates as the ONNX graph's
     )
 
 

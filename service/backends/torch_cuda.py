@@ -2,7 +2,9 @@
 
 The only place in `service/` that touches torch or the `yolor` package, and only inside functions:
 importing this module needs neither. It returns the raw head layout `(B, N, 5 + nc)` (the model's
-own eval output), whatever head the exported ONNX has; the server post-processes by `head`.
+own eval output), or with `top_k` the top-K layout `(B, K, 6)`, the K best candidates picked on
+the GPU (the export's `topk` head, `yolor.heads.topk_candidates`): at 1280 px a raw output is ~35 MB
+per image to copy to the host, the top 300 rows 7 KB. The server post-processes by `head`.
 
 How a batch runs. The net is fused, FP16, channels_last, in inference mode; the boxes are decoded in
 float32 (FP16 spacing near 1280 px is a whole pixel). A batch is split into chunks of the largest of
@@ -108,6 +110,17 @@ def inference_forward(model: YOLOR, anchors: torch.Tensor) -> Forward:
         return decode([r.float() for r in model.raw_outputs(x)], anchors, strides)
 
     return forward
+
+
+def with_top_k(forward: Forward, k: int) -> Forward:
+    """`forward` followed by the top-K head: (B, min(k, N), 6) x1, y1, x2, y2, score, class."""
+    from yolor.heads import topk_candidates
+
+    def top(x: torch.Tensor) -> torch.Tensor:
+        pred = forward(x)
+        return topk_candidates(pred, min(k, pred.shape[1]))
+
+    return top
 
 
 class _Pipeline:
@@ -250,6 +263,7 @@ class TorchCudaBackend(BaseBackend):
     (public, may change between calls): False returns a view of the pinned output buffer, valid until
     the next `infer` (the batcher copies every output anyway, so it can serve with False).
     `compile_model`: `torch.compile` the forward before capture (every size compiles on its own).
+    `top_k`: answer the top-K head (the K best candidates per image, picked on the GPU), not raw rows.
     """
 
     def __init__(
@@ -263,6 +277,7 @@ class TorchCudaBackend(BaseBackend):
         cuda_graphs: bool = True,
         copy_output: bool = True,
         compile_model: bool = False,
+        top_k: int | None = None,
     ) -> None:
         try:
             import torch
@@ -277,12 +292,16 @@ class TorchCudaBackend(BaseBackend):
         dev = torch.device(device)
         model, anchors = prepare_model(yolor.load_model(checkpoint), dev)
         rows, columns = output_rows(input_size, model.strides, anchors.shape[1]), 5 + int(model.nc)
+        if top_k is not None:
+            if top_k < 1:
+                raise ValueError(f"top_k must be >= 1, got {top_k}")
+            rows, columns = min(top_k, rows), 6
         mode = "CUDA graphs" if cuda_graphs else "eager"
         super().__init__(
             name="torch",
             precision="fp16",
             device=f"{device} ({torch.cuda.get_device_name(dev)}, torch {torch.__version__}, {mode})",
-            head="raw",
+            head="raw" if top_k is None else "topk",
             max_batch_size=max_batch_size,
             input_name="images",
             input_shape=(3, input_size, input_size),
@@ -290,6 +309,8 @@ class TorchCudaBackend(BaseBackend):
             accelerator=True,
         )
         forward = inference_forward(model, anchors)
+        if top_k is not None:
+            forward = with_top_k(forward, top_k)
         graph_forward: Forward = torch.compile(forward, dynamic=False) if compile_model else forward
         self.copy_output = copy_output
         self._pipeline: _Pipeline | None = _Pipeline(

@@ -310,3 +310,27 @@ def test_on_a_gpu_the_net_matches_the_fp32_model(tiny):
     first, again = backend.infer(batch), backend.infer(batch)
     np.testing.assert_array_equal(first, again)  # a replay computes what the last one did
     assert backend.close()
+
+
+@pytest.mark.model
+def test_with_top_k_the_backend_answers_the_exported_top_k_head(fake_cuda, tiny):
+    """The K best candidates picked by the backend (on the GPU) are `topk_candidates` of its raw rows:
+    the layout and rows the exported ONNX `topk` head gives the server."""
+    from yolor.heads import topk_candidates
+
+    checkpoint, size = tiny
+    common = {"input_size": size, "max_batch_size": 4, "device": "cpu", "cuda_graphs": False}
+    raw = TorchCudaBackend(checkpoint, **common)
+    top = TorchCudaBackend(checkpoint, top_k=20, **common)
+    assert (raw.head, top.head) == ("raw", "topk") and top.output_shape == (20, 6)
+    batch = np.random.default_rng(3).random((3, 3, size, size), dtype=np.float32)
+    want = topk_candidates(fake_cuda.from_numpy(raw.infer(batch)), 20).numpy()
+    got = top.infer(batch)
+    assert got.shape == (3, 20, 6)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert (np.diff(got[..., 4], axis=1) <= 0).all()  # sorted by score
+    rows = raw.output_shape[0]
+    assert TorchCudaBackend(checkpoint, top_k=10 * rows, **common).output_shape == (rows, 6)
+    with pytest.raises(ValueError, match="top_k"):
+        TorchCudaBackend(checkpoint, top_k=0, **common)
+    assert raw.close() and top.close()
