@@ -43,4 +43,6 @@ fi
 "$BIN/python" -m pip install -q --no-deps sahi==0.12.8 shapely
 "$BIN/python" benchmarks/tiling.py --out "$OUT/tiling" --images 24
 "$BIN/python" benchmarks/reload.py --out "$OUT/reload"
+# The batcher's ready batch with a backend that leaves the CPU free (a GPU stand-in).
+"$BIN/python" benchmarks/ready_batch.py --rounds 4 --out "$OUT/ready-batch"
 echo "results in $OUT"

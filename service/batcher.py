@@ -3,12 +3,10 @@
 After Ray Serve's `batching.py`: a bounded `asyncio.Queue` of items (tensor, future, deadline); the
 future exists before the item is queued; one task takes up to `max_batch_size` items within
 `max_delay_s` of the first, drops the expired ones (LitServe's `collate_requests`), runs the batch in
-a worker thread (the event loop never blocks) and fans the outputs out. A failing batch fails
-exactly its own futures. An item may bring a `finish` function (post-processing) that the worker
-thread applies to its output row after the batch: no further thread hop per image. The backend's
-output is copied before the next batch may enter the backend (backends may reuse their output
-buffers), and post-processing runs after that, beside the next batch's inference: an accelerator
-is not left idle while the CPU post-processes.
+a worker thread (`service.batch_runner`: the event loop never blocks) and fans the outputs out. A
+failing batch fails exactly its own futures. An item may bring a `finish` function
+(post-processing) that the worker thread applies to its output row after the batch: no further
+thread hop per image.
 
 A batch does not wait for images nobody is preparing: the detector announces the images it is
 decoding (`incoming`), and once the queue is empty and none are announced the batch goes at once
@@ -26,7 +24,7 @@ thread of its own and enters the backend the moment a batch leaves it, and that 
 post-processed beside it, instead of the backend idling through the post-processing and a round
 trip through a busy event loop (docs/benchmarks.md, "The ready batch": ~7% more images/s). Its
 images count against the queue bound, and those abandoned or expired by the time it starts are not
-run. On the CPU the same overlap only makes the threads contend for the cores: not done there.
+run. On the CPU it gained nothing measurable (the cores are busy through the gap anyway): not done.
 
 Stopping waits (bounded) for the batches in the worker threads: the caller releases the backend
 only when `stop` says they are idle. `inflight_age` lets a watchdog see a batch stuck in the backend.
@@ -38,22 +36,20 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from service.batch_runner import Batch, BatchRunner, Dropped, Finish, InferFn, Item, Ran, dropped
 from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, ServiceError, ShuttingDown
 from service.metrics import Metrics
 
-log = logging.getLogger(__name__)
+__all__ = ["BatchOutput", "DynamicBatcher", "Finish", "InferFn"]
 
-InferFn = Callable[[np.ndarray], np.ndarray]
-Finish = Callable[[np.ndarray], Any]  # worker thread: one output row -> the image's answer
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,53 +63,6 @@ class BatchOutput:
     inference_s: float
     batch_size: int
     batch_id: int = 0
-
-
-@dataclass(eq=False)
-class _Item:
-    tensor: np.ndarray
-    future: asyncio.Future[BatchOutput]
-    deadline: float  # time.monotonic() seconds
-    queued_at: float
-    finish: Finish | None
-
-
-@dataclass(frozen=True)
-class _Dropped:
-    """An item not run: `reason` is "abandoned" (its caller is gone) or "expired" (past its deadline)."""
-
-    reason: str
-
-
-def _dropped(item: _Item, now: float) -> _Dropped | None:
-    """Why `item` is no longer worth running at `now`, if it is not (the event loop's check when a
-    batch is formed, and the worker thread's when a ready batch starts: there `done()` only reads
-    the future's state, and a caller gone a moment later costs at most one wasted image)."""
-    if item.future.done():  # the client disconnected, the request timed out or failed
-        return _Dropped("abandoned")
-    if now >= item.deadline:
-        return _Dropped("expired")
-    return None
-
-
-@dataclass(frozen=True)
-class _Ran:
-    """A batch's answers from the worker thread: one per item (a value, what `finish` raised, or
-    `_Dropped`), and how many images the backend ran."""
-
-    answers: list[Any | BaseException | _Dropped]
-    inference_s: float
-    size: int
-
-
-@dataclass(eq=False)
-class _Batch:
-    items: list[_Item]
-    task: asyncio.Task[None] | None = None  # answers the items once the thread is done
-    thread: concurrent.futures.Future[_Ran] | None = None  # the call in the worker thread
-    turn: int = 0  # batches enter the backend in the order they were formed: 0, 1, 2, ...
-    ready: bool = False  # formed while every worker was busy, and not yet in the backend
-    started: float | None = None  # when it entered the backend (time.monotonic())
 
 
 class DynamicBatcher:
@@ -132,26 +81,17 @@ class DynamicBatcher:
     ) -> None:
         if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0 or workers < 1:
             raise ValueError("need max_batch_size >= 1, queue_size >= 1, max_delay_s >= 0, workers >= 1")
-        self._infer = infer
         self.max_batch_size, self.max_delay_s, self.workers = max_batch_size, max_delay_s, workers
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_size)
         self._metrics = metrics
         self.accelerator = accelerator
-        # A thread per batch in the backend; with an accelerator one more, in which the ready batch
-        # waits for its turn while the last batch is post-processed.
-        threads = workers + 1 if accelerator else workers
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="yolor-infer")
-        self._turns = threading.Condition()  # guards the three below, shared with the worker threads
-        self._next_turn = 0  # the turn of the next batch to enter the backend
-        self._in_backend = 0
-        self._closing = False  # stop(): batches still waiting for their turn give up
+        self._runner = BatchRunner(infer, workers=workers, accelerator=accelerator, metrics=metrics)
         # A batch per worker, and with an accelerator the ready batch.
         self._free = asyncio.Semaphore(workers + 1 if accelerator else workers)
         self._changed = asyncio.Event()  # an image was queued or a batch was answered
         self._task: asyncio.Task[None] | None = None
-        self._batches: set[_Batch] = set()  # formed and not yet answered
+        self._batches: set[Batch] = set()  # formed and not yet answered
         self._incoming = 0  # images being prepared, to be submitted soon
-        self._formed = 0
         self._accepting = False
 
     @property
@@ -184,7 +124,7 @@ class DynamicBatcher:
         futures = []
         for i, tensor in enumerate(tensors):
             future: asyncio.Future[BatchOutput] = loop.create_future()
-            self._queue.put_nowait(_Item(tensor, future, deadline, now, finish[i] if finish else None))
+            self._queue.put_nowait(Item(tensor, future, deadline, now, finish[i] if finish else None))
             futures.append(future)
         self._metrics.queue_depth.set(self.waiting)
         self._changed.set()
@@ -225,9 +165,7 @@ class DynamicBatcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        with self._turns:
-            self._closing = True
-            self._turns.notify_all()
+        self._runner.close()  # batches still waiting for their turn give up: failed below
         batches = list(self._batches)
         for batch in batches:  # on cancellation the threads run on: waited for below
             if batch.task is not None:
@@ -241,11 +179,10 @@ class DynamicBatcher:
         self._metrics.queue_depth.set(0)
         threads = [b.thread for b in batches if b.thread is not None]
         idle = await self._wait_for_threads(threads, deadline - time.monotonic())
-        self._executor.shutdown(wait=False)
         return idle
 
     async def _wait_for_threads(
-        self, threads: list[concurrent.futures.Future[_Ran]], timeout_s: float
+        self, threads: list[concurrent.futures.Future[Ran]], timeout_s: float
     ) -> bool:
         running = [t for t in threads if not t.done()]
         if not running:
@@ -270,15 +207,14 @@ class DynamicBatcher:
                 raise
             live = self._drop_finished(items)
             if live:
-                batch = _Batch(live, turn=self._formed, ready=len(self._batches) >= self.workers)
-                self._formed += 1
+                batch = self._runner.form(live, ready=len(self._batches) >= self.workers)
                 self._batches.add(batch)
                 batch.task = asyncio.create_task(self._run(batch, items), name="yolor-batch")
             else:
                 self._done(items)
             self._metrics.queue_depth.set(self.waiting)
 
-    def _done(self, items: list[_Item]) -> None:
+    def _done(self, items: list[Item]) -> None:
         self._free.release()
         self._changed.set()
         for _ in items:
@@ -291,7 +227,7 @@ class DynamicBatcher:
             self._changed.clear()
             await self._changed.wait()
 
-    async def _collect(self) -> list[_Item]:
+    async def _collect(self) -> list[Item]:
         """The first item, then whatever arrives until the batch is full, `max_delay_s` has passed or
         nothing more is on its way. While other workers are idle, only this worker's share of what
         is queued now: two images on two idle single-threaded workers run side by side, not one
@@ -319,32 +255,31 @@ class DynamicBatcher:
                 break
         return items
 
-    def _drop_finished(self, items: list[_Item]) -> list[_Item]:
+    def _drop_finished(self, items: list[Item]) -> list[Item]:
         """Items still worth running: not abandoned by their caller and not past their deadline."""
         now, live = time.monotonic(), []
         for item in items:
-            dropped = _dropped(item, now)
-            if dropped is None:
+            reason = dropped(item, now)
+            if reason is None:
                 live.append(item)
             else:
-                self._drop(item, dropped)
+                self._drop(item, reason)
         return live
 
-    def _drop(self, item: _Item, dropped: _Dropped) -> None:
-        self._metrics.dropped_images.labels(reason=dropped.reason).inc()
-        if dropped.reason == "expired":
+    def _drop(self, item: Item, why: Dropped) -> None:
+        self._metrics.dropped_images.labels(reason=why.reason).inc()
+        if why.reason == "expired":
             self._fail(item, DeadlineExceeded("request deadline passed while queued"))
 
-    async def _run(self, batch: _Batch, collected: list[_Item]) -> None:
+    async def _run(self, batch: Batch, collected: list[Item]) -> None:
         """Run `batch` in a worker thread and answer its items; `collected` (the live items and the
         dropped ones) are marked done in the queue at the end, and the worker is freed."""
         items, batch_id = batch.items, batch.turn + 1
         try:
-            batch.thread = self._executor.submit(self._run_in_thread, batch)
             # On cancellation (stop) the thread runs on, even one not started yet (shielded: every
             # turn is taken, or a later batch would wait for it forever): stop() waits for it before
             # the backend may be closed, and fails the batch's futures (it stays in `_batches`).
-            ran = await asyncio.shield(asyncio.wrap_future(batch.thread))
+            ran = await asyncio.shield(asyncio.wrap_future(self._runner.submit(batch)))
         except Exception as e:
             self._metrics.inference_errors.inc()
             log.exception("batch of %d failed", len(items))
@@ -362,7 +297,7 @@ class DynamicBatcher:
             self._metrics.batch_size.observe(ran.size)
         assert batch.started is not None  # set by the thread
         for item, answer in zip(items, ran.answers, strict=True):
-            if isinstance(answer, _Dropped):
+            if isinstance(answer, Dropped):
                 self._drop(item, answer)
                 continue
             queued_s = batch.started - item.queued_at
@@ -376,83 +311,10 @@ class DynamicBatcher:
         self._batches.discard(batch)
         self._done(collected)
 
-    def _run_in_thread(self, batch: _Batch) -> _Ran:
-        """Worker thread: stack the batch, then in its turn in the backend (formation order, at most
-        `workers` at once) drop what is no longer worth running (a ready batch may have waited),
-        infer and check one output per input; then each item's `finish` on its row (or a copy of the
-        row: backends may reuse their output buffers). With an accelerator the turn ends before the
-        post-processing (the outputs copied first if they are a view of the backend's buffer), so
-        that the next batch runs beside it."""
-        stacked = np.stack([item.tensor for item in batch.items])  # before its turn: it waits instead
-        with self._turn(batch) as start:
-            if start is None:  # stop(): it fails the items
-                return _Ran([_Dropped("abandoned") for _ in batch.items], 0.0, 0)
-            answers: list[Any | BaseException | _Dropped] = [_dropped(item, start) for item in batch.items]
-            alive = [dropped is None for dropped in answers]
-            live = sum(alive)
-            if not live:
-                return _Ran(answers, 0.0, 0)
-            self._metrics.inflight_batches.inc()
-            try:
-                outputs = self._infer(stacked if live == len(alive) else stacked[alive])
-            finally:
-                self._metrics.inflight_batches.dec()
-            inference_s = time.monotonic() - start
-            if len(outputs) != live:
-                raise InferenceFailed(f"backend returned {len(outputs)} outputs for a batch of {live}")
-            if not self.accelerator:  # on the CPU, post-processing beside the next batch only contends
-                return _Ran(_finished(batch.items, answers, outputs, copy=True), inference_s, live)
-            if outputs.base is not None:  # a view of a buffer the next call may reuse (Backend.infer)
-                outputs = np.array(outputs, copy=True)
-        return _Ran(_finished(batch.items, answers, outputs, copy=False), inference_s, live)
-
-    @contextlib.contextmanager
-    def _turn(self, batch: _Batch) -> Iterator[float | None]:
-        """Wait for `batch`'s turn and a free place in the backend, hold it: the time it entered, or
-        None when the batcher stops first (later turns are then not waited for)."""
-        with self._turns:
-            self._turns.wait_for(
-                lambda: self._closing or (self._next_turn == batch.turn and self._in_backend < self.workers)
-            )
-            entered = not self._closing
-            if entered:
-                self._next_turn += 1
-                self._in_backend += 1
-                batch.started, batch.ready = time.monotonic(), False
-        if not entered:
-            yield None
-            return
-        try:
-            yield batch.started
-        finally:
-            with self._turns:
-                self._in_backend -= 1
-                self._turns.notify_all()
-
     @staticmethod
-    def _fail(item: _Item, error: BaseException) -> bool:
+    def _fail(item: Item, error: BaseException) -> bool:
         """Fail the item's future unless its caller is gone; whether it was failed."""
         if item.future.done():
             return False
         item.future.set_exception(error)
         return True
-
-
-def _finished(
-    items: list[_Item], answers: list[Any | BaseException | _Dropped], outputs: np.ndarray, *, copy: bool
-) -> list[Any | BaseException | _Dropped]:
-    """`answers` with each item that ran (None in it) answered: `finish(row)`, or the row (copied
-    when `copy`); what a `finish` raises is that image's answer only."""
-    rows = iter(outputs)
-    for i, item in enumerate(items):
-        if answers[i] is not None:  # dropped
-            continue
-        row = next(rows)
-        try:
-            if item.finish is not None:
-                answers[i] = item.finish(row)
-            else:
-                answers[i] = np.array(row, copy=True) if copy else row
-        except Exception as e:
-            answers[i] = e
-    return answers
