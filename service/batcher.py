@@ -22,7 +22,7 @@ With an `accelerator` (a backend that computes off the host's CPU), one more bat
 batch, is formed while every worker is busy, but only once a full batch is queued: it waits in a
 thread of its own and enters the backend the moment a batch leaves it, and that batch is
 post-processed beside it, instead of the backend idling through the post-processing and a round
-trip through a busy event loop (docs/benchmarks.md, "The ready batch": ~7% more images/s). Its
+trip through a busy event loop (docs/benchmarks.md, "The ready batch": ~9% more images/s). Its
 images count against the queue bound, and those abandoned or expired by the time it starts are not
 run. On the CPU it gained nothing measurable (the cores are busy through the gap anyway): not done.
 
@@ -84,7 +84,6 @@ class DynamicBatcher:
         self.max_batch_size, self.max_delay_s, self.workers = max_batch_size, max_delay_s, workers
         self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_size)
         self._metrics = metrics
-        self.accelerator = accelerator
         self._runner = BatchRunner(infer, workers=workers, accelerator=accelerator, metrics=metrics)
         # A batch per worker, and with an accelerator the ready batch.
         self._free = asyncio.Semaphore(workers + 1 if accelerator else workers)
