@@ -14,12 +14,14 @@ only once its output is on the host; device-only loops call `torch.cuda.synchron
 `--min-calls` calls and `--min-seconds` per row, inputs alternating between two random batches:
 
   env, transfers   GPU, versions; pinned H2D / D2H and host copy bandwidth at batch 32's sizes
-  model            params, conv GFLOP per image, the checkpoint (and, with --model-dir, a served dir)
+  model            params, conv GFLOP per image, the checkpoint (and, with --model-dir, a served dir:
+                   a top-K model.json, K = 300)
   pipeline_check   the backend's chunk/slot bookkeeping at full size, exactly: the net replaced by an
                    echo of its input, every image must come back in place (batches 29, 32, 1, 8,
                    with and without the output copy)
   numerics         backend (FP16) against the unfused FP32 net (TF32 off) on one batch of 9
   backend          images/s and latency per batch size, copy_output True; batch 32 also False
+  backend_topk     the same with the top-300 head picked on the GPU (how a top-K model is served)
   chunks           batch 32 with graphs of 16 and of 32 (one chunk: no copy/compute overlap)
   device_only      fused FP16 channels_last on the GPU alone: eager and one CUDA graph (the ceiling)
   backend_eager    the backend with cuda_graphs=False
