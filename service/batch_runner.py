@@ -115,10 +115,15 @@ class BatchRunner:
         ready batch may have waited), infer and check one output per input; then each item's `finish`
         on its row (or a copy of the row). With an accelerator the turn ends before the
         post-processing (the outputs copied first if they are a view of the backend's buffer)."""
-        stacked = np.stack([item.tensor for item in batch.items])  # before its turn: it waits instead
+        try:  # before its turn: it waits instead
+            stacked: np.ndarray | None = np.stack([item.tensor for item in batch.items])
+        except Exception as e:  # the batch fails, in its turn: later batches wait for that turn
+            stacked, unstackable = None, e
         with self._turn(batch) as start:
             if start is None:  # closing: the batcher fails the items
                 return Ran([Dropped("abandoned") for _ in batch.items], 0.0, 0)
+            if stacked is None:
+                raise unstackable
             answers: list[Any | BaseException | Dropped] = [dropped(item, start) for item in batch.items]
             alive = [reason is None for reason in answers]
             live = sum(alive)

@@ -591,3 +591,14 @@ async def test_on_the_cpu_a_batch_is_formed_only_once_a_worker_is_free():
     outputs = await results(running + queued)
     assert await batcher.stop(TIMEOUT)
     assert model.sizes == [1, 2] and [float(o.output[0]) for o in outputs] == [0, 10, 20]
+
+
+@pytest.mark.parametrize("accelerator", [False, True])
+async def test_a_batch_that_cannot_be_stacked_fails_alone_and_the_next_one_runs(accelerator):
+    batcher = await started(Model(), max_batch_size=2, max_delay_s=0.05, accelerator=accelerator)
+    odd = np.zeros((1, 3, 3), np.float32)  # not the shape of the other image of its batch
+    failed = await results(batcher.submit([item(1), odd], later()))
+    after = await results(batcher.submit([item(2)], later()))
+    assert await batcher.stop(TIMEOUT)
+    assert all(isinstance(o, InferenceFailed) for o in failed)
+    assert float(after[0].output[0]) == 20
