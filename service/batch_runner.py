@@ -103,8 +103,8 @@ class BatchRunner:
         return batch.thread
 
     def close(self) -> None:
-        """Batches still waiting for their turn give up (their items answered as abandoned); the one
-        in the backend runs on. The threads end once their batches are done."""
+        """Batches still waiting for their turn give up without running (the batcher's stop fails
+        their images); those in the backend run on. The threads end once their batches are done."""
         with self._turns:
             self._closing = True
             self._turns.notify_all()
