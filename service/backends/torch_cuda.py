@@ -261,7 +261,8 @@ class TorchCudaBackend(BaseBackend):
     `graph_sizes`: the batch sizes to run (default 1..min(8, max batch)); larger batches go in chunks
     of the largest. `cuda_graphs=False` runs every size eagerly (same pipeline). `copy_output`
     (public, may change between calls): False returns a view of the pinned output buffer, valid until
-    the next `infer` (the batcher copies every output anyway, so it can serve with False).
+    the next `infer` (the batcher copies such a view before the next batch enters, so it can serve
+    with False).
     `compile_model`: `torch.compile` the forward before capture (every size compiles on its own).
     `top_k`: answer the top-K head (the K best candidates per image, picked on the GPU), not raw rows.
     """
