@@ -16,7 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -33,13 +33,21 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def spawned_server(
-    model_dir: Path, overrides: dict[str, str] | None = None, *, ready_timeout_s: float = 300.0
+    model_dir: Path,
+    overrides: dict[str, str] | None = None,
+    *,
+    ready_timeout_s: float = 300.0,
+    command: Sequence[str] | None = None,
 ) -> Iterator[tuple[str, int]]:
-    """(base URL, pid) of a ready `yolor serve --model model_dir`; SIGTERM (then SIGKILL) on exit."""
+    """(base URL, pid) of a ready `yolor serve --model model_dir`; SIGTERM (then SIGKILL) on exit.
+
+    `command` runs another server in its place, one that reads YOLOR_HOST and YOLOR_PORT (a
+    benchmark's own app, e.g.)."""
     port = free_port()
     env = {**os.environ, **(overrides or {}), "YOLOR_HOST": "127.0.0.1", "YOLOR_PORT": str(port)}
     env["YOLOR_LOG_LEVEL"] = env.get("YOLOR_LOG_LEVEL", "WARNING")
-    command = [sys.executable, "-m", "cli", "serve", "--model", str(model_dir)]
+    if command is None:
+        command = [sys.executable, "-m", "cli", "serve", "--model", str(model_dir)]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,13 +29,14 @@ import numpy as np
 
 from bench.images import sample_jpegs
 from bench.serve import sweep
-from bench.server import _wait_ready, end_process, free_port
+from bench.server import spawned_server
 
 MODEL = Path("service/demo_model")
 
 
-def serve(port: int, batch_ms: float, ready_batch: bool) -> None:
-    """Subprocess: the server with the sleeping backend (the one piece of the real server replaced)."""
+def serve(batch_ms: float, ready_batch: bool) -> None:
+    """Subprocess: the server with the sleeping backend (the one piece of the real server replaced),
+    on YOLOR_HOST:YOLOR_PORT."""
     import uvicorn
 
     from service.app import GC_THRESHOLDS, create_app
@@ -75,30 +74,19 @@ def serve(port: int, batch_ms: float, ready_batch: bool) -> None:
     import gc
 
     gc.set_threshold(*GC_THRESHOLDS)
-    settings = Settings(model_dir=MODEL, device="cpu", max_batch_size=max_batch, log_level="WARNING")
+    settings = Settings(model_dir=MODEL, device="cpu", max_batch_size=max_batch)
     app = create_app(settings, backend_factory=factory)
 
     @app.get("/bench/gaps")
     def read_gaps() -> list[float]:
         return gaps[len(gaps) // 4 :]  # without the first quarter (warm-up)
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
-@contextlib.contextmanager
-def server(batch_ms: float, ready_batch: bool):  # type: ignore[no-untyped-def]
-    port = free_port()
-    command = [sys.executable, __file__, "--serve", str(port), "--batch-ms", str(batch_ms)]
-    if not ready_batch:
-        command.append("--no-ready-batch")
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        with open("/dev/null", "rb") as log:
-            _wait_ready(url, process, log, 120)
-        yield url
-    finally:
-        end_process(process)
+def server_command(batch_ms: float, ready_batch: bool) -> list[str]:
+    command = [sys.executable, __file__, "--serve", "--batch-ms", str(batch_ms)]
+    return command if ready_batch else [*command, "--no-ready-batch"]
 
 
 def gaps_ms(url: str) -> float:
@@ -114,7 +102,7 @@ def measure(batch_ms: float, rounds: int, seconds: float, concurrency: int) -> l
     runs = []
     for r in range(rounds):
         for ready in (True, False) if r % 2 == 0 else (False, True):
-            with server(batch_ms, ready) as url:
+            with spawned_server(MODEL, command=server_command(batch_ms, ready)) as (url, _):
                 (result,) = asyncio.run(sweep(url, jpegs, [concurrency], seconds=seconds, warmup_s=2))
                 runs.append(
                     {
@@ -160,7 +148,7 @@ def report(runs: list[dict[str, Any]], batch_ms: float, concurrency: int) -> str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the subprocess, on this port
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the subprocess
     parser.add_argument("--no-ready-batch", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch-ms", type=float, default=40.0, help="backend time per batch (default 40)")
     parser.add_argument("--rounds", type=int, default=4)
@@ -169,7 +157,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.batch_ms, not args.no_ready_batch)
+        serve(args.batch_ms, not args.no_ready_batch)
         return
     logging.basicConfig(level=logging.WARNING)
     runs = measure(args.batch_ms, args.rounds, args.seconds, args.concurrency)

@@ -54,9 +54,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchOutput:
-    """One image's share of a batch: `finish(row)` (a copy of the row without `finish`), and how
-    it got there: seconds queued, seconds of the backend call, images in the batch, which batch
-    (numbered from 1 in the order batches start)."""
+    """One image's share of a batch: `finish(row)` (the row itself without `finish`, the caller's to
+    keep: never the backend's reused buffer), and how it got there: seconds queued, seconds of the
+    backend call, images in the batch, which batch (numbered from 1 in the order batches start)."""
 
     output: Any
     queue_s: float
