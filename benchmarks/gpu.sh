@@ -19,12 +19,16 @@ set -uo pipefail
 OUT=${OUT:-./gpu-out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu.log") 2>&1
+tee_pid=$!
+# tee may still be writing when the script ends: every exit (the last line's, or `set -u`'s) closes
+# tee's pipe and waits for it, or gpu.log can lose its last lines. The exit status is kept.
+trap 'exec >&- 2>&-; wait "$tee_pid"' EXIT
 
 TOTAL_S=${TOTAL_S:-460}
 left() { echo $((TOTAL_S - SECONDS)); }
 PYTHON=${PYTHON:-python3}
 REPO=$PWD
-WORK=/tmp/yolor-gpu
+WORK=${WORK:-/tmp/yolor-gpu}
 MODEL_DIR=$WORK/model
 PORT=${PORT:-8765}
 export PYTHONUNBUFFERED=1

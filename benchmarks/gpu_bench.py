@@ -371,20 +371,39 @@ def pipeline_check(checkpoint: Path, size: int, max_batch: int, inputs: np.ndarr
     return {"passed": all(c["images_wrong"] == 0 for c in checks), "checks": checks}
 
 
+@contextlib.contextmanager
+def tf32_off() -> Iterator[None]:
+    """cuDNN convolutions and cuBLAS matmuls in full FP32 inside, restored after. From torch 2.9 only
+    through the per-op `fp32_precision`: there the legacy `allow_tf32` flags warn (2.9), or fail when
+    read after the new API has set a state they cannot show (2.13)."""
+    cudnn: Any = torch.backends.cudnn  # its `conv` is not in the stubs
+    matmul = torch.backends.cuda.matmul
+    flags: list[tuple[Any, str, object]]
+    if torch.__version__ >= "2.9":  # a TorchVersion: compared as a version, not as a string
+        flags = [(cudnn.conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
+    else:
+        flags = [(cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+    saved = [getattr(owner, name) for owner, name, _ in flags]
+    for owner, name, off in flags:
+        setattr(owner, name, off)
+    try:
+        yield
+    finally:
+        for (owner, name, _), value in zip(flags, saved, strict=True):
+            setattr(owner, name, value)
+
+
 def numerics(backend: Any, model: yolor.YOLOR, inputs: np.ndarray) -> dict[str, Any]:
     """Backend output against the unfused FP32 net on the GPU, TF32 off."""
     batch = inputs[:9]
     got = backend.infer(batch)
     reference = model.to(DEVICE).eval()
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
     try:
-        with torch.inference_mode():
+        with tf32_off(), torch.inference_mode():
             want = torch.cat(
                 [reference(torch.from_numpy(b).to(DEVICE)).cpu() for b in np.array_split(batch, 3)]
             ).numpy()
     finally:
-        torch.backends.cudnn.allow_tf32 = tf32
         model.cpu()
         torch.cuda.empty_cache()
     diff = np.abs(got.astype(np.float64) - want)

@@ -16,7 +16,8 @@ The float32 -> FP16 channels_last conversion runs on the GPU.
 
 Not run on a GPU in this repository's CI or sessions so far. The CPU tests cover the chunk plan, the
 model preparation, the import guard and the pipeline's bookkeeping with torch.cuda faked (sequential:
-no stream ordering is tested); the GPU tests and `benchmarks/gpu.sh` are prepared, unrun.
+they check which ordering calls the pipeline makes, not that a GPU honours them); the GPU tests and
+`benchmarks/gpu.sh` are prepared, unrun.
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ class _Pipeline:
         self.x = x.contiguous(memory_format=torch.channels_last)  # the graphs' input: x[:size]
         self.y = torch.empty((largest, *out), dtype=torch.float32, device=device)  # and output
         self.h2d, self.compute, self.d2h = (self.cuda.Stream(device) for _ in range(3))
+        # prepare_model's upload and x's zero fill were queued on the current stream: the side
+        # streams start after them (a capture synchronizes the device first, an eager step does not).
+        for stream in (self.h2d, self.compute, self.d2h):
+            stream.wait_stream(torch.cuda.current_stream(device))
         self.pool = torch.cuda.graph_pool_handle() if graphs else None  # one pool: graphs never overlap
         self.runs: dict[int, Callable[[], None]] = {}
 
@@ -212,8 +217,9 @@ class _Pipeline:
         return out
 
     def _recorded(self) -> torch.cuda.Event:
-        """A new event, recorded on the current stream."""
-        event: torch.cuda.Event = self.cuda.Event()
+        """A new event, recorded on the current stream. Blocking: a host thread that synchronizes on
+        it (`_collect` on `done`) sleeps instead of spinning a core; stream waits are unaffected."""
+        event: torch.cuda.Event = self.cuda.Event(blocking=True)
         event.record()
         return event
 
@@ -242,7 +248,12 @@ class _Pipeline:
                 for _ in range(WARMUP_RUNS):
                     step()
             torch.cuda.current_stream(self.device).wait_stream(side)
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local, not the default "global": a global capture makes the unsafe CUDA calls
+            # (cudaMalloc, synchronizations) of every other thread fail, e.g. those of the old
+            # backend still serving during a reload. A process-wide lock would not help: TensorRT and
+            # onnxruntime would not take it. Other threads queue on their own streams, outside this
+            # capture (torch.compile's CUDA graphs capture the same way).
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 step()
         except Exception as e:  # an op that cannot be captured, a torch.compile failure, ...
             log.warning(

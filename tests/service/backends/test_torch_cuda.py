@@ -1,6 +1,7 @@
 """The torch CUDA backend: chunk plan, model preparation and import guard on the CPU; its pipeline's
-bookkeeping with torch.cuda faked (sequential, so this checks indexing, not stream ordering); the
-real thing on a GPU (skipped without one: never run in CI or so far in any session)."""
+bookkeeping with torch.cuda faked (sequential, so this checks indexing and which ordering calls are
+made, not that a GPU honours them); the real thing on a GPU (skipped without one: never run in CI or
+so far in any session)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import contextlib
 import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,50 +137,83 @@ def test_without_a_gpu_the_backend_is_unavailable(tmp_path):
         TorchCudaBackend(tmp_path / "x.pt", input_size=64, max_batch_size=1)
 
 
+CALLS: list[tuple[Any, ...]] = []  # what the pipeline asked of the fake torch.cuda, in order
+
+
 class _FakeStream:
     def __init__(self, *args: object) -> None:
         pass
 
-    def wait_stream(self, other: object) -> None:
-        pass
+    def wait_stream(self, other: _FakeStream) -> None:
+        CALLS.append(("wait_stream", self, other))
 
     def wait_event(self, event: _FakeEvent) -> None:
         assert event.recorded, "waits on an event that was never recorded"
 
 
+DEFAULT_STREAM = _FakeStream()
+
+
+@contextlib.contextmanager
+def _on(stream: _FakeStream) -> Iterator[None]:
+    CALLS.append(("stream", stream))
+    yield
+
+
 class _FakeEvent:
-    def __init__(self) -> None:
-        self.recorded = False
+    def __init__(self, enable_timing=False, blocking=False, interprocess=False, external=False) -> None:
+        self.recorded, self.blocking = False, blocking
 
     def record(self, stream: object = None) -> None:
         self.recorded = True
 
     def synchronize(self) -> None:
         assert self.recorded, "synchronizes on an event that was never recorded"
+        CALLS.append(("host_wait", self))
+
+
+class _FakeGraph:
+    def replay(self) -> None:  # captures nothing: the outputs of a replay are not checked
+        pass
+
+
+@contextlib.contextmanager
+def _capture(cuda_graph, pool=None, stream=None, capture_error_mode="global") -> Iterator[None]:
+    assert capture_error_mode in ("global", "thread_local", "relaxed")
+    CALLS.append(("capture", capture_error_mode))
+    yield
 
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    """torch.cuda as a sequential no-op: streams, events, device contexts; tensors stay on the CPU."""
+    """torch.cuda as a sequential no-op that logs to CALLS: streams (one current stream), events,
+    device contexts, captures that capture nothing; tensors stay on the CPU, torch.zeros is logged."""
     torch = pytest.importorskip("torch")
-    real_empty = torch.empty
+    real_empty, real_zeros = torch.empty, torch.zeros
 
     def empty(*args, pin_memory=False, **kwargs):
         return real_empty(*args, **kwargs)
 
+    def zeros(*args, **kwargs):
+        CALLS.append(("zeros",))
+        return real_zeros(*args, **kwargs)
+
     monkeypatch.setattr(torch, "empty", empty)
+    monkeypatch.setattr(torch, "zeros", zeros)
+    CALLS.clear()
     fakes = {
         "is_available": lambda: True,
         "get_device_name": lambda device=None: "fake GPU",
         "Stream": _FakeStream,
         "Event": _FakeEvent,
-        "stream": lambda stream: contextlib.nullcontext(),
+        "stream": _on,
         "device": lambda device: contextlib.nullcontext(),
-        "current_stream": lambda device=None: _FakeStream(),
-        "synchronize": lambda device=None: None,
+        "current_stream": lambda device=None: DEFAULT_STREAM,
+        "synchronize": lambda device=None: CALLS.append(("synchronize",)),
         "empty_cache": lambda: None,
         "graph_pool_handle": lambda: object(),
-        "CUDAGraph": object,
+        "CUDAGraph": _FakeGraph,
+        "graph": _capture,
     }
     for name, value in fakes.items():
         monkeypatch.setattr(torch.cuda, name, value)
@@ -255,7 +291,7 @@ def test_the_pipeline_puts_every_image_of_every_chunk_in_place(fake_cuda, echo, 
 
 @pytest.mark.model
 def test_a_failed_capture_falls_back_to_eager(fake_cuda, echo, tiny, monkeypatch, caplog):
-    def no_capture(graph, pool=None):
+    def no_capture(graph, pool=None, capture_error_mode="global"):
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(fake_cuda.cuda, "graph", no_capture)
@@ -266,6 +302,50 @@ def test_a_failed_capture_falls_back_to_eager(fake_cuda, echo, tiny, monkeypatch
     fallbacks = [r.getMessage() for r in caplog.records if "no CUDA graph" in r.getMessage()]
     assert len(fallbacks) == MAX_BATCH  # one warning per size, the first time it runs
     assert "stream is capturing" in fallbacks[0]
+    backend.close()
+
+
+def _eager_backend(tiny) -> TorchCudaBackend:
+    checkpoint, size = tiny
+    return TorchCudaBackend(
+        checkpoint, input_size=size, max_batch_size=MAX_BATCH, device="cpu", cuda_graphs=False
+    )
+
+
+@pytest.mark.model
+def test_the_side_streams_start_after_the_zero_fill(fake_cuda, echo, tiny):
+    """x is zero-filled on the current stream and then written on the compute stream: unordered, the
+    fill could land after the first image (no capture synchronizes the device in eager mode)."""
+    backend = _eager_backend(tiny)
+    _check_every_batch_size(backend, _exactly(*backend.output_shape))
+    pipeline = backend._pipeline
+    for stream in (pipeline.h2d, pipeline.compute, pipeline.d2h):
+        first_use = CALLS.index(("stream", stream))
+        last_fill = max(i for i, call in enumerate(CALLS[:first_use]) if call == ("zeros",))
+        between = CALLS[last_fill:first_use]
+        assert ("wait_stream", stream, DEFAULT_STREAM) in between or ("synchronize",) in between
+    backend.close()
+
+
+@pytest.mark.model
+def test_the_events_the_host_waits_on_are_blocking(fake_cuda, echo, tiny):
+    """A non-blocking event's synchronize spins a CPU core for the whole wait."""
+    backend = _eager_backend(tiny)
+    _check_every_batch_size(backend, _exactly(*backend.output_shape))  # copy_output True and False
+    waited = [call[1] for call in CALLS if call[0] == "host_wait"]
+    assert waited and all(event.blocking for event in waited)
+    backend.close()
+
+
+@pytest.mark.model
+def test_graphs_are_captured_thread_local(fake_cuda, echo, tiny):
+    """A "global" capture fails the CUDA calls of every other thread: those of the backend still
+    serving while this one loads."""
+    checkpoint, size = tiny
+    backend = TorchCudaBackend(checkpoint, input_size=size, max_batch_size=MAX_BATCH, device="cpu")
+    for n in range(1, MAX_BATCH + 1):
+        backend.infer(np.zeros((n, 3, size, size), np.float32))
+    assert [call for call in CALLS if call[0] == "capture"] == [("capture", "thread_local")] * MAX_BATCH
     backend.close()
 
 
