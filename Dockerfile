@@ -8,9 +8,10 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS base
-# The CUDA base images have no Python; the python and Debian bases already have python3 + venv.
+# The CUDA base images have no Python, and Debian's python3 lacks ensurepip until python3-venv is
+# installed: `python3 -m venv --help` works without it, creating a venv does not. Probe ensurepip.
 # hadolint ignore=DL3008
-RUN if ! python3 -m venv --help >/dev/null 2>&1; then \
+RUN if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then \
         apt-get update \
         && apt-get install -y --no-install-recommends python3 python3-venv \
         && rm -rf /var/lib/apt/lists/*; \
@@ -60,7 +61,14 @@ CMD ["--help"]
 FROM base AS serve
 # FLAVOUR=gpu: ONNX Runtime's CUDA build and TensorRT, both for CUDA 13 (README, "Deploy").
 ARG FLAVOUR=cpu
+# Split into words with globbing off (`set -f` below): `1.31.*` is a version, not a file pattern.
 ARG GPU_PACKAGES="onnxruntime-gpu==1.31.* tensorrt-cu13==11.4.* cuda-python==13.*"
+# check_gpu_packages: onnxruntime-gpu TensorRT EP needs TensorRT 10, the image has 11: the EP is not requested
+# TensorRT serves through the native backend; the server skips that EP by the same rule, and
+# `python tools/check_gpu_packages.py` checks the line above against the wheels the pins resolve to.
+# tensorrt-cu13-libs on PyPI is a stub that fetches the libraries from NVIDIA's index, so pip needs
+# that index too; pass a mirror of it (behind a proxy, say) with --build-arg NVIDIA_INDEX_URL=<url>.
+ARG NVIDIA_INDEX_URL=https://pypi.nvidia.com
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     --mount=type=secret,id=pip_cert,required=false \
@@ -68,7 +76,9 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     && python3 -m venv /opt/venv \
     && pip install "$(ls /wheels/*.whl)[serve]" \
     && if [ "$FLAVOUR" = gpu ]; then \
-        pip uninstall -y onnxruntime && pip install $GPU_PACKAGES; \
+        set -f \
+        && pip uninstall -y onnxruntime \
+        && pip install --extra-index-url "$NVIDIA_INDEX_URL" $GPU_PACKAGES; \
     elif [ "$FLAVOUR" != cpu ]; then \
         echo "FLAVOUR must be cpu or gpu, not $FLAVOUR" >&2; exit 1; \
     fi

@@ -64,7 +64,7 @@ def _onnxruntime(settings: Settings, manifest: ModelManifest) -> Backend:
         device=settings.device if on_gpu else "cpu",
         intra_op_threads=settings.intra_op_threads,
         parallel_runs=1 if on_gpu else settings.parallel_runs,
-        fp16=precision == "fp16",
+        fp16=key == "onnx_fp16",  # the FP16 export's edges are float32: the graph cannot tell
         precision="int8" if precision == "int8" else None,  # the others read from the graph
         cache_dir=settings.engine_dir or settings.model_dir,
     )

@@ -1,19 +1,35 @@
 """ONNX Runtime backend: the embedded default (CPU, or CUDA / TensorRT providers with onnxruntime-gpu).
 
-onnxruntime-gpu silently falls back to the CPU when a GPU provider fails to initialise (missing
-CUDA/cuDNN libraries, no device), so what counts is `session.get_providers()` after the session
-exists, not `get_available_providers()`; it is logged and reported as the backend's `device`.
+What counts is `session.get_providers()` after the session exists, not `get_available_providers()`:
+a provider whose libraries are missing is skipped (CUDA without cuDNN, say). It is logged and
+reported as the backend's `device`.
+
+`InferenceSession` has a fallback of its own: when the providers fail to initialise it prints a
+banner to stdout and retries with CUDA/CPU *without their options* (a `cuda:1` session lands on
+GPU 0), and `run` does the same on an EP failure. Sessions here are created with it off; `auto`
+retries on the CPU itself, with a log line, and an explicit `cuda[:N]` fails. A session on another
+GPU than the one asked for is refused.
+
+The TensorRT provider is requested only when the TensorRT it links (onnxruntime-gpu 1.31:
+libnvinfer.so.10) is installed: the GPU image has TensorRT 11, which serves through the native
+TensorRT backend instead (`tools/check_gpu_packages.py` checks the image's pins).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes.util
+import importlib.util
+import io
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.backends.base import BackendError, BackendUnavailable, BaseBackend, FloatBatch
+from service.backends.elf_needed import ElfError, needed_libraries, soname_major
 from service.backends.tensorrt_engines import default_opt_batch
 from service.processing.heads import Head
 from service.settings import device_index
@@ -25,6 +41,8 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 GPU_PROVIDERS = (TENSORRT, CUDA)
 ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+TENSORRT_EP_LIBRARY = "libonnxruntime_providers_tensorrt.so"
+Providers = list[str | tuple[str, dict[str, Any]]]
 
 
 def _onnxruntime() -> Any:
@@ -44,6 +62,63 @@ def gpu_providers_available() -> bool:
     return any(p in available for p in GPU_PROVIDERS)
 
 
+def tensorrt_ep_major(ort_package: Path) -> int | None:
+    """The TensorRT major that the TensorRT provider library of the onnxruntime installed at
+    `ort_package` links (N of `libnvinfer.so.N` among its DT_NEEDED entries); None when the library
+    cannot be read (logged) or names no libnvinfer."""
+    library = ort_package / "capi" / TENSORRT_EP_LIBRARY
+    try:
+        return soname_major(needed_libraries(library), "nvinfer")
+    except (OSError, ElfError) as e:
+        log.warning("cannot read the TensorRT provider library %s: %s", library, e)
+        return None
+
+
+def installed_tensorrt_majors() -> dict[int, str]:
+    """TensorRT majors this host has -> where: libnvinfer.so.N in the pip wheel's `tensorrt_libs`
+    package (tensorrt-cuXX-libs), or the soname the loader finds (`ctypes.util.find_library`)."""
+    found: dict[int, str] = {}
+    spec = importlib.util.find_spec("tensorrt_libs")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for library in sorted(Path(folder).glob("libnvinfer.so.*")):
+            major = soname_major([library.name], "nvinfer")
+            if major is not None:
+                found.setdefault(major, str(library))
+    soname = ctypes.util.find_library("nvinfer")
+    major = soname_major([soname], "nvinfer") if soname else None
+    if major is not None:
+        found.setdefault(major, f"{soname} on the loader's path")
+    return found
+
+
+def tensorrt_ep_problem(ep_major: int | None, installed: Mapping[int, str]) -> str | None:
+    """Why onnxruntime's TensorRT provider cannot load here, or None when the TensorRT major its
+    library links (`ep_major`) is among the `installed` ones (major -> where)."""
+    if ep_major is None:
+        return f"its {TENSORRT_EP_LIBRARY} names no libnvinfer.so.N: which TensorRT it needs is unknown"
+    if ep_major in installed:
+        return None
+    here = ", ".join(f"TensorRT {m} ({where})" for m, where in sorted(installed.items()))
+    return (
+        f"onnxruntime's TensorRT provider needs TensorRT {ep_major} (libnvinfer.so.{ep_major}), "
+        f"this host has {here or 'no TensorRT'}"
+    )
+
+
+def usable_providers(ort: Any) -> list[str]:
+    """`ort.get_available_providers()`, less the TensorRT provider when the TensorRT it links is not
+    installed (one log line says why): requested anyway, it fails to load."""
+    available = list(ort.get_available_providers())
+    if TENSORRT not in available:
+        return available
+    problem = tensorrt_ep_problem(tensorrt_ep_major(Path(ort.__file__).parent), installed_tensorrt_majors())
+    if problem is None:
+        return available
+    instead = "; the CUDA provider runs the model" if CUDA in available else ""
+    log.warning("%s not requested: %s%s", TENSORRT, problem, instead)
+    return [p for p in available if p != TENSORRT]
+
+
 def requested_providers(
     device: str,
     available: list[str],
@@ -51,24 +126,24 @@ def requested_providers(
     input_name: str,
     input_size: int,
     max_batch: int,
-    fp16: bool,
     cache_dir: Path | None,
-) -> list[str | tuple[str, dict[str, Any]]]:
+) -> Providers:
     """Providers to ask for, best first, always ending with the CPU.
 
     device: "cpu" (CPU only), "cuda" / "cuda:N" (a GPU provider is required) or "auto".
-    The TensorRT provider gets a dynamic-batch profile `1..max_batch` and an engine cache, so it
-    builds once per shape profile instead of once per batch size.
+    `available`: the providers that can load here (`usable_providers`). The TensorRT provider gets
+    a dynamic-batch profile `1..max_batch` and an engine cache, so it builds once per shape profile
+    instead of once per batch size. It gets no precision flag: the FP16 export is an FP16 graph
+    (TensorRT 11 has no weakly typed FP16 mode to switch on).
     """
     if device == "cpu":
         return [CPU]
     device_id = device_index(device)
-    providers: list[str | tuple[str, dict[str, Any]]] = []
+    providers: Providers = []
     if TENSORRT in available:
         shape = f"3x{input_size}x{input_size}"
         trt: dict[str, Any] = {
             "device_id": device_id,
-            "trt_fp16_enable": fp16,
             "trt_profile_min_shapes": f"{input_name}:1x{shape}",
             "trt_profile_opt_shapes": f"{input_name}:{default_opt_batch(max_batch)}x{shape}",
             "trt_profile_max_shapes": f"{input_name}:{max_batch}x{shape}",
@@ -85,6 +160,50 @@ def requested_providers(
     return [*providers, CPU]
 
 
+def create_session(ort: Any, model_path: Path, options: Any, providers: Providers, device: str) -> Any:
+    """An `InferenceSession` on `providers` with onnxruntime's fallback off, at creation and in `run`.
+
+    When the GPU providers fail to initialise: `auto` retries on the CPU (logged), `cuda[:N]` raises
+    BackendUnavailable. Raises BackendError for a model onnxruntime cannot load. onnxruntime 1.18
+    ignores `enable_fallback`: what its fallback prints to stdout is logged instead.
+    """
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            session = ort.InferenceSession(
+                str(model_path), sess_options=options, providers=providers, enable_fallback=0
+            )
+    except (ValueError, RuntimeError) as e:  # what onnxruntime's fallback catches: a provider failed
+        gpu = [p[0] for p in providers if isinstance(p, tuple) and p[0] in GPU_PROVIDERS]
+        if device.startswith("cuda") and gpu:
+            raise BackendUnavailable(f"device={device}: onnxruntime could not initialise {gpu}: {e}") from e
+        if not gpu:
+            raise BackendError(f"onnxruntime could not load {model_path}: {e}") from e
+        log.warning("onnxruntime could not initialise %s (%s); device=auto: running on the CPU", gpu, e)
+        return create_session(ort, model_path, options, [CPU], "cpu")
+    except Exception as e:  # InvalidProtobuf, NoSuchFile, Fail, ... derive from Exception only
+        raise BackendError(f"onnxruntime could not load {model_path}: {e}") from e
+    finally:
+        if printed.getvalue().strip():
+            log.warning("onnxruntime: %s", " ".join(printed.getvalue().split()))
+    session.disable_fallback()
+    return session
+
+
+def check_gpu_device(session: Any, device: str) -> None:
+    """Raise BackendUnavailable unless every active GPU provider of `session` runs on the GPU that
+    `device` names (`device_id` of `get_provider_options()`; "cuda" and "auto" mean GPU 0)."""
+    wanted = device_index(device)
+    options = session.get_provider_options()
+    for provider in [p for p in session.get_providers() if p in GPU_PROVIDERS]:
+        actual = options.get(provider, {}).get("device_id")
+        if actual is None or int(actual) != wanted:
+            raise BackendUnavailable(
+                f"device={device}: onnxruntime runs {provider} on GPU {actual}, not GPU {wanted} "
+                "(a provider fell back without its options)"
+            )
+
+
 class OnnxRuntimeBackend(BaseBackend):
     """One `InferenceSession` with graph optimisation level ALL and host-sized thread pools.
 
@@ -96,6 +215,10 @@ class OnnxRuntimeBackend(BaseBackend):
     `profile` (input name, input size) only shapes the TensorRT provider's profile; the backend's
     input and output shapes are read from the loaded graph, so the server can check them against
     the manifest.
+
+    `precision` is reported as given, else "fp16" when `fp16` says `model_path` is the FP16 export
+    (its edges are float32, so the graph cannot tell) or the graph's input is float16, else "fp32".
+    No provider option depends on it.
     """
 
     def __init__(
@@ -122,21 +245,19 @@ class OnnxRuntimeBackend(BaseBackend):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = requested_providers(
             device,
-            ort.get_available_providers(),
+            ort.get_available_providers() if device == "cpu" else usable_providers(ort),
             input_name=profile[0],
             input_size=profile[1],
             max_batch=max_batch_size,
-            fp16=fp16,
             cache_dir=cache_dir,
         )
-        try:
-            session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
-        except Exception as e:  # InvalidProtobuf, NoSuchFile, Fail, ... derive from Exception only
-            raise BackendError(f"onnxruntime could not load {model_path}: {e}") from e
+        session = create_session(ort, model_path, options, providers, device)
         active = session.get_providers()
         on_gpu = any(p in active for p in GPU_PROVIDERS)
         if device.startswith("cuda") and not on_gpu:
             raise BackendUnavailable(f"device={device} requested but onnxruntime activated only {active}")
+        if on_gpu:
+            check_gpu_device(session, device)
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise BackendError(
@@ -154,8 +275,7 @@ class OnnxRuntimeBackend(BaseBackend):
         batch_dim, *chw = inp.shape
         super().__init__(
             name="onnxruntime",
-            precision=precision
-            or ("fp16" if self._input_dtype == np.float16 or (fp16 and TENSORRT in active) else "fp32"),
+            precision=precision or ("fp16" if fp16 or self._input_dtype == np.float16 else "fp32"),
             device=", ".join(active)
             + ("" if on_gpu else f" ({_cpu_threads(parallel_runs, intra_op_threads)})"),
             head=head,

@@ -5,6 +5,7 @@ The image itself is built and run by deploy/image/build-and-run.sh (see its RESU
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -95,3 +96,122 @@ def test_everything_the_build_copies_passes_the_dockerignore():
     # the demo model is package data, so the wheel (and the image) carries it
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"demo_model/*"' in pyproject and (ROOT / "service" / "demo_model" / "model.json").is_file()
+
+
+# --- the RUN scripts themselves, under /bin/sh with every command they call faked ----------------
+
+
+def stage_args(stage: str) -> dict[str, str]:
+    """A stage's `ARG NAME=default` values, as the build passes them to RUN's environment."""
+    out = {}
+    for line in stages()[stage]:
+        if line.startswith("ARG ") and "=" in line:
+            name, _, value = shlex.split(line[4:])[0].partition("=")
+            out[name] = value
+    return out
+
+
+def run_script(stage: str, marker: str) -> str:
+    """The shell command of the RUN in `stage` that contains `marker` (its --mount flags dropped)."""
+    (run,) = [line for line in stages()[stage] if line.startswith("RUN ") and marker in line]
+    return re.sub(r"^RUN\s+(--\S+\s+)*", "", run)
+
+
+def run_sandboxed(
+    script: str, tmp_path: Path, fakes: dict[str, str], env: dict[str, str]
+) -> tuple[int, list[str]]:
+    """Run `script` with /bin/sh in an empty working directory, PATH holding only `fakes` (name ->
+    shell body; each logs `name args...` one word a line, then runs its body). Returns the exit status
+    and the log: nothing outside tmp_path is touched, and an unfaked command fails the script."""
+    bin_dir, log, cwd = tmp_path / "bin", tmp_path / "calls.log", tmp_path / "cwd"
+    bin_dir.mkdir()
+    cwd.mkdir(exist_ok=True)
+    for name, body in fakes.items():
+        fake = bin_dir / name
+        fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "--- {name}" "$@" >> "{log}"\n{body}\n')
+        fake.chmod(0o755)
+    done = subprocess.run(
+        ["/bin/sh", "-c", script],
+        cwd=cwd,
+        env={"PATH": str(bin_dir), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode, (log.read_text().splitlines() if log.exists() else [])
+
+
+def calls(log: list[str], name: str) -> list[list[str]]:
+    """The argument lists of every call of `name` in a sandbox log."""
+    out: list[list[str]] = []
+    mine = False
+    for line in log:
+        if line.startswith("--- "):
+            mine = line == f"--- {name}"
+            if mine:
+                out.append([])
+        elif mine:
+            out[-1].append(line)
+    return out
+
+
+SERVE_FAKES = {"python3": "exit 0", "pip": "exit 0", "ls": "echo /wheels/yolor_serving-1.0-py3-none-any.whl"}
+
+
+def test_gpu_packages_reach_pip_as_written_whatever_files_the_cwd_holds(tmp_path):
+    args = stage_args("serve")
+    pins = args["GPU_PACKAGES"].split()
+    assert any("*" in pin for pin in pins), "the test needs a wildcard pin to be meaningful"
+    (tmp_path / "cwd").mkdir()
+    for pin in pins:  # a file each wildcard pin matches as a glob
+        (tmp_path / "cwd" / pin.replace("*", "9")).write_text("")
+    env = {**args, "FLAVOUR": "gpu"}
+    status, log = run_sandboxed(run_script("serve", "GPU_PACKAGES"), tmp_path, SERVE_FAKES, env)
+    assert status == 0, log
+    install = calls(log, "pip")[-1]
+    assert install == ["install", "--extra-index-url", "https://pypi.nvidia.com", *pins]
+    assert calls(log, "pip")[-2] == ["uninstall", "-y", "onnxruntime"]
+
+
+def test_the_nvidia_index_is_a_build_argument(tmp_path):
+    env = {**stage_args("serve"), "FLAVOUR": "gpu", "NVIDIA_INDEX_URL": "https://mirror.example/nvidia"}
+    status, log = run_sandboxed(run_script("serve", "GPU_PACKAGES"), tmp_path, SERVE_FAKES, env)
+    assert status == 0, log
+    assert calls(log, "pip")[-1][:3] == ["install", "--extra-index-url", "https://mirror.example/nvidia"]
+
+
+@pytest.mark.parametrize(("flavour", "status", "installs"), [("cpu", 0, 1), ("tpu", 1, 1)])
+def test_other_flavours_install_no_gpu_packages(tmp_path, flavour, status, installs):
+    env = {**stage_args("serve"), "FLAVOUR": flavour}
+    done, log = run_sandboxed(run_script("serve", "GPU_PACKAGES"), tmp_path, SERVE_FAKES, env)
+    assert done == status
+    assert [c[0] for c in calls(log, "pip")] == ["install"] * installs
+    assert calls(log, "pip")[0] == ["install", "/wheels/yolor_serving-1.0-py3-none-any.whl[serve]"]
+
+
+BASE_FAKES = {name: "exit 0" for name in ("apt-get", "rm", "groupadd", "useradd", "install")}
+
+
+@pytest.mark.parametrize(
+    ("python", "installs_venv"),
+    [
+        ("with ensurepip", False),  # the python image, or Debian with python3-venv
+        ("without ensurepip", True),  # Debian's python3 alone: `-m venv --help` works, a venv does not
+        (None, True),  # the CUDA base images
+    ],
+)
+def test_the_base_installs_python3_venv_where_a_venv_cannot_be_made(tmp_path, python, installs_venv):
+    fakes = dict(BASE_FAKES)
+    if python is not None:
+        site = tmp_path / "site"
+        if python == "without ensurepip":  # on sys.path before the standard library, as if absent
+            (site / "ensurepip").mkdir(parents=True)
+            (site / "ensurepip" / "__init__.py").write_text("raise ImportError('python3-venv')\n")
+        fakes["python3"] = f'PYTHONPATH="{site}" exec "{sys.executable}" "$@"'
+    status, log = run_sandboxed(run_script("base", "useradd"), tmp_path, fakes, {})
+    assert status == 0, log
+    installs = [c for c in calls(log, "apt-get") if c[:1] == ["install"]]
+    assert bool(installs) == installs_venv, log
+    if installs_venv:
+        assert "python3-venv" in installs[0]
+    assert calls(log, "useradd"), "the rest of the script ran"

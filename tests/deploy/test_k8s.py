@@ -396,3 +396,28 @@ def test_adapter_rules_follow_the_config_format_and_the_servers_metrics() -> Non
         text = re.sub(r"<<[^>]*>>", "x", query)
         for opening, closing in ("()", "{}", "[]"):
             assert text.count(opening) == text.count(closing), query
+
+
+RUNTIME_COMPONENT = "../../components/nvidia-runtime"
+
+
+def test_the_nvidia_runtime_component_only_sets_the_runtime_class(tmp_path: Path) -> None:
+    """The GPU overlay lists the component commented out; uncommented (as its comment says), the
+    pod runs under RuntimeClass nvidia and nothing else changes."""
+    kustomization = K8S / "overlays" / "gpu" / "kustomization.yaml"
+    commented = [
+        line for line in kustomization.read_text().splitlines() if line.strip() == f"# - {RUNTIME_COMPONENT}"
+    ]
+    assert len(commented) == 1, f"overlays/gpu does not list {RUNTIME_COMPONENT} commented out"
+    assert "runtimeClassName" not in pod_spec(objects("gpu")), "optional: not on by default"
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    enabled = copy / "overlays" / "gpu" / "kustomization.yaml"
+    enabled.write_text(enabled.read_text().replace(commented[0], commented[0].replace("# - ", "- ", 1)))
+    done = subprocess.run([_kubectl(), "kustomize", str(copy / "overlays" / "gpu")], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with_runtime = [o for o in _yaml().safe_load_all(done.stdout) if o]
+    assert pod_spec(with_runtime).pop("runtimeClassName") == "nvidia"
+    assert with_runtime == objects("gpu")
+    assert "nvidia-runtime" not in (K8S / "overlays" / "cpu" / "kustomization.yaml").read_text()
