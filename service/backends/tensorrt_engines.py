@@ -13,6 +13,7 @@ Engines are built from a *strongly typed* network: layer precisions come from th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -25,12 +26,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from service.backends.gpu_info import gpu_identity
+from service.backends.base import BackendError
+from service.backends.cudart import Cuda, import_cudart
 
 __all__ = [
     "ENGINE_MANIFEST_FORMAT", "ENGINE_MANIFEST_NAME", "ENGINE_NAME", "EngineOptions", "TensorRTUnavailable",
     "build_engine", "default_opt_batch", "default_timing_cache_path", "engine_matches",
-    "make_engine_manifest", "profile_shapes", "require_tensorrt", "tensorrt_version", "write_engine_manifest",
+    "make_engine_manifest", "profile_shapes", "require_tensorrt", "tensorrt_logger", "tensorrt_version",
+    "write_engine_manifest",
 ]  # fmt: skip
 
 _log = logging.getLogger(__name__)
@@ -43,7 +46,7 @@ NOT_INSTALLED = (
     "ONNX artifacts are unaffected"
 )
 NO_GPU = (
-    "TensorRT is installed but no CUDA GPU is visible (nvidia-smi is missing or reports no GPU); "
+    "TensorRT is installed but GPU cuda:{index} cannot be used ({reason}); "
     "engines can only be built on the GPU model that will run them"
 )
 
@@ -120,8 +123,9 @@ def tensorrt_version() -> str | None:
     return str(trt.__version__)
 
 
-def _tensorrt_and_gpu() -> tuple[Any, str, str]:
-    """(tensorrt module, GPU name, compute capability); raises TensorRTUnavailable."""
+def _tensorrt_and_gpu(device_index: int) -> tuple[Any, str, str]:
+    """(tensorrt module, GPU name, compute capability) with GPU `device_index` made current for the
+    calling thread (TensorRT builds on the current device); raises TensorRTUnavailable."""
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -130,18 +134,22 @@ def _tensorrt_and_gpu() -> tuple[Any, str, str]:
     major = re.match(r"\d+", version)
     if major is None or int(major.group()) < MIN_TENSORRT_MAJOR:
         raise TensorRTUnavailable(f"TensorRT {version} is too old: building engines needs TensorRT >= 10")
-    identity = gpu_identity()
-    if identity is None:
-        raise TensorRTUnavailable(NO_GPU)
-    return trt, identity[0], identity[1]
+    try:
+        cuda = Cuda(import_cudart())
+        cuda.set_device(device_index)
+        name, capability = cuda.identity(device_index)
+    except BackendError as exc:
+        raise TensorRTUnavailable(NO_GPU.format(index=device_index, reason=exc)) from exc
+    return trt, name, capability
 
 
-def require_tensorrt() -> str:
+def require_tensorrt(device_index: int = 0) -> str:
     """Fail fast, before minutes of export work: the TensorRT version if an engine can be built here.
 
-    Raises TensorRTUnavailable when TensorRT >= 10 is not importable or no GPU is visible.
+    Raises TensorRTUnavailable when TensorRT >= 10 or cuda-python is not importable, or GPU
+    `device_index` cannot be used.
     """
-    trt, _, _ = _tensorrt_and_gpu()
+    trt, _, _ = _tensorrt_and_gpu(device_index)
     return str(trt.__version__)
 
 
@@ -227,8 +235,11 @@ def engine_matches(
     return True, "engine matches"
 
 
-def _tensorrt_logger(trt: Any) -> Any:
-    """A TensorRT logger that forwards to Python logging instead of printing to stderr."""
+@functools.cache
+def tensorrt_logger(trt: Any) -> Any:
+    """The one TensorRT logger of this process, for the builder and the runtime alike: it forwards to
+    Python logging (TensorRT's own `trt.Logger` prints to stdout, which breaks JSON logs). TensorRT
+    keeps the first logger it is given for the whole process and warns about any other."""
     sev = trt.ILogger.Severity
     levels = {
         sev.INTERNAL_ERROR: logging.CRITICAL,
@@ -288,13 +299,16 @@ def build_engine(
     *,
     onnx_sha256: str,
     precision: Literal["fp32", "fp16", "int8"],
+    device_index: int = 0,
 ) -> dict[str, Any]:
     """Build a TensorRT engine from `onnx_path`, write it atomically to `engine_path`, return its manifest.
 
     `precision` records what the ONNX holds; it does not change the build (the network is strongly
     typed: an INT8 engine comes from the Q/DQ nodes of `yolor export --int8 --int8-target tensorrt`).
-    The timing cache is read before and rewritten after the build. Raises TensorRTUnavailable (no
-    TensorRT >= 10 or no GPU), FileNotFoundError, ValueError (not exactly one input, or one without a
+    It builds on GPU `device_index` (CUDA's numbering, as `YOLOR_DEVICE=cuda:N`), whose name and
+    compute capability the manifest and the timing cache's name record. The timing cache is read
+    before and rewritten after the build. Raises TensorRTUnavailable (no TensorRT >= 10, no
+    cuda-python, no such GPU), FileNotFoundError, ValueError (not exactly one input, or one without a
     dynamic batch axis) and RuntimeError (parse or build failure).
     """
     if precision not in ("fp32", "fp16", "int8"):
@@ -302,7 +316,7 @@ def build_engine(
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX file not found: {onnx_path}")
-    trt, gpu_name, capability = _tensorrt_and_gpu()
+    trt, gpu_name, capability = _tensorrt_and_gpu(device_index)
     version = str(trt.__version__)
     cache_path = options.timing_cache or default_timing_cache_path(version, gpu_name, capability)
 
@@ -336,11 +350,11 @@ def _build_serialized(
     """Parse and build; returns (engine bytes, input name, profile shapes, updated timing cache bytes)."""
     # The logger must outlive every TensorRT object, and the parser owns the weights the network
     # points at, so both stay referenced until the build is done.
-    logger = _tensorrt_logger(trt)
+    logger = tensorrt_logger(trt)
     try:
         builder = trt.Builder(logger)
     except (RuntimeError, TypeError) as exc:  # pybind reports a failed CUDA init as TypeError
-        raise TensorRTUnavailable(f"{NO_GPU} ({exc})") from exc
+        raise TensorRTUnavailable(f"TensorRT could not create a builder (CUDA init?): {exc}") from exc
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):

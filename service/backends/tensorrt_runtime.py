@@ -4,29 +4,39 @@ Thin on purpose: it deserializes an engine, binds I/O by tensor name (`get_tenso
 `get_tensor_mode`), sets the batch with `set_input_shape` and runs `execute_async_v3` on its own
 stream, with pinned host buffers and device buffers sized once for the profile's largest batch.
 Engines are built by `service.backends.tensorrt_engines` (shared with the export stage) when the cached
-one is missing or was built for another GPU, TensorRT version or ONNX file.
+one is missing, was built for another GPU, TensorRT version or ONNX file, or is not the file its
+manifest describes.
 
-It has NOT been run in this repository's CI: that needs an NVIDIA GPU, TensorRT >= 10 and
-cuda-python. Everything here is imported lazily, so the module imports anywhere.
+What was run where (README, "TensorRT"): the whole backend, engine reuse and building run in the
+tests against a fake TensorRT (an echo engine, FLOAT and HALF I/O) and a fake CUDA runtime, and the
+TensorRT names and signatures the code uses are checked against the real TensorRT 10 and 11 Python
+bindings; no real engine has been run (no GPU with TensorRT has been available). Everything here is
+imported lazily, so the module imports anywhere.
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import json
 import logging
+import math
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.backends.base import BackendError, BackendUnavailable, BaseBackend, FloatBatch
-from service.backends.tensorrt_engines import ENGINE_MANIFEST_NAME, ENGINE_NAME
+from service.backends.cudart import Cuda, import_cudart
+from service.backends.tensorrt_engines import ENGINE_MANIFEST_NAME, ENGINE_NAME, tensorrt_logger
 from service.manifest import ModelManifest
 from service.processing.heads import Head
 from service.settings import Settings, device_index
 
 log = logging.getLogger(__name__)
+
+BUILD_LOCK_NAME = ".model.engine.lock"
 
 
 def _import_tensorrt() -> Any:
@@ -37,89 +47,101 @@ def _import_tensorrt() -> Any:
     return tensorrt
 
 
-def _import_cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError as e:
-            raise BackendUnavailable(f"the tensorrt backend needs cuda-python: {e}") from e
-    return cudart
-
-
-class _Cuda:
-    """The few CUDA runtime calls used, raising on error (cuda-python returns (err, *values))."""
-
-    def __init__(self, cudart: Any) -> None:
-        self.rt = cudart
-
-    def __call__(self, fn: Any, *args: Any) -> Any:
-        err, *values = fn(*args)
-        if err != self.rt.cudaError_t.cudaSuccess:
-            raise BackendError(f"CUDA {fn.__name__} failed: {err}")
-        return values[0] if len(values) == 1 else None
-
-    def pinned_array(self, count: int, dtype: np.dtype) -> tuple[np.ndarray, int]:
-        pointer = self(self.rt.cudaMallocHost, count * dtype.itemsize)
-        ctype = ctypes.POINTER(np.ctypeslib.as_ctypes_type(dtype))
-        return np.ctypeslib.as_array(ctypes.cast(pointer, ctype), (count,)), int(pointer)
+def _io_dtype(trt: Any, engine: Any, name: str) -> np.dtype[Any]:
+    """The numpy dtype of an engine tensor; BackendUnavailable unless float32 or float16 (images go in
+    as floats, and the server reads floats back)."""
+    dtype = engine.get_tensor_dtype(name)
+    floats = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16}
+    if dtype not in floats:
+        raise BackendUnavailable(f"engine tensor {name!r} is {dtype}; only FLOAT and HALF are supported")
+    return np.dtype(floats[dtype])
 
 
 class TensorRTBackend(BaseBackend):
-    """One engine with one input and one output, one execution context and one CUDA stream."""
+    """One engine with one input and one output, one execution context and one CUDA stream.
+
+    Raises BackendUnavailable (no tensorrt or cuda-python, no usable GPU `device_index`, tensors of a
+    type it cannot feed) or BackendError; whatever it allocated before failing is freed first.
+    """
 
     def __init__(self, engine_path: Path, *, head: Head, precision: str, device_index: int = 0) -> None:
         trt = _import_tensorrt()
-        self._cuda = cuda = _Cuda(_import_cudart())
+        self._cuda = Cuda(import_cudart())
         self._device_index = device_index
-        cuda(cuda.rt.cudaSetDevice, device_index)
-        self._logger = trt.Logger(trt.Logger.WARNING)  # must outlive the engine
-        self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self._engine is None:
-            raise BackendError(f"TensorRT could not deserialize {engine_path} (see the TensorRT log)")
-        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise BackendError(
-                f"{engine_path}: expected 1 input and 1 output tensor, got {inputs}, {outputs}"
-            )
-        self._input, self._output = inputs[0], outputs[0]
-        _, _, largest = self._engine.get_tensor_profile_shape(self._input, 0)
-        self._context = self._engine.create_execution_context()
-        self._context.set_input_shape(self._input, tuple(largest))
-        out_largest = tuple(self._context.get_tensor_shape(self._output))
-        self._in_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self._input)))
-        self._out_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self._output)))
-        self._stream = cuda(cuda.rt.cudaStreamCreate)
-        self._host_in, self._host_in_ptr = cuda.pinned_array(int(np.prod(largest)), self._in_dtype)
-        self._host_out, self._host_out_ptr = cuda.pinned_array(int(np.prod(out_largest)), self._out_dtype)
-        self._dev_in = cuda(cuda.rt.cudaMalloc, self._host_in.nbytes)
-        self._dev_out = cuda(cuda.rt.cudaMalloc, self._host_out.nbytes)
-        self._context.set_tensor_address(self._input, int(self._dev_in))
-        self._context.set_tensor_address(self._output, int(self._dev_out))
+        self._resources = contextlib.ExitStack()  # frees what was allocated, last first
+        self._runtime: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        try:
+            self._cuda.set_device(device_index)
+            largest, out_largest = self._load(trt, Path(engine_path))
+        except BaseException:
+            self._release()
+            raise
         super().__init__(
             name="tensorrt",
             precision=precision,
             device=f"cuda:{device_index} (TensorRT {trt.__version__})",
             head=head,
-            max_batch_size=int(largest[0]),
+            max_batch_size=largest[0],
             input_name=self._input,
-            input_shape=(int(largest[1]), int(largest[2]), int(largest[3])),
-            output_shape=tuple(int(d) for d in out_largest[1:]),
+            input_shape=(largest[1], largest[2], largest[3]),
+            output_shape=out_largest[1:],
             accelerator=True,
         )
 
+    def _load(self, trt: Any, engine_path: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Deserialize, bind and allocate; returns the largest input and output shapes."""
+        cuda, rt = self._cuda, self._cuda.rt
+        self._runtime = trt.Runtime(tensorrt_logger(trt))  # the logger outlives the engine: it is global
+        engine = self._engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if engine is None:
+            raise BackendError(f"TensorRT could not deserialize {engine_path} (see the TensorRT log)")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise BackendError(f"{engine_path}: expected 1 input and 1 output tensor: {inputs}, {outputs}")
+        self._input, self._output = inputs[0], outputs[0]
+        in_dtype, out_dtype = _io_dtype(trt, engine, self._input), _io_dtype(trt, engine, self._output)
+        _, _, largest_dims = engine.get_tensor_profile_shape(self._input, 0)
+        largest = tuple(int(d) for d in largest_dims)
+        if len(largest) != 4:
+            raise BackendError(f"{engine_path}: input {self._input!r} has shape {largest}, not NCHW")
+        self._context = engine.create_execution_context()
+        if self._context is None:
+            raise BackendError(f"TensorRT could not create an execution context for {engine_path}")
+        self._set_input_shape(largest)
+        out_largest = tuple(int(d) for d in self._context.get_tensor_shape(self._output))
+        self._stream = cuda(rt.cudaStreamCreate)
+        self._resources.callback(self._free, rt.cudaStreamDestroy, self._stream)
+        self._host_in, self._host_in_ptr = cuda.pinned_array(math.prod(largest), in_dtype)
+        self._resources.callback(self._free, rt.cudaFreeHost, self._host_in_ptr)
+        self._host_out, self._host_out_ptr = cuda.pinned_array(math.prod(out_largest), out_dtype)
+        self._resources.callback(self._free, rt.cudaFreeHost, self._host_out_ptr)
+        self._dev_in = cuda(rt.cudaMalloc, self._host_in.nbytes)
+        self._resources.callback(self._free, rt.cudaFree, self._dev_in)
+        self._dev_out = cuda(rt.cudaMalloc, self._host_out.nbytes)
+        self._resources.callback(self._free, rt.cudaFree, self._dev_out)
+        for name, pointer in ((self._input, self._dev_in), (self._output, self._dev_out)):
+            if not self._context.set_tensor_address(name, int(pointer)):
+                raise BackendError(f"TensorRT refused the device address of tensor {name!r}")
+        return largest, out_largest
+
+    def _set_input_shape(self, shape: tuple[int, ...]) -> None:
+        if not self._context.set_input_shape(self._input, shape):
+            raise BackendError(
+                f"TensorRT refused input shape {shape} for {self._input!r} (outside the engine's profile?)"
+            )
+
     def _infer(self, batch: FloatBatch) -> FloatBatch:
         cuda, rt = self._cuda, self._cuda.rt
-        cuda(rt.cudaSetDevice, self._device_index)  # per thread: the batcher's worker is not the loader
+        cuda.set_device(self._device_index)  # per thread: the batcher's worker is not the loader
         host_in = self._host_in[: batch.size].reshape(batch.shape)
-        host_in[...] = batch  # casts when the engine's input is not float32
-        self._context.set_input_shape(self._input, batch.shape)
+        host_in[...] = batch  # casts when the engine's input is float16
+        self._set_input_shape(batch.shape)
         out_shape = tuple(self._context.get_tensor_shape(self._output))
-        host_out = self._host_out[: int(np.prod(out_shape))].reshape(out_shape)
+        host_out = self._host_out[: math.prod(out_shape)].reshape(out_shape)
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         cuda(rt.cudaMemcpyAsync, self._dev_in, self._host_in_ptr, host_in.nbytes, h2d, self._stream)
         if not self._context.execute_async_v3(int(self._stream)):
@@ -128,17 +150,20 @@ class TensorRTBackend(BaseBackend):
         cuda(rt.cudaStreamSynchronize, self._stream)
         return host_out.astype(np.float32, copy=True)  # the pinned buffer is reused by the next batch
 
+    def _free(self, free: Any, handle: Any) -> None:
+        """One release call; a failure is logged, not raised, so that the others still run."""
+        err, *_ = free(handle)
+        if err != self._cuda.rt.cudaError_t.cudaSuccess:
+            log.warning("TensorRT backend: CUDA %s failed while releasing: %s", free.__name__, err)
+
     def _release(self) -> None:
-        rt = self._cuda.rt
-        for free, pointer in (
-            (rt.cudaFree, self._dev_in),
-            (rt.cudaFree, self._dev_out),
-            (rt.cudaFreeHost, self._host_in_ptr),
-            (rt.cudaFreeHost, self._host_out_ptr),
-        ):
-            free(pointer)
-        rt.cudaStreamDestroy(self._stream)
-        self._context = self._engine = self._runtime = None
+        """Free on GPU `device_index` whichever thread closes (the event loop's, at a reload)."""
+        self._context = self._engine = self._runtime = None  # TensorRT objects first
+        try:
+            self._cuda.set_device(self._device_index)
+        except BackendError as e:
+            log.warning("TensorRT backend: releasing without its device current: %s", e)
+        self._resources.close()
 
 
 def _read_engine_manifest(path: Path) -> dict[str, Any] | None:
@@ -150,14 +175,21 @@ def _read_engine_manifest(path: Path) -> dict[str, Any] | None:
 
 
 def _find_engine(builder: Any, directories: list[Path], **wanted: Any) -> tuple[Path | None, str]:
-    """The first `model.engine` in `directories` whose engine manifest matches `wanted`, and why not."""
+    """The first `model.engine` in `directories` whose engine manifest matches `wanted` and describes
+    that very file (its sha256: a build killed between the engine and its manifest pairs them
+    wrongly), and why none did."""
+    from service.backends.artifacts import sha256_file
+
     why = f"no engine in {', '.join(map(str, directories))}"
     for directory in directories:
         meta = _read_engine_manifest(directory / ENGINE_MANIFEST_NAME)
-        if (directory / ENGINE_NAME).is_file() and meta is not None:
+        engine = directory / ENGINE_NAME
+        if engine.is_file() and meta is not None:
             matches, why = builder.engine_matches(meta, **wanted)
+            if matches and sha256_file(engine) != meta.get("engine_sha256"):
+                matches, why = False, f"{engine} is not the engine its manifest describes (sha256 differs)"
             if matches:
-                return directory / ENGINE_NAME, why
+                return engine, why
     return None, why
 
 
@@ -166,45 +198,84 @@ def load_tensorrt_backend(settings: Settings, manifest: ModelManifest, *, precis
 
     An engine is reused from `engine_dir`, then from the model directory (one built by the export),
     when its manifest matches the ONNX, TensorRT version, GPU and batch size; otherwise it is built
-    into `engine_dir` (default: the model directory). Raises BackendUnavailable when TensorRT,
-    cuda-python or a GPU is missing, or the build fails.
+    into `engine_dir` (default: the model directory), one process at a time. Raises
+    BackendUnavailable when TensorRT, cuda-python or the GPU is missing, the engine directory is not
+    writable, or the build fails; those are checked before a build, which takes minutes.
     """
-    try:
-        from service.backends import tensorrt_engines as builder
-        from service.backends.artifacts import onnx_key
-        from service.backends.factory import effective_max_batch
-        from service.backends.gpu_info import gpu_identity
-    except ImportError as e:
-        raise BackendUnavailable(f"the TensorRT engine builder is not importable: {e}") from e
+    from service.backends import tensorrt_engines as builder
+    from service.backends.artifacts import onnx_key
+    from service.backends.factory import effective_max_batch
+
     version = builder.tensorrt_version()
     if version is None:
         raise BackendUnavailable("tensorrt is not installed")
     index = device_index(settings.device)
-    identity = gpu_identity(index)
-    if identity is None:
-        raise BackendUnavailable("no CUDA GPU is visible (nvidia-smi)")
+    cuda = Cuda(import_cudart())
+    try:
+        cuda.set_device(index)
+        gpu_name, capability = cuda.identity(index)
+    except BackendError as e:
+        raise BackendUnavailable(f"GPU cuda:{index} cannot be used: {e}") from e
     source_key = onnx_key(manifest.artifacts, precision, tensorrt=True)
     source = manifest.artifacts[source_key]
     max_batch = effective_max_batch(settings, manifest)
     target = settings.engine_dir or settings.model_dir
-    engine_path, why = _find_engine(
-        builder,
-        list(dict.fromkeys([target, settings.model_dir])),
-        onnx_sha256=source.sha256,
-        tensorrt_version=version,
-        gpu_name=identity[0],
-        compute_capability=identity[1],
-        max_batch=max_batch,
-    )
+    search = list(dict.fromkeys([target, settings.model_dir]))
+    wanted = {
+        "onnx_sha256": source.sha256,
+        "tensorrt_version": version,
+        "gpu_name": gpu_name,
+        "compute_capability": capability,
+        "max_batch": max_batch,
+    }
+    engine_path, why = _find_engine(builder, search, **wanted)
     if engine_path is None:
-        log.warning("building a TensorRT engine in %s (%s); this takes minutes", target, why)
-        engine_path = _build(builder, settings, manifest, source_key, target, max_batch)
-    log.info("TensorRT %s engine %s", version, engine_path)
+        _check_writable(target, why)
+        with _build_lock(target):
+            engine_path, why = _find_engine(builder, search, **wanted)  # another worker may have built it
+            if engine_path is None:
+                log.warning("building a TensorRT engine in %s (%s); this takes minutes", target, why)
+                engine_path = _build(builder, settings, manifest, source_key, target, max_batch, index)
+    log.info("TensorRT %s engine %s on cuda:%d (%s)", version, engine_path, index, gpu_name)
     return TensorRTBackend(engine_path, head=manifest.head, precision=source.precision, device_index=index)
 
 
+def _check_writable(target: Path, why: str) -> None:
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as e:
+        raise BackendUnavailable(
+            f"a TensorRT engine must be built ({why}) but {target} is not writable "
+            f"(set YOLOR_ENGINE_DIR to a writable directory): {e}"
+        ) from e
+
+
+@contextlib.contextmanager
+def _build_lock(target: Path) -> Iterator[None]:
+    """One build per engine directory at a time: with YOLOR_WORKERS > 1 every worker starts at once;
+    the first builds, the others wait here and then find its engine. The lock goes with the holder's
+    process, so a killed build does not block the next start."""
+    import fcntl
+
+    with open(target / BUILD_LOCK_NAME, "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another process is building the TensorRT engine in %s; waiting for it", target)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
 def _build(
-    builder: Any, settings: Settings, manifest: ModelManifest, source_key: str, target: Path, max_batch: int
+    builder: Any,
+    settings: Settings,
+    manifest: ModelManifest,
+    source_key: str,
+    target: Path,
+    max_batch: int,
+    index: int,
 ) -> Path:
     from service.backends.artifacts import resolve_artifact
 
@@ -212,17 +283,19 @@ def _build(
     onnx_path = resolve_artifact(settings.model_dir, manifest, source_key)
     engine_path = target / ENGINE_NAME
     try:
-        target.mkdir(parents=True, exist_ok=True)
+        # No manifest beside a half-replaced engine: a build killed from here on leaves none.
+        (target / ENGINE_MANIFEST_NAME).unlink(missing_ok=True)
         meta = builder.build_engine(
             onnx_path,
             engine_path,
             builder.EngineOptions(max_batch=max_batch),
             onnx_sha256=source.sha256,
             precision=source.precision,
+            device_index=index,
         )
         builder.write_engine_manifest(meta, target / ENGINE_MANIFEST_NAME)
     except builder.TensorRTUnavailable as e:
         raise BackendUnavailable(str(e)) from e
     except (RuntimeError, ValueError, OSError) as e:
-        raise BackendUnavailable(f"building {engine_path} failed (is YOLOR_ENGINE_DIR writable?): {e}") from e
+        raise BackendUnavailable(f"building {engine_path} failed: {e}") from e
     return engine_path

@@ -1,4 +1,5 @@
-"""The TensorRT engine builder: option checks, profile shapes, cache paths, manifests, GPU discovery.
+"""The TensorRT engine builder: option checks, profile shapes, cache paths, manifests, availability,
+builds against the fake TensorRT (tests/support/fake_tensorrt.py).
 
 Everything except the `gpu` tests runs without TensorRT; those build a real engine from a tiny ONNX
 graph and are skipped where TensorRT or a GPU is missing.
@@ -11,9 +12,7 @@ import hashlib
 import json
 import os
 import re
-import stat
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -22,10 +21,12 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from service.backends import gpu_info
 from service.backends import tensorrt_engines as tb
-from service.backends.gpu_info import gpu_identity, parse_nvidia_smi
+from service.backends.base import BackendUnavailable
+from service.backends.cudart import Cuda, import_cudart
 from service.backends.tensorrt_engines import EngineOptions, TensorRTUnavailable
+from tests.support.fake_cudart import FakeCudart
+from tests.support.fake_tensorrt import install_fakes
 
 pytestmark = pytest.mark.export
 
@@ -148,78 +149,6 @@ def test_timing_cache_path_defaults_to_home_cache(tmp_path, monkeypatch):
 def test_timing_cache_path_rejects_bad_compute_capability(tmp_path, cap):
     with pytest.raises(ValueError, match="compute capability"):
         tb.default_timing_cache_path("10.13.0", "NVIDIA H200", cap, cache_dir=tmp_path)
-
-
-# --- nvidia-smi ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("NVIDIA H200, 9.0\n", ("NVIDIA H200", "9.0")),
-        ("NVIDIA GeForce RTX 4090, 8.9   \n\n", ("NVIDIA GeForce RTX 4090", "8.9")),
-        ("  Tesla V100-SXM2-16GB , 7.0\r\n", ("Tesla V100-SXM2-16GB", "7.0")),
-        ("\nNVIDIA A100-SXM4-80GB, 8.0\nNVIDIA H100 80GB HBM3, 9.0\n", ("NVIDIA A100-SXM4-80GB", "8.0")),
-        ("NVIDIA RTX PRO 6000 Blackwell, 12.0", ("NVIDIA RTX PRO 6000 Blackwell", "12.0")),
-        ("Vendor, Model X, 8.6", ("Vendor, Model X", "8.6")),  # only the last comma separates
-    ],
-)
-def test_parse_nvidia_smi(text, expected):
-    assert parse_nvidia_smi(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text", ["", "  \n", "No devices were found", "NVIDIA H200, [N/A]", ", 9.0", "NVIDIA H200 9.0"]
-)
-def test_parse_nvidia_smi_rejects_other_output(text):
-    with pytest.raises(ValueError):
-        parse_nvidia_smi(text)
-
-
-def _fake_nvidia_smi(bin_dir: Path, body: str) -> None:
-    exe = bin_dir / "nvidia-smi"
-    exe.write_text("#!/bin/sh\n" + body + "\n")
-    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
-
-
-def test_gpu_identity_none_without_nvidia_smi(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory
-    assert gpu_identity() is None
-
-
-def test_gpu_identity_runs_nvidia_smi(tmp_path, monkeypatch):
-    args_file = tmp_path / "args"
-    _fake_nvidia_smi(tmp_path, f'printf "%s\\n" "$@" > "{args_file}"\nprintf "NVIDIA H200, 9.0\\n"')
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert gpu_identity(1) == ("NVIDIA H200", "9.0")
-    assert args_file.read_text().split() == [
-        "--query-gpu=name,compute_cap",
-        "--format=csv,noheader",
-        "-i",
-        "1",
-    ]
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        'echo "NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver."; exit 9',
-        'echo "Field \\"compute_cap\\" is not a valid field to query."; exit 2',
-        'echo "garbage"',
-    ],
-)
-def test_gpu_identity_none_when_nvidia_smi_fails(tmp_path, monkeypatch, body):
-    _fake_nvidia_smi(tmp_path, body)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert gpu_identity() is None
-
-
-def test_gpu_identity_none_when_nvidia_smi_hangs(tmp_path, monkeypatch):
-    _fake_nvidia_smi(tmp_path, "exec /bin/sleep 30")
-    monkeypatch.setenv("PATH", str(tmp_path))
-    start = time.monotonic()
-    assert gpu_identity(timeout_s=0.3) is None
-    assert time.monotonic() - start < 10  # gave up at the timeout, did not wait for the 30 s sleep
 
 
 # --- manifest ------------------------------------------------------------------------------------
@@ -350,16 +279,28 @@ def _stub_tensorrt(monkeypatch, version: str) -> None:
 
 def test_build_engine_without_gpu(monkeypatch, tmp_path, onnx_file):
     _stub_tensorrt(monkeypatch, "10.13.0")
-    monkeypatch.setattr(tb, "gpu_identity", lambda: None)
+    monkeypatch.setattr(tb, "import_cudart", lambda: FakeCudart(gpus=[]))  # no driver
     assert tb.tensorrt_version() == "10.13.0"
-    with pytest.raises(TensorRTUnavailable, match="no CUDA GPU is visible") as info:
+    with pytest.raises(TensorRTUnavailable, match=r"cuda:0 cannot be used.*InsufficientDriver") as info:
         tb.build_engine(onnx_file, tmp_path / "m.engine", EngineOptions(), onnx_sha256="a", precision="fp32")
     assert "not installed" not in str(info.value)
 
 
+def test_build_engine_without_cuda_python(monkeypatch, tmp_path, onnx_file):
+    """Export's early check (`require_tensorrt`) fails before any work, not after the ONNX export."""
+    _stub_tensorrt(monkeypatch, "11.4.0")
+
+    def missing():
+        raise BackendUnavailable("TensorRT needs cuda-python (pip install cuda-python): no module 'cuda'")
+
+    monkeypatch.setattr(tb, "import_cudart", missing)
+    with pytest.raises(TensorRTUnavailable, match="needs cuda-python"):
+        tb.require_tensorrt()
+
+
 def test_build_engine_refuses_tensorrt_before_10(monkeypatch, tmp_path, onnx_file):
     _stub_tensorrt(monkeypatch, "8.6.1")
-    monkeypatch.setattr(tb, "gpu_identity", lambda: ("NVIDIA H200", "9.0"))
+    monkeypatch.setattr(tb, "import_cudart", FakeCudart)
     with pytest.raises(TensorRTUnavailable, match=r"8\.6\.1 is too old"):
         tb.build_engine(onnx_file, tmp_path / "m.engine", EngineOptions(), onnx_sha256="a", precision="fp32")
 
@@ -377,13 +318,23 @@ def test_build_engine_checks_arguments_first(tmp_path, onnx_file):
         )
 
 
-# --- real builds (TensorRT + GPU) ----------------------------------------------------------------
+# --- builds: against the fake TensorRT, and (gpu) the real one -----------------------------------
 
 
-@pytest.fixture
-def trt():
+def _gpu_identity() -> tuple[str, str] | None:
+    try:
+        return Cuda(import_cudart()).identity(0)
+    except BackendUnavailable:
+        return None
+
+
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.gpu)])
+def trt(request, monkeypatch):
+    """The fake TensorRT over a fake CUDA runtime, and (marked gpu) the real ones where present."""
+    if request.param == "fake":
+        return install_fakes(monkeypatch, FakeCudart())
     module = pytest.importorskip("tensorrt")
-    if gpu_info.gpu_identity() is None:
+    if _gpu_identity() is None:
         pytest.skip("no CUDA GPU visible")
     return module
 
@@ -406,9 +357,8 @@ def _conv_onnx(path: Path, batch: int | str = "batch", dtype=np.float32) -> Path
     return path
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize(("dtype", "precision"), [(np.float32, "fp32"), (np.float16, "fp16")])
-def test_build_engine_on_gpu(trt, tmp_path, dtype, precision):
+def test_build_engine(trt, tmp_path, dtype, precision):
     onnx_path = _conv_onnx(tmp_path / "tiny.onnx", dtype=dtype)
     engine_path = tmp_path / "out" / "tiny.engine"
     cache = tmp_path / "cache" / "timing.cache"
@@ -424,12 +374,12 @@ def test_build_engine_on_gpu(trt, tmp_path, dtype, precision):
         "max": [4, 3, 32, 32],
     }
     assert manifest["tensorrt_version"] == trt.__version__ == tb.tensorrt_version()
-    assert (manifest["gpu_name"], manifest["compute_capability"]) == gpu_info.gpu_identity()
+    assert (manifest["gpu_name"], manifest["compute_capability"]) == Cuda(tb.import_cudart()).identity(0)
     assert manifest["timing_cache"] == str(cache) and cache.stat().st_size > 0
     assert os.listdir(engine_path.parent) == [engine_path.name]  # no temp file left behind
     assert tb.engine_matches(manifest, **{k: manifest[k] for k in IDENTITY}, max_batch=4)[0]
 
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(data)
+    engine = trt.Runtime(tb.tensorrt_logger(trt)).deserialize_cuda_engine(data)
     assert engine is not None
     assert [tuple(s) for s in engine.get_tensor_profile_shape("images", 0)] == [
         (1, 3, 32, 32),
@@ -443,7 +393,6 @@ def test_build_engine_on_gpu(trt, tmp_path, dtype, precision):
     assert again["timing_cache"] == manifest["timing_cache"]  # the cache written above is reused
 
 
-@pytest.mark.gpu
 def test_build_engine_refuses_a_fixed_batch(trt, tmp_path):
     onnx_path = _conv_onnx(tmp_path / "fixed.onnx", batch=1)
     with pytest.raises(ValueError, match="fixed batch size 1"):
@@ -451,7 +400,6 @@ def test_build_engine_refuses_a_fixed_batch(trt, tmp_path):
     assert not (tmp_path / "x.engine").exists()
 
 
-@pytest.mark.gpu
 def test_build_engine_reports_parser_errors(trt, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage")
