@@ -42,7 +42,8 @@ ENGINE_MANIFEST_FORMAT = "yolor-serving/engine/1"
 ENGINE_NAME, ENGINE_MANIFEST_NAME = "model.engine", "model.engine.json"  # beside model.json, or in engine_dir
 MIN_TENSORRT_MAJOR = 10
 NOT_INSTALLED = (
-    "TensorRT is not installed in this environment (pip install tensorrt, needs an NVIDIA GPU and driver); "
+    "TensorRT is not installed in this environment (pip install tensorrt-cu13 cuda-python "
+    "--extra-index-url https://pypi.nvidia.com; needs an NVIDIA GPU and driver); "
     "ONNX artifacts are unaffected"
 )
 NO_GPU = (

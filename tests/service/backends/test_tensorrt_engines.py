@@ -262,8 +262,9 @@ def test_build_engine_without_tensorrt(monkeypatch, tmp_path, onnx_file):
     with pytest.raises(TensorRTUnavailable) as info:
         tb.build_engine(onnx_file, tmp_path / "m.engine", EngineOptions(), onnx_sha256="a", precision="fp32")
     assert str(info.value) == (
-        "TensorRT is not installed in this environment "
-        "(pip install tensorrt, needs an NVIDIA GPU and driver); ONNX artifacts are unaffected"
+        "TensorRT is not installed in this environment (pip install tensorrt-cu13 cuda-python "
+        "--extra-index-url https://pypi.nvidia.com; needs an NVIDIA GPU and driver); "
+        "ONNX artifacts are unaffected"
     )
     with pytest.raises(TensorRTUnavailable, match="not installed"):
         tb.require_tensorrt()
