@@ -72,8 +72,8 @@ class TensorRTBackend(BaseBackend):
         self._runtime: Any = None
         self._engine: Any = None
         self._context: Any = None
+        self._cuda.set_device(device_index)  # no driver, no such GPU: unavailable, nothing allocated yet
         try:
-            self._cuda.set_device(device_index)
             largest, out_largest = self._load(trt, Path(engine_path))
         except BaseException:
             self._release()
