@@ -5,8 +5,11 @@ QDQ format, per-channel int8 weights) on real images letterboxed by the serving 
 prediction convolutions (the last convolutions of the graph) and everything after them (box decode,
 top-K) stay in float: boxes and scores keep full precision. Two flavours of the same quantization:
 
-- `onnxruntime` (CPU): uint8 activations with a zero point, int8 weights, the u8s8 kernels ONNX
-  Runtime's CPU provider runs fastest (`model.int8.onnx`);
+- `onnxruntime` (CPU): uint8 activations with a zero point, int8 weights in a 7-bit range
+  (`reduce_range`), the u8s8 kernels ONNX Runtime's CPU provider runs fastest (`model.int8.onnx`).
+  The reduced range is for x86 CPUs without VNNI (AVX2 only), where those kernels add pairs of
+  u8 x s8 products in 16 bits and saturate with full-range weights, and a model exported on one
+  host may be served on such a CPU (README, "INT8", has the measurement);
 - `tensorrt`: symmetric int8 activations and weights, what TensorRT's explicit quantization needs
   (TensorRT 10/11 build INT8 layers only from Q/DQ nodes; `model.int8-tensorrt.onnx`).
 
@@ -183,6 +186,7 @@ def quantize(
                 op_types_to_quantize=list(QUANTIZED_OPS),
                 nodes_to_exclude=excluded,
                 per_channel=True,
+                reduce_range=not symmetric,  # u8s8 without VNNI saturates otherwise (module docstring)
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method={
@@ -200,7 +204,7 @@ def quantize(
     return {
         "target": target,
         "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
-        "weights": "int8 symmetric per channel",
+        "weights": "int8 symmetric per channel" + ("" if symmetric else ", 7-bit range"),
         "quantized_ops": list(QUANTIZED_OPS),
         "float_nodes": len(excluded),
         **calibration.record(method),
