@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from bench.stats import Latency, doubling, process_cpu_seconds, rate
-from service.backends import load_checked_backend
 from service.backends.base import Backend
+from service.backends.factory import load_checked_backend
 from service.manifest import ModelManifest, load_manifest
 from service.settings import Settings
 

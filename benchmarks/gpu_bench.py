@@ -49,7 +49,6 @@ import sys
 import tempfile
 import time
 import traceback
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,23 +67,9 @@ OBJ_BIAS = -10.0
 TOP_K = 300  # the export's default top-K head: what the served model (model.json) answers
 
 
-def import_torch_cuda() -> types.ModuleType:
-    """service.backends.torch_cuda, without the package __init__ when pydantic is missing."""
-    try:
-        import pydantic  # noqa: F401
-    except ImportError:
-        import service
+from service.backends import torch_cuda  # noqa: E402 - the package needs no pydantic (tested)
 
-        package = types.ModuleType("service.backends")
-        package.__path__ = [str(ROOT / "service" / "backends")]
-        sys.modules["service.backends"] = package
-        service.backends = package
-    from service.backends import torch_cuda
-
-    return torch_cuda
-
-
-TC: Any = import_torch_cuda()
+TC: Any = torch_cuda
 
 
 # --- measuring -----------------------------------------------------------------------------------

@@ -23,8 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import admin, detect, system, v2
 from service.auth import ApiKeys
-from service.backends import create_backend
-from service.backends.factory import BackendFactory
+from service.backends.factory import BackendFactory, create_backend
 from service.errors import install_error_handlers
 from service.loaded import LoadedModel, load_model, warm_up
 from service.logs import configure_logging

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.backends import Backend, BackendError, load_checked_backend
-from service.backends.factory import BackendFactory
+from service.backends import Backend, BackendError
+from service.backends.factory import BackendFactory, load_checked_backend
 from service.batcher import DynamicBatcher
 from service.detector import Detector
 from service.manifest import ModelManifest, load_manifest

@@ -49,7 +49,7 @@ def onnx_predictor(model_dir: Path, precision: Precision = "fp32") -> tuple[Pred
     """The exported folder's ONNX of `precision` (fp32, fp16 or int8) loaded as `yolor serve
     --backend onnxruntime --device cpu --precision P` loads it (create_backend: the file checked
     against the manifest's sha256, the host's threads), rows read through the manifest's head contract."""
-    from service.backends import create_backend
+    from service.backends.factory import create_backend
     from service.manifest import load_manifest
     from service.settings import Settings
 

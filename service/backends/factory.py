@@ -84,7 +84,14 @@ def _tensorrt(settings: Settings, manifest: ModelManifest) -> Backend:
             f"no {ONNX_INT8_TENSORRT!r} artifact for a TensorRT INT8 engine (yolor export --int8 "
             "--int8-target tensorrt)"
         )
-    return load_tensorrt_backend(settings, manifest, precision=precision)
+    return load_tensorrt_backend(
+        manifest,
+        precision=precision,
+        model_dir=settings.model_dir,
+        engine_dir=settings.engine_dir,
+        device_index=device_index(settings.device),
+        max_batch=effective_max_batch(settings, manifest),
+    )
 
 
 def _torch(settings: Settings, manifest: ModelManifest) -> Backend:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.backends.base import BaseBackend, FloatBatch
-from service.manifest import ModelManifest
 from service.processing.heads import Head
+
+if TYPE_CHECKING:  # pydantic stays out of the backends package's import
+    from service.manifest import ModelManifest
 
 InferFn = Callable[[FloatBatch], FloatBatch]
 

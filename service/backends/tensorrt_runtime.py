@@ -32,7 +32,6 @@ from service.backends.cudart import Cuda, import_cudart
 from service.backends.tensorrt_engines import ENGINE_MANIFEST_NAME, ENGINE_NAME, tensorrt_logger
 from service.manifest import ModelManifest
 from service.processing.heads import Head
-from service.settings import Settings, device_index
 
 log = logging.getLogger(__name__)
 
@@ -193,23 +192,30 @@ def _find_engine(builder: Any, directories: list[Path], **wanted: Any) -> tuple[
     return None, why
 
 
-def load_tensorrt_backend(settings: Settings, manifest: ModelManifest, *, precision: str) -> TensorRTBackend:
+def load_tensorrt_backend(
+    manifest: ModelManifest,
+    *,
+    precision: str,
+    model_dir: Path,
+    engine_dir: Path | None,
+    device_index: int,
+    max_batch: int,
+) -> TensorRTBackend:
     """The engine for this GPU and TensorRT version, built from the manifest's ONNX when needed.
 
-    An engine is reused from `engine_dir`, then from the model directory (one built by the export),
-    when its manifest matches the ONNX, TensorRT version, GPU and batch size; otherwise it is built
-    into `engine_dir` (default: the model directory), one process at a time. Raises
-    BackendUnavailable when TensorRT, cuda-python or the GPU is missing, the engine directory is not
-    writable, or the build fails; those are checked before a build, which takes minutes.
+    An engine is reused from `engine_dir`, then from `model_dir` (one built by the export), when its
+    manifest matches the ONNX, TensorRT version, GPU and `max_batch`; otherwise it is built into
+    `engine_dir` (default: `model_dir`), one process at a time. Raises BackendUnavailable when
+    TensorRT, cuda-python or GPU `device_index` is missing, the engine directory is not writable, or
+    the build fails; those are checked before a build, which takes minutes.
     """
     from service.backends import tensorrt_engines as builder
     from service.backends.artifacts import onnx_key
-    from service.backends.factory import effective_max_batch
 
     version = builder.tensorrt_version()
     if version is None:
         raise BackendUnavailable("tensorrt is not installed")
-    index = device_index(settings.device)
+    index = device_index
     cuda = Cuda(import_cudart())
     try:
         cuda.set_device(index)
@@ -218,9 +224,8 @@ def load_tensorrt_backend(settings: Settings, manifest: ModelManifest, *, precis
         raise BackendUnavailable(f"GPU cuda:{index} cannot be used: {e}") from e
     source_key = onnx_key(manifest.artifacts, precision, tensorrt=True)
     source = manifest.artifacts[source_key]
-    max_batch = effective_max_batch(settings, manifest)
-    target = settings.engine_dir or settings.model_dir
-    search = list(dict.fromkeys([target, settings.model_dir]))
+    target = engine_dir or model_dir
+    search = list(dict.fromkeys([target, model_dir]))
     wanted = {
         "onnx_sha256": source.sha256,
         "tensorrt_version": version,
@@ -235,7 +240,7 @@ def load_tensorrt_backend(settings: Settings, manifest: ModelManifest, *, precis
             engine_path, why = _find_engine(builder, search, **wanted)  # another worker may have built it
             if engine_path is None:
                 log.warning("building a TensorRT engine in %s (%s); this takes minutes", target, why)
-                engine_path = _build(builder, settings, manifest, source_key, target, max_batch, index)
+                engine_path = _build(builder, model_dir, manifest, source_key, target, max_batch, index)
     log.info("TensorRT %s engine %s on cuda:%d (%s)", version, engine_path, index, gpu_name)
     return TensorRTBackend(engine_path, head=manifest.head, precision=source.precision, device_index=index)
 
@@ -270,7 +275,7 @@ def _build_lock(target: Path) -> Iterator[None]:
 
 def _build(
     builder: Any,
-    settings: Settings,
+    model_dir: Path,
     manifest: ModelManifest,
     source_key: str,
     target: Path,
@@ -280,7 +285,7 @@ def _build(
     from service.backends.artifacts import resolve_artifact
 
     source = manifest.artifacts[source_key]
-    onnx_path = resolve_artifact(settings.model_dir, manifest, source_key)
+    onnx_path = resolve_artifact(model_dir, manifest, source_key)
     engine_path = target / ENGINE_NAME
     try:
         # No manifest beside a half-replaced engine: a build killed from here on leaves none.

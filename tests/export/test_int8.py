@@ -11,8 +11,7 @@ from onnx import TensorProto, helper
 from export.int8 import calibration_files, float_tail, load_calibration
 from export.pipeline import ExportError, ExportOptions, Int8Options, run_export
 from export.validate import Int8Gate, ValidationFailed, count_matches
-from service.backends import create_backend
-from service.backends.factory import load_checked_backend
+from service.backends.factory import create_backend, load_checked_backend
 from service.detector import preprocess
 from service.manifest import ManifestError, ModelManifest, load_manifest
 from service.processing import head_layout, select_detections

@@ -31,3 +31,26 @@ def test_every_service_module_imports_without_torch():
     )
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) >= 4  # processing/, its modules, ...
+
+
+BACKENDS_ALONE = """
+import sys
+for name in ("pydantic", "pydantic_settings", "fastapi", "starlette", "grpc"):
+    sys.modules[name] = None
+from service.backends import FakeBackend, torch_cuda, tensorrt_engines, cudart
+print(sorted(m for m in sys.modules if m.startswith("service.")))
+"""
+
+
+def test_the_backends_package_imports_without_the_server_packages():
+    """benchmarks/gpu_bench.py runs the torch backend on a GPU host that has no pydantic or FastAPI."""
+    out = subprocess.run(
+        [sys.executable, "-c", BACKENDS_ALONE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "'service.backends.torch_cuda'" in out.stdout and "service.settings" not in out.stdout

@@ -242,7 +242,8 @@ async def test_the_openapi_schema_is_the_response_models_and_one_set_of_bounds(t
 
 async def test_start_up_refuses_a_backend_that_does_not_fit_the_manifest(tmp_path):
     from service.app import create_app
-    from service.backends import BackendMismatch, FakeBackend
+    from service.backends import FakeBackend
+    from service.backends.factory import BackendMismatch
     from service.settings import Settings
 
     write_model_dir(tmp_path)

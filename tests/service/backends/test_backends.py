@@ -11,17 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.backends import (
-    BackendClosed,
-    BackendError,
-    BackendMismatch,
-    BackendUnavailable,
-    FakeBackend,
-    check_backend,
-    create_backend,
-    effective_max_batch,
-)
+from service.backends import BackendClosed, BackendError, BackendUnavailable, FakeBackend
 from service.backends.artifacts import onnx_key
+from service.backends.factory import BackendMismatch, check_backend, create_backend, effective_max_batch
 from service.backends.onnx_runtime import CPU, CUDA, TENSORRT, requested_providers
 from service.manifest import ManifestError
 from service.settings import Settings, device_index

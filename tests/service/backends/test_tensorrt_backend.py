@@ -20,15 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.backends import (
-    BackendError,
-    BackendUnavailable,
-    create_backend,
-    load_checked_backend,
-    tensorrt_runtime,
-)
+from service.backends import BackendError, BackendUnavailable, tensorrt_runtime
 from service.backends import tensorrt_engines as builder
-from service.backends.tensorrt_runtime import TensorRTBackend, load_tensorrt_backend
+from service.backends.factory import create_backend, load_checked_backend
+from service.backends.tensorrt_runtime import TensorRTBackend
 from service.manifest import ModelManifest
 from service.settings import Settings
 from tests.support.fake_cudart import FakeCudart, Gpu
@@ -215,6 +210,13 @@ def echo_model_dir(directory: Path, scale: float = 1.0, max_batch: int = 4) -> M
     return manifest
 
 
+def load(options: Settings, manifest: ModelManifest) -> TensorRTBackend:
+    """Through the factory, which turns the settings into load_tensorrt_backend's plain arguments."""
+    backend = create_backend(options, manifest)
+    assert isinstance(backend, TensorRTBackend)
+    return backend
+
+
 def settings(model_dir: Path, engine_dir: Path | None = None, device: str = "cuda") -> Settings:
     return Settings(model_dir=model_dir, engine_dir=engine_dir, backend="tensorrt", device=device)
 
@@ -225,7 +227,7 @@ def test_the_device_index_reaches_the_builder_the_manifest_and_every_thread(monk
     monkeypatch.setenv("YOLOR_CACHE_DIR", str(tmp_path / "cache"))
     manifest = echo_model_dir(tmp_path / "model")
 
-    backend = load_tensorrt_backend(settings(tmp_path / "model", device="cuda:1"), manifest, precision="fp32")
+    backend = load(settings(tmp_path / "model", device="cuda:1"), manifest)
     assert trt.state.builder_devices == [1] and [b["device"] for b in trt.state.builds] == [1]
     meta = json.loads((tmp_path / "model" / "model.engine.json").read_text())
     assert (meta["gpu_name"], meta["compute_capability"]) == ("NVIDIA H200", "9.0")
@@ -280,17 +282,15 @@ def test_an_engine_for_another_gpu_is_rebuilt_one_for_this_gpu_reused(monkeypatc
         options = settings(tmp_path / "model", device=device).model_copy(
             update={"max_batch_size": batch_limit}
         )
-        load_tensorrt_backend(options, manifest, precision="fp32").close()
+        load(options, manifest).close()
         assert len(trt.state.builds) == builds
 
 
 def test_an_engine_the_export_built_is_reused_from_the_model_directory(trt, tmp_path):
     manifest = echo_model_dir(tmp_path / "model")
-    load_tensorrt_backend(settings(tmp_path / "model"), manifest, precision="fp32").close()  # as export does
+    load(settings(tmp_path / "model"), manifest).close()  # as export does
     assert (tmp_path / "model" / "model.engine").is_file() and len(trt.state.builds) == 1
-    load_tensorrt_backend(
-        settings(tmp_path / "model", tmp_path / "cache"), manifest, precision="fp32"
-    ).close()
+    load(settings(tmp_path / "model", tmp_path / "cache"), manifest).close()
     assert len(trt.state.builds) == 1 and not (tmp_path / "cache").exists()
 
 
@@ -316,7 +316,7 @@ def test_without_cuda_python_nothing_is_built(trt, monkeypatch, tmp_path):
     monkeypatch.setattr(tensorrt_runtime, "import_cudart", missing)
     manifest = echo_model_dir(tmp_path / "model")
     with pytest.raises(BackendUnavailable, match="cuda-python"):
-        load_tensorrt_backend(settings(tmp_path / "model"), manifest, precision="fp32")
+        load(settings(tmp_path / "model"), manifest)
     assert trt.state.builds == []
 
 
@@ -326,17 +326,16 @@ def test_an_engine_directory_that_cannot_be_written_is_refused_before_the_build(
     (tmp_path / "a-file").write_text("")
     engine_dir = tmp_path / "a-file" / "engines" if where == "under-a-file" else Path(where)
     with pytest.raises(BackendUnavailable, match="not writable"):
-        load_tensorrt_backend(settings(tmp_path / "model", engine_dir), manifest, precision="fp32")
+        load(settings(tmp_path / "model", engine_dir), manifest)
     assert trt.state.builds == []
 
 
 def test_an_engine_is_reused_only_if_it_is_the_file_its_manifest_describes(trt, tmp_path):
     manifest = echo_model_dir(tmp_path / "model")
-    load = lambda: load_tensorrt_backend(settings(tmp_path / "model"), manifest, precision="fp32")  # noqa: E731
-    load().close()
+    load(settings(tmp_path / "model"), manifest).close()
     engine = tmp_path / "model" / "model.engine"
     engine.write_bytes(engine.read_bytes().replace(b'"output"', b'"outpuT"'))  # damaged, same size
-    backend = load()
+    backend = load(settings(tmp_path / "model"), manifest)
     assert len(trt.state.builds) == 2
     assert np.array_equal(backend.infer(batch(1)), batch(1).reshape(1, *ECHO_OUT))
     backend.close()
@@ -347,7 +346,7 @@ def test_a_build_killed_before_its_manifest_leaves_no_wrong_pair(trt, monkeypatc
     engine. Loading A again must not pair A's manifest with B's engine (B doubles its input)."""
     engines = tmp_path / "engines"
     a, b = echo_model_dir(tmp_path / "a"), echo_model_dir(tmp_path / "b", scale=2.0)
-    load_tensorrt_backend(settings(tmp_path / "a", engines), a, precision="fp32").close()
+    load(settings(tmp_path / "a", engines), a).close()
 
     def killed(*args, **kwargs):
         raise SystemExit("killed")
@@ -355,10 +354,10 @@ def test_a_build_killed_before_its_manifest_leaves_no_wrong_pair(trt, monkeypatc
     with monkeypatch.context() as m:
         m.setattr(builder, "write_engine_manifest", killed)
         with pytest.raises(SystemExit):
-            load_tensorrt_backend(settings(tmp_path / "b", engines), b, precision="fp32")
+            load(settings(tmp_path / "b", engines), b)
     assert not (engines / "model.engine.json").exists()
 
-    backend = load_tensorrt_backend(settings(tmp_path / "a", engines), a, precision="fp32")
+    backend = load(settings(tmp_path / "a", engines), a)
     assert len(trt.state.builds) == 3
     assert np.array_equal(backend.infer(batch(1)), batch(1).reshape(1, *ECHO_OUT))
     backend.close()
@@ -369,10 +368,7 @@ def test_concurrent_loaders_build_once(trt, tmp_path):
     manifest = echo_model_dir(tmp_path / "model")
     trt.state.build_seconds = 0.3
     with ThreadPoolExecutor(3) as pool:  # flock locks per open file, so threads contend as processes do
-        loads = [
-            pool.submit(load_tensorrt_backend, settings(tmp_path / "model"), manifest, precision="fp32")
-            for _ in range(3)
-        ]
+        loads = [pool.submit(load, settings(tmp_path / "model"), manifest) for _ in range(3)]
         backends = [load.result() for load in loads]
     assert len(trt.state.builds) == 1
     for backend in backends:
@@ -383,7 +379,7 @@ def test_concurrent_loaders_build_once(trt, tmp_path):
 def test_tensorrt_speaks_through_logging_with_one_logger(trt, tmp_path, caplog, capsys):
     manifest = echo_model_dir(tmp_path / "model")
     with caplog.at_level(logging.INFO, logger="service.backends"):
-        load_tensorrt_backend(settings(tmp_path / "model"), manifest, precision="fp32").close()
+        load(settings(tmp_path / "model"), manifest).close()
     messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("TensorRT: ")]
     assert "TensorRT: built a fake engine" in messages  # the builder's
     assert "TensorRT: deserialized a fake engine" in messages  # the runtime's
