@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import platform
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from bench.bare import BatchResult, batch_sizes, bench_bare, bench_batch, load_backend
+from bench.host import host_info
 from bench.limits import Comparison, CpuLimit, Round, preprocess_cpu_ms
 from bench.serve import LevelResult, Progress, ServedModel, concurrency_levels, served_model, sweep
 from bench.server import spawned_server
@@ -78,25 +78,6 @@ class ServeReport:
             "comparison": self.comparison.to_dict() if self.comparison else None,
             "sweeps": [s.to_dict() for s in self.sweeps],
         }
-
-
-def host_info() -> dict[str, Any]:
-    return {
-        "cpus": host_cpu_count(),
-        "processor": _cpu_model(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class BareSide:

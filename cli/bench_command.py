@@ -52,7 +52,7 @@ def _write(out: Path | None, name: str, report: dict[str, Any], markdown: str) -
 
 def _cmd_bare(args: argparse.Namespace) -> int:
     from bench.bare import batch_sizes, bench_bare, load_backend, markdown_table
-    from bench.serve_report import host_info
+    from bench.host import host_info
 
     settings = _checked_settings(args.model, _settings_values(args))
     if args.against is not None:
@@ -85,7 +85,7 @@ def _cmd_bare(args: argparse.Namespace) -> int:
 def _compare_precisions(args: argparse.Namespace, settings: Any) -> int:
     """`yolor bench bare --against P`: each batch size on the configured precision, then on P."""
     from bench.bare import batch_sizes, compare_precisions, load_backend, precision_table
-    from bench.serve_report import host_info
+    from bench.host import host_info
 
     manifest, base, max_batch = load_backend(settings)
     try:
@@ -190,7 +190,7 @@ def _cmd_torch(args: argparse.Namespace) -> int:
     _require(["torch", "onnx", "onnxscript"], "export")
     import yolor
     from bench.eager import compare
-    from bench.serve_report import host_info
+    from bench.host import host_info
     from service.settings import host_cpu_count
 
     if args.checkpoint is None and args.arch is None:

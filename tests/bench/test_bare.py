@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -93,6 +95,23 @@ def test_yolor_bench_bare_on_the_demo_model(tmp_path, capsys):
         assert 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"] and r["cpu_ms_per_image"] > 0
     table = capsys.readouterr().out
     assert table.count("\n") == 2 + 3 and (tmp_path / "bare.md").read_text() == table
+
+
+def test_yolor_bench_bare_runs_on_a_serve_only_install(tmp_path):
+    """`bench bare` needs the serve extra only: no aiohttp (the load generator's), no matplotlib."""
+    script = (
+        "import sys\n"
+        "for name in ('aiohttp', 'matplotlib', 'torch'):\n"
+        "    sys.modules[name] = None\n"
+        "from cli import main\n"
+        f"sys.exit(main(['bench', 'bare', {str(DEMO_MODEL_DIR)!r}, '--seconds', '0.05', '--max-batch', '2',"
+        f" '--device', 'cpu', '--out', {str(tmp_path)!r}]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert [r["batch_size"] for r in json.loads((tmp_path / "bare.json").read_text())["results"]] == [1, 2]
 
 
 def test_cpu_time_per_image_is_the_cpu_clock_over_the_images():
