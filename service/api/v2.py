@@ -81,7 +81,7 @@ async def model_ready(state: StateDep, name: str, version: str | None = None) ->
 async def model_config(state: StateDep, name: str, version: str | None = None) -> dict[str, Any]:
     model = inference.served(state, name, version)
     assert state.batcher is not None  # a manifest is set together with its batcher
-    limit = inference.max_batch(state, model)
+    limit = inference.max_batch(state.settings, state.batcher, model.kind)
     return models.config(model, max_batch_size=limit, max_delay_s=state.batcher.max_delay_s)
 
 
@@ -120,7 +120,7 @@ async def infer(request: Request) -> Response:
     state: ServiceState = request.app.state.service
     await check_api_key(request, state)
     name = request.path_params["name"]
-    model = inference.served(state, name, request.path_params.get("version"))
+    kind = inference.model_kind(state, name, request.path_params.get("version"))  # 404 before the body
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":
         raise InvalidTensor(f"Content-Encoding {encoding!r} is not supported (send identity)")
@@ -130,7 +130,7 @@ async def infer(request: Request) -> Response:
     except TensorError as e:
         raise InvalidTensor(str(e)) from None
     disconnected = await client_disconnected(request)
-    outputs = await inference.infer(state, model, parsed, started=started, disconnected=disconnected)
+    outputs = await inference.infer(state, name, kind, parsed, started=started, disconnected=disconnected)
     content, header_length = encode_infer_response(name, models.VERSION, parsed, outputs)
     if header_length is None:
         return Response(content, media_type="application/json")

@@ -226,7 +226,7 @@ class GrpcServer:
         assert self.state.batcher is not None
         config = models.config(
             model,
-            max_batch_size=inference.max_batch(self.state, model),
+            max_batch_size=inference.max_batch(self.state.settings, self.state.batcher, model.kind),
             max_delay_s=self.state.batcher.max_delay_s,
         )
         return messages()["ModelConfigResponse"](
@@ -241,7 +241,7 @@ class GrpcServer:
 
     async def _ModelInfer(self, request: Any, context: Any) -> Any:
         started = time.monotonic()
-        model = inference.served(self.state, request.model_name, request.model_version)
+        kind = inference.model_kind(self.state, request.model_name, request.model_version)
         parsed = to_infer_request(request)
         gone = asyncio.Event()
         context.add_done_callback(lambda _: gone.set())  # the call ended: cancelled by the client
@@ -249,7 +249,9 @@ class GrpcServer:
         async def disconnected() -> None:
             await gone.wait()
 
-        outputs = await inference.infer(self.state, model, parsed, started=started, disconnected=disconnected)
+        outputs = await inference.infer(
+            self.state, request.model_name, kind, parsed, started=started, disconnected=disconnected
+        )
         response = messages()["ModelInferResponse"](
             model_name=request.model_name, model_version=models.VERSION, id=request.id
         )

@@ -8,30 +8,39 @@ from typing import Any
 
 import numpy as np
 
+from service.batcher import DynamicBatcher
 from service.detector import Detector, Disconnected
 from service.errors import InvalidTensor, NotReady, ServiceError, UnknownModel
+from service.settings import Settings
 from service.state import ServiceState
 from service.v2 import models
 from service.v2.statistics import ModelStatistics
 from service.v2.tensors import InferRequest, Tensor, TensorError
 
 
-def served(state: ServiceState, name: str, version: str | None) -> models.Served:
-    """The model `name` (and `version`) names; UnknownModel if none, NotReady before the manifest."""
+def model_kind(state: ServiceState, name: str, version: str | None) -> models.Kind:
+    """Which of our two models `name` (and `version`) names; UnknownModel if neither."""
     base = state.settings.v2_model_name
     kinds: dict[str, models.Kind] = {base: "tensor", base + models.IMAGE_SUFFIX: "image"}
     if name not in kinds or version not in (None, "", models.VERSION):
         what = f"'{name}'" + (f" version {version}" if version else "")
         raise UnknownModel(f"Request for unknown model: {what} is not found")
+    return kinds[name]
+
+
+def served(state: ServiceState, name: str, version: str | None) -> models.Served:
+    """The model `name` (and `version`) names, as now served (metadata, config); UnknownModel if
+    none, NotReady before the manifest."""
+    kind = model_kind(state, name, version)
     if state.manifest is None:
         raise NotReady(f"not ready: {state.not_ready_reason}")
-    return models.Served(name, kinds[name], state.manifest)
+    return models.Served(name, kind, state.manifest)
 
 
-def max_batch(state: ServiceState, model: models.Served) -> int:
-    """The tensor model: the batcher's batch; the image model: the per-request image limit."""
-    assert state.batcher is not None  # a manifest is set together with its batcher
-    return state.batcher.max_batch_size if model.kind == "tensor" else state.settings.max_images_per_request
+def max_batch(settings: Settings, batcher: DynamicBatcher, kind: models.Kind) -> int:
+    """The tensor model: the batch of `batcher` (the model's); the image model: the per-request
+    image limit."""
+    return batcher.max_batch_size if kind == "tensor" else settings.max_images_per_request
 
 
 def _input(request: InferRequest, model: models.Served, limit: int) -> Tensor:
@@ -62,18 +71,24 @@ def _input(request: InferRequest, model: models.Served, limit: int) -> Tensor:
 
 async def infer(
     state: ServiceState,
-    model: models.Served,
+    name: str,
+    kind: models.Kind,
     request: InferRequest,
     *,
     started: float,
     disconnected: Disconnected | None = None,
 ) -> list[Tensor]:
     """The requested outputs (all when none was named), in the model's output order. The request
-    holds the model it started on (a reload meanwhile retires it only afterwards)."""
+    takes the served model once and holds it (a reload meanwhile retires it only afterwards): its
+    tensors and batch limit are checked against that model. `kind`: `model_kind(name)`, checked
+    before the request's body is read."""
     loaded = state.current()
     with loaded.use() as detector:
-        model = models.Served(model.name, model.kind, loaded.manifest)  # the tensors this model takes
-        return await _infer(state, detector, model, request, started=started, disconnected=disconnected)
+        model = models.Served(name, kind, loaded.manifest)
+        limit = max_batch(state.settings, loaded.batcher, kind)
+        return await _infer(
+            state, detector, model, request, limit, started=started, disconnected=disconnected
+        )
 
 
 async def _infer(
@@ -81,11 +96,12 @@ async def _infer(
     detector: Detector,
     model: models.Served,
     request: InferRequest,
+    limit: int,
     *,
     started: float,
     disconnected: Disconnected | None,
 ) -> list[Tensor]:
-    tensor = _input(request, model, max_batch(state, model))
+    tensor = _input(request, model, limit)
     stats = statistics(state, model.name)
     try:
         if model.kind == "tensor":
