@@ -1,4 +1,5 @@
-"""Optional API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time."""
+"""Optional API keys, the same for every transport: `Authorization: Bearer <key>` (the scheme in any
+case) is read first, else `X-API-Key: <key>`; keys are compared in constant time."""
 
 from __future__ import annotations
 
@@ -7,6 +8,17 @@ import hmac
 from collections.abc import Sequence
 
 from pydantic import SecretStr
+
+from service.errors import Forbidden, Unauthorized
+
+
+def presented_key(authorization: str | None, api_key: str | None) -> str | None:
+    """The key a request presents: the credentials of a Bearer `authorization` (as FastAPI's
+    HTTPBearer reads them), else `api_key`; None when neither holds one."""
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and credentials:
+        return credentials
+    return api_key or None
 
 
 class ApiKeys:
@@ -33,3 +45,11 @@ class ApiKeys:
         for digest in self._digests:
             matched |= hmac.compare_digest(given, digest)
         return matched
+
+    def check(self, presented: str | None, *, what: str = "an API key", how: str) -> None:
+        """Unauthorized (401) without a key, saying `how` to send one; Forbidden (403) for a key
+        that is not one of these."""
+        if not presented:
+            raise Unauthorized(f"{what} is required: {how}")
+        if not self.accepts(presented):
+            raise Forbidden(f"invalid {what.removeprefix('an ').removeprefix('the ')}")

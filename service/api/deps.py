@@ -11,8 +11,8 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.auth import ApiKeys
-from service.errors import Forbidden, Unauthorized
+from service.auth import presented_key
+from service.errors import Forbidden
 from service.state import ServiceState
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key (when configured)")
@@ -27,30 +27,27 @@ async def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
+# The two security schemes, as OpenAPI documents them; the key itself is read by `presented_key`.
 ApiKeyDep = Annotated[str | None, Security(_api_key_header)]
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 
-
-def _check_key(
-    keys: ApiKeys, api_key: str | None, bearer: HTTPAuthorizationCredentials | None, what: str
-) -> None:
-    presented = bearer.credentials if bearer is not None else api_key
-    if not presented:
-        raise Unauthorized(f"{what} is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-    if not keys.accepts(presented):
-        raise Forbidden(f"invalid {what.removeprefix('an ').removeprefix('the ')}")
+HOW = "send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 
 
-async def require_api_key(state: StateDep, api_key: ApiKeyDep, bearer: BearerDep) -> None:
+def _presented(request: Request) -> str | None:
+    return presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+
+async def require_api_key(request: Request, state: StateDep, _key: ApiKeyDep, _bearer: BearerDep) -> None:
     """401 without a key, 403 with a wrong one; a no-op when no keys are configured."""
     if state.api_keys.enabled:
-        _check_key(state.api_keys, api_key, bearer, "an API key")
+        state.api_keys.check(_presented(request), how=HOW)
 
 
 async def check_api_key(request: Request, state: ServiceState) -> None:
-    """`require_api_key` for a `DirectRoute` (no dependencies), reading the same two headers."""
+    """`require_api_key` for a `DirectRoute` (no dependencies)."""
     if state.api_keys.enabled:
-        _check_key(state.api_keys, await _api_key_header(request), await _bearer(request), "an API key")
+        state.api_keys.check(_presented(request), how=HOW)
 
 
 API_KEY_SECURITY: list[dict[str, list[str]]] = [
@@ -59,8 +56,8 @@ API_KEY_SECURITY: list[dict[str, list[str]]] = [
 ]  # as OpenAPI lists it
 
 
-async def require_admin_key(state: StateDep, api_key: ApiKeyDep, bearer: BearerDep) -> None:
+async def require_admin_key(request: Request, state: StateDep, _key: ApiKeyDep, _bearer: BearerDep) -> None:
     """/admin: one of YOLOR_ADMIN_KEYS (401 without, 403 wrong); 403 for everyone when none is set."""
     if not state.admin_keys.enabled:
         raise Forbidden("the admin API is disabled: set YOLOR_ADMIN_KEYS to enable it")
-    _check_key(state.admin_keys, api_key, bearer, "an admin key")
+    state.admin_keys.check(_presented(request), what="an admin key", how=HOW)

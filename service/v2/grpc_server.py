@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import Forbidden, InvalidTensor, ServiceError, Unauthorized
+from service.auth import presented_key
+from service.errors import InvalidTensor, ServiceError
 from service.state import ServiceState
 from service.v2 import inference, models
 from service.v2.messages import SERVICE, messages, methods
@@ -191,13 +192,8 @@ class GrpcServer:
         if not keys.enabled:
             return
         metadata = {k.lower(): v for k, v in context.invocation_metadata() or ()}
-        presented = metadata.get("x-api-key") or metadata.get("authorization", "").removeprefix("Bearer ")
-        if not presented:
-            raise Unauthorized(
-                "an API key is required: metadata 'authorization: Bearer <key>' or 'x-api-key'"
-            )
-        if not keys.accepts(presented):
-            raise Forbidden("invalid API key")
+        presented = presented_key(metadata.get("authorization"), metadata.get("x-api-key"))
+        keys.check(presented, how="metadata 'authorization: Bearer <key>' or 'x-api-key: <key>'")
 
     # The RPCs -------------------------------------------------------------------------------------
     async def _ServerLive(self, request: Any, context: Any) -> Any:

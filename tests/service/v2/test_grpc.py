@@ -145,6 +145,37 @@ def test_errors_are_grpc_statuses(server, model, shape, headers, code, message):
     assert message in caught.value.message()
 
 
+# The key rule of every transport (service.auth.presented_key): Bearer in any case first, then x-api-key.
+SAME_AS_HTTP = [
+    ({"authorization": f"Bearer {KEY}"}, "ok"),
+    ({"authorization": f"bearer {KEY}"}, "ok"),  # was PERMISSION_DENIED: "Bearer " was cut case-sensitively
+    ({"authorization": f"Bearer {KEY}", "x-api-key": "wrong"}, "ok"),  # was x-api-key first
+    ({"authorization": "Basic abc", "x-api-key": KEY}, "ok"),
+    ({"authorization": "Bearer wrong"}, "StatusCode.PERMISSION_DENIED"),
+    ({"authorization": "Basic abc"}, "StatusCode.UNAUTHENTICATED"),
+]
+
+
+@pytest.mark.parametrize(("headers", "answer"), SAME_AS_HTTP)
+def test_api_keys_are_read_as_over_http(server, headers, answer):
+    import httpx
+
+    client, _, url = server
+    tensor = grpcclient.InferInput("images", [1, 3, S, S], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 3, S, S), np.float32))
+    try:
+        client.infer("yolor", [tensor], headers=headers)
+        got = "ok"
+    except utils.InferenceServerException as e:
+        got = e.status()
+    http_status = httpx.get(f"{url}/v2/models/yolor", headers=headers).status_code
+    assert got == answer
+    assert (
+        http_status
+        == {"ok": 200, "StatusCode.PERMISSION_DENIED": 403, "StatusCode.UNAUTHENTICATED": 401}[got]
+    )
+
+
 def test_statistics_over_grpc(server):
     client, _, _ = server
     before = client.get_inference_statistics("yolor", headers=AUTH).model_stats[0].inference_count
