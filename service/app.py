@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 async def _start(state: ServiceState, backend_factory: BackendFactory) -> None:
     settings = state.settings
-    state.not_ready_reason = "loading the backend"
+    state.readiness.starting("loading the backend")
     state.pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="yolor-pre")
     model = await load_model(
         settings, settings.model_dir, backend_factory, metrics=state.metrics, pool=state.pool
@@ -49,26 +49,16 @@ async def _start(state: ServiceState, backend_factory: BackendFactory) -> None:
         state.inflight_age,
         state.metrics,
         limit_s=settings.watchdog_s,
-        on_stall=lambda reason: _set_stalled(state, reason),
-        on_recover=lambda: _set_stalled(state, ""),
+        on_stall=state.readiness.stall,
+        on_recover=lambda: state.readiness.stall(""),
     )
     state.watchdog.start()
     state.reloader = Reloader(state, backend_factory)
     if settings.warmup:
-        state.not_ready_reason = "warming up"
+        state.readiness.starting("warming up")
         state.warmup_task = asyncio.create_task(_warm_up(state, model), name="yolor-warmup")
     else:
-        _mark_ready(state)
-
-
-def _mark_ready(state: ServiceState) -> None:
-    state.ready, state.not_ready_reason = True, ""
-    state.metrics.ready.set(0 if state.stalled_reason else 1)
-
-
-def _set_stalled(state: ServiceState, reason: str) -> None:
-    state.stalled_reason = reason
-    state.metrics.ready.set(1 if state.ready and not reason and not state.shutting_down else 0)
+        state.readiness.warmed()
 
 
 async def _warm_up(state: ServiceState, model: LoadedModel) -> None:
@@ -80,16 +70,15 @@ async def _warm_up(state: ServiceState, model: LoadedModel) -> None:
             await model.detector.warm_up(state.settings.preprocess_workers)
     except Exception as e:
         log.exception("warm-up failed; the server stays not ready")
-        state.not_ready_reason = f"warm-up failed: {e}"
+        state.readiness.starting(f"warm-up failed: {e}")
         return
     log.info("warmed up batch sizes 1..%d in %.2f s; ready", model.max_batch, loop.time() - started)
-    _mark_ready(state)
+    state.readiness.warmed()
 
 
 async def _stop(state: ServiceState) -> None:
     settings = state.settings
-    state.ready, state.shutting_down = False, True
-    state.metrics.ready.set(0)
+    state.readiness.shut_down()
     if state.grpc is not None:  # new calls refused; calls in flight finish within the deadline
         await state.grpc.stop(grace_s=settings.request_timeout_s)
     if state.warmup_task is not None:  # not cancelled: its thread must be done before close()

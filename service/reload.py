@@ -79,8 +79,8 @@ class Reloader:
     async def _reload(self, model_dir: Path | None) -> Reloaded:
         """`reload` with the lock held."""
         state = self._state
-        if not state.is_ready() or state.model is None:
-            raise ReloadUnavailable(f"cannot reload now: {state.not_ready_reason or 'not ready'}")
+        if not state.readiness.ready or state.model is None:
+            raise ReloadUnavailable(f"cannot reload now: {state.readiness.why_not or 'not ready'}")
         old = state.model
         target = Path(model_dir) if model_dir is not None else old.model_dir
         started = time.monotonic()
@@ -88,7 +88,7 @@ class Reloader:
         loaded_at = time.monotonic()
         await self._warm(new, target, old)
         warm_at = time.monotonic()
-        if state.shutting_down:  # began while this one loaded: it closes the serving model only
+        if state.readiness.shutting_down:  # began while this one loaded: it closes the serving model only
             await new.close(state.settings.request_timeout_s)
             raise ReloadUnavailable("the server began shutting down during the reload")
         state.serve(new)  # the switch: requests from now on take the new model

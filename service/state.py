@@ -20,6 +20,60 @@ from service.v2.statistics import ModelStatistics
 from service.watchdog import BackendWatchdog
 
 
+class Readiness:
+    """Whether the server takes requests, and why not: the one place that decides it, for `/readyz`,
+    the detect and v2 routes, gRPC's ServerReady, reloads and the `yolor_ready` gauge.
+
+    Ready = warmed up, not shutting down, and no batch stuck in the backend (the watchdog's stall).
+    """
+
+    def __init__(self, gauge: Any) -> None:
+        self._gauge = gauge  # yolor_ready: set on every change
+        self.warm = False
+        self.shutting_down = False
+        self.reason = "starting"  # why it is not warm yet
+        self.stalled = ""  # the watchdog's reason while a batch is stuck
+
+    @property
+    def ready(self) -> bool:
+        return self.warm and not self.shutting_down and not self.stalled
+
+    @property
+    def why_not(self) -> str:
+        """Why it is not ready ('' when it is)."""
+        if self.shutting_down:
+            return "the server is shutting down"
+        return (self.reason if not self.warm else "") or self.stalled
+
+    def starting(self, reason: str) -> None:
+        """Still starting: loading, warming up, or failed to (the reason says which)."""
+        self.warm, self.reason = False, reason
+        self._publish()
+
+    def warmed(self) -> None:
+        self.warm, self.reason = True, ""
+        self._publish()
+
+    def stall(self, reason: str) -> None:
+        """The watchdog: a batch is stuck (`reason`), or it returned ('')."""
+        self.stalled = reason
+        self._publish()
+
+    def shut_down(self) -> None:
+        self.shutting_down = True
+        self._publish()
+
+    def check(self) -> None:
+        """503: ShuttingDown once shutdown began, NotReady until warm-up is done or while stalled."""
+        if self.shutting_down:
+            raise ShuttingDown("the server is shutting down")
+        if not self.ready:
+            raise NotReady(f"not ready: {self.why_not}")
+
+    def _publish(self) -> None:
+        self._gauge.set(1 if self.ready else 0)
+
+
 @dataclass(eq=False)
 class ServiceState:
     settings: Settings
@@ -33,12 +87,12 @@ class ServiceState:
     watchdog: BackendWatchdog | None = None
     reloader: Any = None  # service.reload.Reloader once started
     stop_warmup: threading.Event = field(default_factory=threading.Event)
-    ready: bool = False
-    shutting_down: bool = False
-    not_ready_reason: str = "starting"
-    stalled_reason: str = ""  # set by the watchdog while a batch is stuck in the backend
     grpc: Any = None  # service.v2.grpc_server.GrpcServer while the gRPC port is open
     v2_statistics: dict[str, ModelStatistics] = field(default_factory=dict)  # by v2 model name
+    readiness: Readiness = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.readiness = Readiness(self.metrics.ready)
 
     @property
     def manifest(self) -> ModelManifest | None:
@@ -69,20 +123,8 @@ class ServiceState:
         models = [*self.retiring, *([self.model] if self.model is not None else [])]
         return max((m.batcher.inflight_age() for m in models), default=0.0)
 
-    def is_ready(self) -> bool:
-        return self.ready and not self.shutting_down and not self.stalled_reason
-
-    def raise_unless_ready(self) -> None:
-        """503: ShuttingDown once shutdown began, NotReady until warm-up is done or while stalled."""
-        if self.shutting_down:
-            raise ShuttingDown("the server is shutting down")
-        if not self.ready:
-            raise NotReady(f"not ready: {self.not_ready_reason}")
-        if self.stalled_reason:
-            raise NotReady(f"not ready: {self.stalled_reason}")
-
     def current(self) -> LoadedModel:
         """The model a request takes (`with state.current().use() as detector`); 503 unless ready."""
-        self.raise_unless_ready()
+        self.readiness.check()
         assert self.model is not None  # ready
         return self.model

@@ -43,7 +43,7 @@ async def healthz() -> Status:
 @router.get("/readyz", response_model=Status, responses={503: {"model": ErrorBody}})
 async def readyz(state: StateDep) -> Status:
     """200 once the backend is loaded and warmed up; 503 before and while shutting down."""
-    state.raise_unless_ready()
+    state.readiness.check()
     return Status(status="ready")
 
 
@@ -62,7 +62,7 @@ async def metrics(state: StateDep) -> Response:
 async def model(state: StateDep) -> ModelInfo:
     """The model manifest plus how it is served (backend, precision, device, batching)."""
     if state.model is None:
-        raise NotReady(f"not ready: {state.not_ready_reason}")
+        raise NotReady(f"not ready: {state.readiness.why_not}")
     loaded = state.model
     return ModelInfo(
         **loaded.manifest.model_dump(),

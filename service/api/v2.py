@@ -43,7 +43,7 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready")
 async def ready(state: StateDep) -> dict[str, bool]:
-    state.raise_unless_ready()
+    state.readiness.check()
     return {"ready": True}
 
 
@@ -72,7 +72,7 @@ async def model_metadata(state: StateDep, name: str, version: str | None = None)
 @router.get("/models/{name}/versions/{version}/ready", dependencies=[Depends(require_api_key)])
 async def model_ready(state: StateDep, name: str, version: str | None = None) -> dict[str, Any]:
     inference.served(state, name, version)
-    state.raise_unless_ready()
+    state.readiness.check()
     return {"name": name, "ready": True}
 
 

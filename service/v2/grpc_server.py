@@ -200,14 +200,14 @@ class GrpcServer:
         return messages()["ServerLiveResponse"](live=True)
 
     async def _ServerReady(self, request: Any, context: Any) -> Any:
-        return messages()["ServerReadyResponse"](ready=self.state.is_ready())
+        return messages()["ServerReadyResponse"](ready=self.state.readiness.ready)
 
     async def _ServerMetadata(self, request: Any, context: Any) -> Any:
         return messages()["ServerMetadataResponse"](**models.server_metadata())
 
     async def _ModelReady(self, request: Any, context: Any) -> Any:
         inference.served(self.state, request.name, request.version)
-        return messages()["ModelReadyResponse"](ready=self.state.is_ready())
+        return messages()["ModelReadyResponse"](ready=self.state.readiness.ready)
 
     async def _ModelMetadata(self, request: Any, context: Any) -> Any:
         from google.protobuf import json_format

@@ -33,7 +33,7 @@ def served(state: ServiceState, name: str, version: str | None) -> models.Served
     none, NotReady before the manifest."""
     kind = model_kind(state, name, version)
     if state.manifest is None:
-        raise NotReady(f"not ready: {state.not_ready_reason}")
+        raise NotReady(f"not ready: {state.readiness.why_not}")
     return models.Served(name, kind, state.manifest)
 
 

@@ -109,7 +109,7 @@ async def running(app: FastAPI, *, ready: bool = True) -> AsyncIterator[httpx.As
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             if ready:
-                await wait_until(lambda: app.state.service.ready, "the app never became ready")
+                await wait_until(lambda: app.state.service.readiness.ready, "the app never became ready")
             yield client
 
 

@@ -124,7 +124,7 @@ async def test_the_watchdog_turns_a_hung_backend_not_ready_and_back(tmp_path):
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             assert (await client.get("/readyz")).status_code == 200
             stuck = asyncio.create_task(client.post("/detect", files=_image()))
-            await wait_until(lambda: app.state.service.stalled_reason != "", "the watchdog saw the stall")
+            await wait_until(lambda: app.state.service.readiness.stalled != "", "the watchdog saw the stall")
             message = assert_error(await client.get("/readyz"), 503, "not_ready")
             assert "in the backend for" in message and "watchdog limit 0.2 s" in message
             assert metrics.get_sample_value("yolor_backend_stalled") == 1
@@ -134,7 +134,7 @@ async def test_the_watchdog_turns_a_hung_backend_not_ready_and_back(tmp_path):
             assert_error(refused, 503, "not_ready")
             assert_error(await stuck, 504, "deadline_exceeded")
             made["backend"].release.set()
-            await wait_until(lambda: app.state.service.stalled_reason == "", "the stall cleared")
+            await wait_until(lambda: app.state.service.readiness.stalled == "", "the stall cleared")
             assert (await client.get("/readyz")).status_code == 200
             assert (await client.post("/detect", files=_image())).status_code == 200
     assert metrics.get_sample_value("yolor_backend_stalled") == 0

@@ -30,7 +30,7 @@ async def test_shutdown_finishes_accepted_requests_and_refuses_new_ones(tmp_path
             ]
             await wait_until(gate.entered.is_set, "a batch is in flight")
             stopping = asyncio.create_task(lifespan.__aexit__(None, None, None))
-            await wait_until(lambda: app.state.service.shutting_down, "shutdown started")
+            await wait_until(lambda: app.state.service.readiness.shutting_down, "shutdown started")
             late = await client.post("/detect", files=files(encode(solid(8, 8, (0, 0, 0)))))
             readiness = await client.get("/readyz")
             gate.release.set()

@@ -36,7 +36,7 @@ async def test_readiness_turns_on_after_warm_up_of_every_batch_size(tmp_path):
             not_ready = await client.get("/readyz")
             refused = await client.post("/detect", files=files(IMAGE))
             gate.release.set()
-            await wait_until(lambda: app.state.service.ready, "ready after warm-up")
+            await wait_until(lambda: app.state.service.readiness.ready, "ready after warm-up")
             ready = await client.get("/readyz")
             served = await client.post("/detect", files=files(IMAGE))
             metrics = (await client.get("/metrics")).text
@@ -64,7 +64,7 @@ async def test_failed_warm_up_stays_not_ready(tmp_path):
 
     app, _ = fake_app(tmp_path, broken)
     async with running(app, ready=False) as client:
-        await wait_until(lambda: "failed" in app.state.service.not_ready_reason, "warm-up failed")
+        await wait_until(lambda: "failed" in app.state.service.readiness.why_not, "warm-up failed")
         message = assert_error(await client.get("/readyz"), 503, "not_ready")
     assert "device lost" in message
 
