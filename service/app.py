@@ -25,7 +25,7 @@ from service.api import admin, detect, system, v2
 from service.auth import ApiKeys
 from service.backends.factory import BackendFactory, create_backend
 from service.errors import install_error_handlers
-from service.loaded import LoadedModel, load_model, warm_up
+from service.loaded import LoadedModel, load_model
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, RequestMetrics, UnexpectedErrors
@@ -65,9 +65,7 @@ async def _warm_up(state: ServiceState, model: LoadedModel) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
-        await asyncio.to_thread(warm_up, model.backend, model.max_batch, state.stop_warmup)
-        if not state.stop_warmup.is_set():
-            await model.detector.warm_up(state.settings.preprocess_workers)
+        await model.warm_up(decode_threads=state.settings.preprocess_workers, stop=state.stop_warmup)
     except Exception as e:
         log.exception("warm-up failed; the server stays not ready")
         state.readiness.starting(f"warm-up failed: {e}")

@@ -59,6 +59,15 @@ class LoadedModel:
             if self.users == 0:
                 self._idle.set()
 
+    async def warm_up(self, *, decode_threads: int, stop: threading.Event | None = None) -> None:
+        """Every batch size the batcher can form through the backend (stopping early once `stop` is
+        set: a shutdown during warm-up waits for one batch, not all), then the detector's decode in
+        `decode_threads` pool threads (0 on a reload: the shared pool is warm and busy) and its
+        post-processing."""
+        await asyncio.to_thread(_warm_up_backend, self.backend, self.max_batch, stop)
+        if stop is None or not stop.is_set():
+            await self.detector.warm_up(decode_threads)
+
     async def drain(self, timeout_s: float) -> bool:
         """Wait until no request holds this model (True), or `timeout_s` passed (False)."""
         try:
@@ -105,7 +114,7 @@ def return_freed_memory() -> None:
     libc.malloc_trim(0)
 
 
-def warm_up(backend: Backend, max_batch_size: int, stop: threading.Event | None = None) -> None:
+def _warm_up_backend(backend: Backend, max_batch_size: int, stop: threading.Event | None) -> None:
     """Run every batch size the batcher can form (1..max), checking each output's batch dimension.
 
     Returns early once `stop` is set (shutdown during warm-up waits for one batch, not all of them).

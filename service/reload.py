@@ -26,7 +26,7 @@ from pathlib import Path
 
 from service.backends.factory import BackendFactory
 from service.errors import ReloadFailed, ReloadUnavailable
-from service.loaded import LoadedModel, load_model, warm_up
+from service.loaded import LoadedModel, load_model
 from service.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,7 @@ class Reloader:
     async def _warm(self, new: LoadedModel, target: Path, old: LoadedModel) -> None:
         """Every batch size through the new backend, and its post-processing; closes it on failure."""
         try:
-            await asyncio.to_thread(warm_up, new.backend, new.max_batch)
-            await new.detector.warm_up(threads=0)  # the shared decode pool is warm already
+            await new.warm_up(decode_threads=0)
         except Exception as e:
             await new.close(self._state.settings.request_timeout_s)
             raise self._failed(target, old, f"warm-up failed: {type(e).__name__}: {e}") from e
