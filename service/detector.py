@@ -37,6 +37,7 @@ from service.errors import (
 from service.images import Decoded, decode, header_size
 from service.manifest import ModelManifest
 from service.metrics import Metrics
+from service.options import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET, NO_TILING, DetectOptions
 from service.processing import (
     Detections,
     Letterbox,
@@ -47,9 +48,6 @@ from service.processing import (
     select_detections,
 )
 from service.schemas import (
-    DEFAULT_CONF,
-    DEFAULT_IOU,
-    DEFAULT_MAX_DET,
     Detection,
     DetectResponse,
     ImageResult,
@@ -61,7 +59,6 @@ from service.tiling import MATCH_IOS, TileOptions, Window
 Disconnected = Callable[[], Awaitable[None]]  # returns once the client has gone away
 T = TypeVar("T")
 WARMUP_ROWS = 1000  # output rows post-processed by the warm-up
-NO_TILING = TileOptions()
 
 
 @dataclass(frozen=True)
@@ -286,8 +283,16 @@ class Detector:
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._pool, decode) for _ in range(threads)))
 
-    def params(self, *, classes: Sequence[int | str] | None = None, **values: Any) -> DetectParams:
-        return DetectParams(classes=resolve_classes(classes, self.manifest.class_names), **values)
+    def params(self, options: DetectOptions) -> DetectParams:
+        """`options` for this model: class names resolved to ids (InvalidParameter if unknown)."""
+        return DetectParams(
+            conf=options.conf,
+            iou=options.iou,
+            max_det=options.max_det,
+            classes=resolve_classes(options.classes, self.manifest.class_names),
+            agnostic=options.agnostic,
+            tile=options.tile,
+        )
 
     def _check_count(self, images: int) -> None:
         if not images:

@@ -23,12 +23,11 @@ from service.api.direct import (
     read_json,
     read_query,
 )
-from service.detector import Detector, DetectOutcome, DetectParams
+from service.detector import Detector, DetectOutcome
 from service.drawing import draw_detections, encode_jpeg
 from service.errors import InvalidBase64, InvalidParameter, UnsupportedMediaType
 from service.schemas import DetectQuery, DetectResponse, ErrorBody, JsonDetectRequest
 from service.state import ServiceState
-from service.tiling import TileOptions
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (400, 401, 403, 413, 415, 422, 500, 503, 504)
@@ -61,18 +60,6 @@ def upload_openapi(*, one_image: bool = False) -> dict[str, Any]:
 
 
 UPLOAD_FIELDS = ("images", "image")
-
-
-def _params(detector: Detector, query: DetectQuery | JsonDetectRequest) -> DetectParams:
-    tiling = TileOptions.of(query.tile, query.tile_size, query.tile_overlap, query.tile_merge)
-    return detector.params(
-        conf=query.conf,
-        iou=query.iou,
-        max_det=query.max_det,
-        classes=query.classes,
-        agnostic=query.agnostic,
-        tile=tiling,
-    )
 
 
 async def _read_files(request: Request) -> list[bytes]:
@@ -123,7 +110,7 @@ async def _detect(
         disconnected = await client_disconnected(request)
         outcome = await detector.detect(
             files,
-            _params(detector, query),
+            detector.params(query.options()),
             started=started,
             keep_images=keep_images,
             disconnected=disconnected,

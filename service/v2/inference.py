@@ -112,7 +112,7 @@ async def _infer(
             stats.success(ran, time.monotonic() - started)
         else:
             try:
-                params = detector.params(**models.ImageParameters.of(request.parameters).detect_kwargs())
+                params = detector.params(models.ImageParameters.of(request.parameters))
             except TensorError as e:
                 raise InvalidTensor(str(e)) from None
             files = [bytes(item) for item in tensor.data.ravel()]

@@ -19,21 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict, ValidationError
 
 from service.manifest import ModelManifest
-from service.processing import Detections, MergeMode
-from service.schemas import (
-    DEFAULT_CONF,
-    DEFAULT_IOU,
-    DEFAULT_MAX_DET,
-    Conf,
-    Iou,
-    MaxDet,
-    TileOverlap,
-    TileSize,
-)
-from service.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, TileOptions
+from service.options import DetectFields, DetectOptions
+from service.processing import Detections
 from service.v2.tensors import Tensor, TensorError
 
 VERSION = "1"
@@ -126,38 +116,21 @@ def config(served: Served, *, max_batch_size: int, max_delay_s: float) -> dict[s
     }
 
 
-class ImageParameters(BaseModel):
+class ImageParameters(DetectFields):
     """The image model's request parameters (others, like `binary_data_output`, are the protocol's)."""
 
     model_config = ConfigDict(extra="ignore")
-    conf: Conf = DEFAULT_CONF
-    iou: Iou = DEFAULT_IOU
-    max_det: MaxDet = DEFAULT_MAX_DET
     classes: str | None = None
-    agnostic: bool = False
     tile: bool | str = False
-    tile_size: TileSize = None
-    tile_overlap: TileOverlap = DEFAULT_OVERLAP
-    tile_merge: MergeMode = DEFAULT_MERGE
 
     @classmethod
-    def of(cls, parameters: Mapping[str, Any]) -> ImageParameters:
+    def of(cls, parameters: Mapping[str, Any]) -> DetectOptions:
+        """The request's parameters as DetectOptions; TensorError (a 400) when they do not validate."""
         try:
-            return cls.model_validate(dict(parameters))
+            return cls.model_validate(dict(parameters)).options()
         except ValidationError as e:
             problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
             raise TensorError(f"parameters: {problems}") from None
-
-    def detect_kwargs(self) -> dict[str, Any]:
-        classes = [c.strip() for c in self.classes.split(",") if c.strip()] if self.classes else None
-        return {
-            "conf": self.conf,
-            "iou": self.iou,
-            "max_det": self.max_det,
-            "classes": classes,
-            "agnostic": self.agnostic,
-            "tile": TileOptions.of(self.tile, self.tile_size, self.tile_overlap, self.tile_merge),
-        }
 
 
 def image_outputs(per_image: list[Detections]) -> list[Tensor]:
