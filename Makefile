@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Prometheus + promtool for the deployment tests, chromium for the page's browser tests
-# (tests/service/api/test_page.py; Debian packages; kubectl is on the machine image).
+# (tests/service/http/test_page.py; Debian packages; kubectl is on the machine image).
 system-tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus; }

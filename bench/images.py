@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from service.errors import ServiceError
-from service.images import decode_image
+from service.core.errors import ServiceError
+from service.core.images import decode_image
 
 SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
 SAMPLE_SIZE = (640, 480)  # width, height

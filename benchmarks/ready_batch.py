@@ -39,9 +39,9 @@ def serve(batch_ms: float, ready_batch: bool) -> None:
     on YOLOR_HOST:YOLOR_PORT."""
     import uvicorn
 
-    from service.app import GC_THRESHOLDS, create_app
     from service.backends.fake import FakeBackend
-    from service.batcher import DynamicBatcher
+    from service.core.batcher import DynamicBatcher
+    from service.http.app import GC_THRESHOLDS, create_app
     from service.settings import Settings
 
     gaps: list[float] = []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cli.errors import CommandError, settings_problems
 
-FACTORY = "service.app:app_factory"
+FACTORY = "service.http.app:app_factory"
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 
 

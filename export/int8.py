@@ -33,8 +33,8 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
-from service.errors import InvalidImage, TooManyPixels
-from service.images import decode_image
+from service.core.errors import InvalidImage, TooManyPixels
+from service.core.images import decode_image
 from service.processing import letterbox, to_input_tensor
 
 log = logging.getLogger(__name__)

@@ -52,3 +52,60 @@ def test_packages_import_only_along_the_documented_arrows():
 def test_the_check_sees_imports():  # the walker finds what is there, so the test above can fail
     assert {"service", "yolor"} <= set(imports("export"))
     assert [p for p in imports("service")["yolor"] if not p[2]]
+
+
+# Inside service/: the rooms and the arrows between them (README, "Architecture").
+ROOMS = ("core", "backends", "processing", "http", "kserve")
+ROOM_ALLOWED = {
+    "processing": set(),
+    "backends": {"processing"},  # backends/factory.py alone also reads the settings and the manifest
+    "core": {"backends", "processing"},
+    "kserve": {"core", "processing", "backends"},
+    "http": {"core", "kserve", "processing", "backends"},
+}
+FRAMEWORKS = {"fastapi", "starlette", "grpc", "uvicorn"}
+NO_FRAMEWORK = (
+    "core",
+    "backends",
+    "processing",
+    "kserve/inference.py",
+    "kserve/models.py",
+    "kserve/tensors.py",
+)
+
+
+def room_imports(room: str) -> list[tuple[str, str, int]]:
+    """(file, imported module, line) for every import in service/<room>/."""
+    found = []
+    for path in sorted((ROOT / "service" / room).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            found += [(str(path.relative_to(ROOT / "service")), name, node.lineno) for name in names]
+    return found
+
+
+def test_the_rooms_of_service_import_along_the_arrows():
+    for room in ROOMS:
+        for file, module, line in room_imports(room):
+            parts = module.split(".")
+            if parts[0] == "service" and len(parts) > 1 and parts[1] in ROOMS and parts[1] != room:
+                assert parts[1] in ROOM_ALLOWED[room], f"{file}:{line} imports {module}"
+
+
+def test_the_core_and_the_codecs_import_no_web_or_grpc_framework():
+    for place in NO_FRAMEWORK:
+        room = place.split("/")[0]
+        for file, module, line in room_imports(room):
+            if file == place or not place.endswith(".py"):
+                assert module.split(".")[0] not in FRAMEWORKS, f"{file}:{line} imports {module}"
+
+
+def test_the_room_check_sees_arrows():  # so that the two tests above can fail
+    http = {m.split(".")[1] for _, m, _ in room_imports("http") if m.startswith("service.") and "." in m}
+    assert {"core", "kserve"} <= http
+    assert any(m.startswith("fastapi") for _, m, _ in room_imports("http"))

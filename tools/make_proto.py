@@ -1,11 +1,11 @@
-"""Compile service/v2/proto/inference.proto into the descriptor set the service loads at run time.
+"""Compile service/kserve/proto/inference.proto into the descriptor set the service loads at run time.
 
     python tools/make_proto.py          # needs grpcio-tools (dev extra); rewrites inference.desc
 
 The service builds its message classes from this descriptor in a private pool
-(`service.v2.messages`), so no generated Python is committed and the messages do not clash with a
+(`service.kserve.messages`), so no generated Python is committed and the messages do not clash with a
 client's own copy of the same protocol (tritonclient registers `inference.*` in the default pool).
-`tests/service/v2/test_grpc.py` checks the file is current.
+`tests/service/kserve/test_grpc.py` checks the file is current.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-PROTO_DIR = Path(__file__).resolve().parents[1] / "service" / "v2" / "proto"
+PROTO_DIR = Path(__file__).resolve().parents[1] / "service" / "kserve" / "proto"
 DESCRIPTOR = PROTO_DIR / "inference.desc"
 
 

@@ -13,7 +13,7 @@ from bench.limits import Comparison, CpuLimit, Round
 from bench.scrape import ServerCounters
 from bench.serve import concurrency_levels, sweep
 from cli import main
-from service.metrics import Metrics
+from service.core.metrics import Metrics
 from tests.support.app import encode, fake_app, serving, solid, topk_rows
 from tests.support.model_files import TOP_K
 

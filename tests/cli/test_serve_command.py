@@ -44,7 +44,7 @@ def test_options_reach_uvicorn_and_the_workers_environment(tmp_path, uvicorn_cal
     args = parse("--model", str(tmp_path), "--host", "0.0.0.0", "--port", "9001", "--backend", "onnxruntime")
     assert args.func(args) == 0
     ((positional, options),) = uvicorn_calls
-    assert positional == ("service.app:app_factory",)
+    assert positional == ("service.http.app:app_factory",)
     assert options["factory"] is True
     assert (options["host"], options["port"], options["workers"]) == ("0.0.0.0", 9001, 1)
     assert options["log_config"] is None
@@ -89,7 +89,7 @@ def test_invalid_settings_are_a_clear_error(tmp_path, uvicorn_calls):
 
 
 def test_the_factory_builds_the_app_from_the_environment(tmp_path, monkeypatch):
-    from service import app as app_module
+    from service.http import app as app_module
 
     monkeypatch.setattr(app_module, "configure_logging", lambda *a: None)
     os.environ.update({"YOLOR_MODEL_DIR": str(tmp_path), "YOLOR_MAX_DELAY_MS": "3"})

@@ -115,7 +115,7 @@ def test_rate_windows_follow_the_dashboard(dashboard):
 
 def exported_series() -> dict[str, set[str]]:
     """Each metric of the service's registry -> the series names it exposes (`_created` aside)."""
-    from service.metrics import Metrics
+    from service.core.metrics import Metrics
 
     parts = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     return {

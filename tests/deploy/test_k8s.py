@@ -173,7 +173,7 @@ def exposed_name(rule: Obj) -> str:
 
 
 def server_metric_types() -> dict[str, str]:
-    from service.metrics import Metrics
+    from service.core.metrics import Metrics
 
     return {family.name: family.type for family in Metrics().registry.collect()}
 

@@ -12,7 +12,7 @@ from export.int8 import calibration_files, float_tail, load_calibration
 from export.pipeline import ExportError, ExportOptions, Int8Options, run_export
 from export.validate import Int8Gate, ValidationFailed, count_matches
 from service.backends.factory import create_backend, load_checked_backend
-from service.detector import preprocess
+from service.core.detector import preprocess
 from service.manifest import ManifestError, ModelManifest, load_manifest
 from service.processing import head_layout, select_detections
 from service.settings import DEMO_MODEL_DIR, Settings
@@ -220,7 +220,7 @@ def test_yolor_eval_runs_the_int8_model_as_the_gate_measured_it(int8_export, sha
 
 @pytest.mark.anyio
 async def test_the_service_answers_with_the_int8_model(int8_export, shapes):
-    from service.app import create_app
+    from service.http.app import create_app
     from tests.support.app import files, running
 
     out, _ = int8_export

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.auth import ApiKeys
+from service.core.auth import ApiKeys
 from service.settings import DEMO_MODEL_DIR, Settings, unknown_variables
 
 pytestmark = pytest.mark.unit

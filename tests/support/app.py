@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 from fastapi import FastAPI
 
-from service.app import create_app
 from service.backends import FakeBackend
+from service.http.app import create_app
 from service.manifest import ModelManifest
 from service.settings import Settings
 from tests.support.model_files import TOP_K, write_model_dir

@@ -65,7 +65,7 @@ def match(truth: list[dict], detections: list[dict]) -> list[tuple[dict, dict | 
 @pytest.mark.anyio
 async def test_the_served_demo_model_detects_the_sample():
     pytest.importorskip("onnxruntime")
-    from service.app import create_app
+    from service.http.app import create_app
 
     labels = json.loads(LABELS.read_text(encoding="utf-8"))
     truth = labels["objects"]

@@ -137,7 +137,7 @@ def anyio_backend() -> str:
 @pytest.mark.anyio
 async def test_train_export_serve_round_trip(trained, tmp_path):
     from export.pipeline import ExportOptions, run_export
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import Settings
     from tests.support.app import encode, files, running
 

@@ -1,1 +1,0 @@
-"""HTTP routes; they reach the service state through the dependency aliases in `deps`."""

@@ -1,0 +1,151 @@
+"""Pure ASGI middleware: request metrics, the catch-all 500, and the request body size limit.
+
+Order in the app, outermost first: CORS, RequestMetrics, UnexpectedErrors, BodySizeLimit, then
+FastAPI's exception handlers and the routes. So metrics see every final status (500s and 413s too)
+and the body limit's 413 is shaped by the same JSON error body.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.core.errors import PayloadTooLarge
+from service.core.metrics import Metrics
+from service.http.errors import error_response
+
+log = logging.getLogger(__name__)
+
+
+class _BodyTooLarge(Exception):
+    """Raised into the app's body read; private so that no exception handler answers it."""
+
+
+class BodySizeLimit:
+    """Refuse request bodies over `max_bytes` with 413, without reading them.
+
+    A `Content-Length` over the limit is refused before the app runs; otherwise bytes are counted
+    as they stream in, and the first chunk past the limit stops the read. Whatever response the app
+    then tries to send (FastAPI turns a failed body read into a 400) is replaced by the 413.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[str], None] | None = None) -> None:
+        self.app, self.max_bytes, self.on_reject = app, max_bytes, on_reject
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.on_reject is not None:
+            self.on_reject(PayloadTooLarge.code)
+        message = f"request body larger than {self.max_bytes} bytes"
+        await error_response(413, PayloadTooLarge.code, message, path=scope["path"])(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        received, exceeded, started = 0, False, False
+
+        async def limited_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    exceeded = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if exceeded:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not started:
+            await self._refuse(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class UnexpectedErrors:
+    """Any exception no handler took: logged with its traceback, answered 500 in the JSON shape."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:  # too late for a clean answer; the server closes the connection
+                raise
+            response = error_response(500, "internal_error", "internal server error", path=scope["path"])
+            await response(scope, receive, send)
+
+
+class RequestMetrics:
+    """`yolor_requests_total{route,status}` and `yolor_request_duration_seconds{route}`.
+
+    The route label is the matched route's path template (set by the router in `scope["route"]`),
+    never a raw path, so it stays bounded. A request answered before routing (a 413 from the body
+    limit) is labelled with its path when that is one of `paths`; anything else is `unmatched`.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, paths: Collection[str]) -> None:
+        self.app, self.metrics, self.paths = app, metrics, frozenset(paths)
+
+    def _route(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is not None and isinstance(getattr(route, "path", None), str):
+            return str(route.path)
+        return str(scope["path"]) if scope["path"] in self.paths else "unmatched"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status, start = 500, time.perf_counter()
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = self._route(scope)
+            self.metrics.requests.labels(route=route, status=str(status)).inc()
+            self.metrics.request_duration.labels(route=route).observe(time.perf_counter() - start)

@@ -1,0 +1,1 @@
+"""HTTP routes; they reach the service state through the dependency aliases in `service.http.deps`."""

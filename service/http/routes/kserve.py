@@ -1,0 +1,142 @@
+"""KServe v2 / Open Inference Protocol over HTTP (Triton-compatible): health, metadata, Triton's
+model config, and infer on the two models of `service.kserve.models` (`YOLOR_V2_MODEL_NAME`, default
+`yolor`, and `yolor_image`).
+
+Infer requests go through the same batcher, queue limit, deadline, API keys and body limit as
+`/detect`; errors come back as the protocol's `{"error": "..."}` with the same statuses
+(`service.core.errors`). One version ("1"); a request for another version is a 404, as an unknown model.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from service.core.errors import InvalidTensor
+from service.core.state import ServiceState
+from service.http.deps import API_KEY_SECURITY, StateDep, check_api_key, require_api_key
+from service.http.direct import DirectRoute, client_disconnected
+from service.http.schemas import V2ErrorBody
+from service.kserve import inference, models
+from service.kserve.tensors import (
+    HEADER_LENGTH,
+    TensorError,
+    encode_infer_response,
+    parse_infer_request,
+)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": V2ErrorBody} for status in (400, 401, 403, 404, 413, 503, 504)
+}
+router = APIRouter(prefix="/v2", tags=["kserve-v2"], responses=ERRORS)
+# infer reads its own request (service.http.direct), as the detect routes: the hot path.
+infer_router = APIRouter(prefix="/v2", tags=["kserve-v2"], responses=ERRORS, route_class=DirectRoute)
+
+
+@router.get("/health/live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready")
+async def ready(state: StateDep) -> dict[str, bool]:
+    state.readiness.check()
+    return {"ready": True}
+
+
+@router.get("")
+async def server_metadata() -> dict[str, Any]:
+    return models.server_metadata()
+
+
+@router.get("/models/stats", dependencies=[Depends(require_api_key)])
+@router.get("/models/{name}/stats", dependencies=[Depends(require_api_key)])
+@router.get("/models/{name}/versions/{version}/stats", dependencies=[Depends(require_api_key)])
+async def model_statistics(
+    request: Request, state: StateDep, name: str | None = None, version: str | None = None
+) -> dict[str, Any]:
+    """Triton's statistics extension (declared before `/models/{name}`, which would take "stats")."""
+    return inference.statistics_json(state, request.app.state.kserve_statistics, name, version)
+
+
+@router.get("/models/{name}", dependencies=[Depends(require_api_key)])
+@router.get("/models/{name}/versions/{version}", dependencies=[Depends(require_api_key)])
+async def model_metadata(state: StateDep, name: str, version: str | None = None) -> dict[str, Any]:
+    return models.metadata(inference.served(state, name, version))
+
+
+@router.get("/models/{name}/ready", dependencies=[Depends(require_api_key)])
+@router.get("/models/{name}/versions/{version}/ready", dependencies=[Depends(require_api_key)])
+async def model_ready(state: StateDep, name: str, version: str | None = None) -> dict[str, Any]:
+    inference.served(state, name, version)
+    state.readiness.check()
+    return {"name": name, "ready": True}
+
+
+@router.get("/models/{name}/config", dependencies=[Depends(require_api_key)])
+@router.get("/models/{name}/versions/{version}/config", dependencies=[Depends(require_api_key)])
+async def model_config(state: StateDep, name: str, version: str | None = None) -> dict[str, Any]:
+    model = inference.served(state, name, version)
+    assert state.batcher is not None  # a manifest is set together with its batcher
+    limit = inference.max_batch(state.settings, state.batcher, model.kind)
+    return models.config(model, max_batch_size=limit, max_delay_s=state.batcher.max_delay_s)
+
+
+def _header_length(request: Request) -> int | None:
+    value = request.headers.get(HEADER_LENGTH)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidTensor(f"{HEADER_LENGTH} must be an integer, got {value!r}") from None
+
+
+def _infer_openapi(*, versioned: bool) -> dict[str, Any]:
+    names = ("name", "version") if versioned else ("name",)
+    return {
+        "parameters": [
+            {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
+        ],
+        "requestBody": {
+            "required": True,
+            "description": "the protocol's JSON infer request, optionally followed by binary tensor data "
+            f"(its JSON length in {HEADER_LENGTH})",
+            "content": {"application/json": {}, "application/octet-stream": {}},
+        },
+        "security": API_KEY_SECURITY,
+    }
+
+
+@infer_router.post("/models/{name}/infer", openapi_extra=_infer_openapi(versioned=False))
+@infer_router.post("/models/{name}/versions/{version}/infer", openapi_extra=_infer_openapi(versioned=True))
+async def infer(request: Request) -> Response:
+    """Infer on the exported graph's tensors; the rows of a batch go through the dynamic batcher.
+    A `DirectRoute` (as the detect routes): API key, model name, then the body."""
+    started = time.monotonic()
+    state: ServiceState = request.app.state.service
+    await check_api_key(request, state)
+    name = request.path_params["name"]
+    kind = inference.model_kind(state, name, request.path_params.get("version"))  # 404 before the body
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding != "identity":
+        raise InvalidTensor(f"Content-Encoding {encoding!r} is not supported (send identity)")
+    body = await request.body()
+    try:
+        parsed = parse_infer_request(body, _header_length(request))
+    except TensorError as e:
+        raise InvalidTensor(str(e)) from None
+    disconnected = await client_disconnected(request)
+    book = request.app.state.kserve_statistics
+    outputs = await inference.infer(
+        state, book, name, kind, parsed, started=started, disconnected=disconnected
+    )
+    content, header_length = encode_infer_response(name, models.VERSION, parsed, outputs)
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)}
+    )

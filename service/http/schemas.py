@@ -1,0 +1,63 @@
+"""The HTTP API contract: request bodies, and the response bodies beyond the detect results
+(`service.core.results`), as pydantic models shown at /docs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.core.options import TILE_BOUNDS, DetectFields
+from service.core.tiling import TILE_WORDS
+from service.manifest import ModelManifest
+
+
+class DetectQuery(DetectFields):
+    """The query string of `POST /detect` and `/detect/annotated` (`service.http.direct.read_query`)."""
+
+    classes: list[str] | None = Field(
+        None, description="class ids or names to keep; repeat or comma-separate"
+    )
+    tile: Annotated[str, Field(**TILE_BOUNDS, json_schema_extra={"enum": list(TILE_WORDS)})] = "false"
+
+
+class JsonDetectRequest(DetectFields):
+    """`POST /detect/json`: base64 images (a `data:` URL prefix is accepted) and the same parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] = Field(min_length=1, description="base64-encoded image files")
+    classes: list[int | str] | None = Field(None, description="class ids or names to keep (default: all)")
+    tile: Annotated[bool | Literal["auto"], Field(**TILE_BOUNDS)] = False
+
+
+class ModelInfo(ModelManifest):
+    """`GET /model`: the manifest plus how it is served."""
+
+    backend: str
+    precision: str
+    device: str
+    max_batch_size: int
+    max_delay_ms: float
+    sample_image: str | None = Field(
+        None, description="URL path of an image the model detects things in (GET /model/sample); null: none"
+    )
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class V2ErrorBody(BaseModel):
+    """Under /v2: the KServe v2 protocol's error body."""
+
+    error: str
+
+
+class Status(BaseModel):
+    status: str

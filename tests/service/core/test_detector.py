@@ -1,0 +1,66 @@
+"""Class filter parsing (ids and names) for detect requests; pre-processing of one upload."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from service.core.detector import preprocess, resolve_classes
+from service.core.errors import InvalidParameter
+from service.core.images import decode, decode_image
+from service.processing import scale_boxes
+from tests.service.core.test_images import with_exif_orientation
+from tests.support.model_files import write_model_dir
+
+pytestmark = pytest.mark.unit
+
+NAMES = ["person", "car", "traffic light"]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (None, None),
+        ([], None),
+        ([1], (1,)),
+        (["car"], (1,)),
+        (["2,person"], (0, 2)),
+        (["traffic light", "0", 0], (0, 2)),
+        ([" car , 1 "], (1,)),
+        ([","], None),
+    ],
+)
+def test_resolve_classes(values, expected):
+    assert resolve_classes(values, NAMES) == expected
+
+
+@pytest.mark.parametrize("values", [["cat"], [3], ["-1"], ["3"], ["Car"]])
+def test_unknown_classes_are_refused(values):
+    with pytest.raises(InvalidParameter):
+        resolve_classes(values, NAMES)
+
+
+@pytest.mark.parametrize(("width", "height", "orientation"), [(1301, 977, 1), (1301, 977, 6), (977, 1301, 8)])
+def test_reduced_decoding_maps_boxes_back_to_the_full_image(tmp_path, width, height, orientation):
+    """A white box found in the input tensor maps back onto where it is in the full image, with
+    and without reduced decoding (1/4 here), and the reported size is the full image's."""
+    manifest = write_model_dir(tmp_path, input_size=320)
+    image = np.zeros((height, width, 3), np.uint8)
+    image[200:601, 300:751] = 255  # x 300..751, y 200..601 as stored
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    data = with_exif_orientation(jpeg.tobytes(), orientation)
+    shown = decode_image(data, 10**9)  # as a viewer shows it
+    ys, xs = np.nonzero(shown[..., 0] > 127)
+    truth = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    for reduced in (False, True):
+        prepared = preprocess(data, manifest, max_pixels=10**9, reduced_decode=reduced)
+        assert prepared.lb.source_hw == shown.shape[:2]
+        ys, xs = np.nonzero(prepared.tensor[0] > 0.5)
+        found = scale_boxes(
+            np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32), prepared.lb
+        )
+        pixel = 1 / min(prepared.lb.scale_x, prepared.lb.scale_y)  # one input pixel in full-image pixels
+        assert found[0] == pytest.approx(truth, abs=1.5 * pixel)
+    assert decode(data, 10**9, fit=320).image.shape[0] == -(-shown.shape[0] // 4)  # it was reduced
