@@ -7,7 +7,7 @@ and letterboxing it, so with `cores` CPUs it cannot answer more than
 
 Both terms are measured here: the first from a bare backend run at the server's max batch (process
 CPU time over images: it counts every intra-op thread, spinning included), the second by
-pre-processing the benchmark's own JPEGs exactly as a request does (`service.core.detector.preprocess`),
+pre-processing the benchmark's own JPEGs exactly as a request does (`service.core.preprocess.preprocess`),
 on one thread. HTTP, JSON and post-processing are left out of the limit: they are the overheads
 the served number pays for.
 """
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bench.stats import rate
-from service.core.detector import preprocess
+from service.core.preprocess import preprocess
 from service.manifest import ModelManifest
 
 

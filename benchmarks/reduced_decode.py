@@ -7,7 +7,7 @@ For each image size (512, 1024, 2048: 2x, 4x and 8x the demo model's 256 px inpu
 held-out synthetic set with `yolor data synth` (seed 1, objects scaled with the image so they
 letterbox to what the model was trained on), encodes every image as a JPEG (quality 90, as a camera
 would send it), and runs the bundled demo model on it twice through the serving pre-processing
-(`service.core.detector.preprocess`): full decode + letterbox, and reduced decode (1/2, 1/4, 1/8). It
+(`service.core.preprocess.preprocess`): full decode + letterbox, and reduced decode (1/2, 1/4, 1/8). It
 prints COCO mAP@0.5 and mAP@0.5:0.95 of both (boxes in full-image pixels), and the CPU ms of one
 decode + letterbox.
 """
@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 
 from bench.bare import load_backend
-from service.core.detector import preprocess
 from service.core.images import jpeg_reduction
+from service.core.preprocess import preprocess
 from service.processing import head_layout, scale_boxes, select_detections
 from service.settings import DEMO_MODEL_DIR, Settings
 from train.data.datasets import load_dataset

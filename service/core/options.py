@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
+from service.core.errors import InvalidParameter
 from service.core.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, MAX_OVERLAP, MAX_SIZE, MIN_SIZE, TileOptions
 from service.processing import MergeMode
 
@@ -62,6 +63,54 @@ class DetectOptions:
     classes: tuple[int | str, ...] | None = None
     agnostic: bool = False
     tile: TileOptions = NO_TILING
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    """A request's parameters for the model it holds: `classes` resolved to its ids (None: all)."""
+
+    conf: float = DEFAULT_CONF
+    iou: float = DEFAULT_IOU
+    max_det: int = DEFAULT_MAX_DET
+    classes: tuple[int, ...] | None = None
+    agnostic: bool = False
+    tile: TileOptions = NO_TILING
+
+    @classmethod
+    def of(cls, options: DetectOptions, class_names: Sequence[str]) -> DetectParams:
+        """`options` for a model with `class_names`; InvalidParameter for a class it does not have."""
+        return cls(
+            conf=options.conf,
+            iou=options.iou,
+            max_det=options.max_det,
+            classes=resolve_classes(options.classes, class_names),
+            agnostic=options.agnostic,
+            tile=options.tile,
+        )
+
+
+def resolve_classes(values: Sequence[int | str] | None, class_names: Sequence[str]) -> tuple[int, ...] | None:
+    """Class ids from ids and/or names (a string may hold several, comma-separated: "person,2").
+
+    Raises InvalidParameter for an unknown name or an id outside [0, nc).
+    """
+    if not values:
+        return None
+    index = {name: i for i, name in enumerate(class_names)}
+    ids: list[int] = []
+    for value in values:
+        parts = [value] if isinstance(value, int) else [p.strip() for p in value.split(",") if p.strip()]
+        for part in parts:
+            if isinstance(part, str) and part in index:
+                ids.append(index[part])
+            elif isinstance(part, int) or part.lstrip("-").isdigit():
+                class_id = int(part)
+                if not 0 <= class_id < len(class_names):
+                    raise InvalidParameter(f"class id {class_id} is outside [0, {len(class_names)})")
+                ids.append(class_id)
+            else:
+                raise InvalidParameter(f"unknown class {part!r}")
+    return tuple(sorted(set(ids))) or None
 
 
 class DetectFields(BaseModel):

@@ -11,6 +11,7 @@ import numpy as np
 from service.core.batcher import DynamicBatcher
 from service.core.detector import Detector, Disconnected
 from service.core.errors import InvalidTensor, NotReady, ServiceError, UnknownModel
+from service.core.options import DetectParams
 from service.core.state import ServiceState
 from service.kserve import models
 from service.kserve.statistics import StatisticsBook
@@ -111,7 +112,8 @@ async def _infer(
             stats.success(ran, time.monotonic() - started)
         else:
             try:
-                params = detector.params(models.ImageParameters.of(request.parameters))
+                options = models.ImageParameters.of(request.parameters)
+                params = DetectParams.of(options, detector.manifest.class_names)
             except TensorError as e:
                 raise InvalidTensor(str(e)) from None
             files = [bytes(item) for item in tensor.data.ravel()]

@@ -16,8 +16,10 @@ from starlette.datastructures import UploadFile
 
 from service.core.detector import Detector, DetectOutcome
 from service.core.errors import InvalidBase64, InvalidParameter, UnsupportedMediaType
+from service.core.options import DetectParams
 from service.core.results import DetectResponse
 from service.core.state import ServiceState
+from service.http import responses
 from service.http.deps import API_KEY_SECURITY, check_api_key
 from service.http.direct import (
     DirectRoute,
@@ -111,7 +113,7 @@ async def _detect(
         disconnected = await client_disconnected(request)
         outcome = await detector.detect(
             files,
-            detector.params(query.options()),
+            DetectParams.of(query.options(), detector.manifest.class_names),
             started=started,
             keep_images=keep_images,
             disconnected=disconnected,
@@ -133,7 +135,7 @@ async def _detect_upload(request: Request, respond: Respond, *, one_image: bool 
 
 
 async def _respond_json(detector: Detector, outcome: DetectOutcome) -> Response:
-    return _json(detector.to_response(outcome))
+    return _json(responses.detect_response(detector, outcome))
 
 
 def _json(response: DetectResponse) -> Response:

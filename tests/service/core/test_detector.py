@@ -6,9 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from service.core.detector import preprocess, resolve_classes
 from service.core.errors import InvalidParameter
 from service.core.images import decode, decode_image
+from service.core.options import resolve_classes
+from service.core.preprocess import preprocess
 from service.processing import scale_boxes
 from tests.service.core.test_images import with_exif_orientation
 from tests.support.model_files import write_model_dir

@@ -8,9 +8,8 @@ import dataclasses
 import pytest
 from pydantic import ValidationError
 
-from service.core.detector import resolve_classes
 from service.core.errors import InvalidParameter
-from service.core.options import DetectOptions, class_list
+from service.core.options import DetectOptions, class_list, resolve_classes
 from service.core.tiling import TileOptions
 from service.http.schemas import DetectQuery, JsonDetectRequest
 from service.kserve.models import ImageParameters

@@ -271,12 +271,12 @@ async def test_backend_returning_the_wrong_shape_is_500(tmp_path):
 async def test_unexpected_exception_is_a_logged_500_without_traceback(tmp_path, caplog, monkeypatch):
     app, _ = fake_app(tmp_path, topk_rows(OK_ROWS))
     async with running(app) as client:
-        detector = app.state.service.detector
+        from service.http import responses
 
-        def broken(outcome):
+        def broken(detector, outcome):
             raise KeyError("internal bookkeeping bug")
 
-        monkeypatch.setattr(detector, "to_response", broken)
+        monkeypatch.setattr(responses, "detect_response", broken)
         with caplog.at_level(logging.ERROR, logger="service.http.middleware"):
             r = await client.post("/detect", files=files(IMAGE))
         monkeypatch.undo()

@@ -94,7 +94,7 @@ async def test_reduced_jpeg_decoding_answers_in_full_image_pixels(tmp_path):
         app = create_app(settings)
         async with running(app) as client:
             r = await client.post("/detect", files=files(*blobs), params={"conf": 0.1})
-            assert app.state.service.detector.reduced_decode is reduced
+            assert app.state.service.detector.preprocessor.reduced_decode is reduced
         assert r.status_code == 200, r.text
         answers.append(r.json()["results"])
     full, reduced_results = answers

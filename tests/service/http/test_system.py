@@ -286,11 +286,12 @@ async def test_cors_for_configured_origins_only(tmp_path):
 
 async def test_warm_up_post_processes_a_bounded_number_of_rows(tmp_path, monkeypatch):
     import service.core.detector
+    import service.core.postprocess
 
     rows = 50 * service.core.detector.WARMUP_ROWS  # a raw head at 1280 px has ~100k rows
     write_model_dir(tmp_path, head="raw", raw_rows=rows)
     seen: list[int] = []
-    select = service.core.detector.select_detections
+    select = service.core.postprocess.select_detections
 
     def counting(boxes, *args, **kwargs):
         seen.append(len(boxes))
@@ -302,7 +303,7 @@ async def test_warm_up_post_processes_a_bounded_number_of_rows(tmp_path, monkeyp
         out[..., 4:] = 0.5  # every row a candidate at conf 0
         return out
 
-    monkeypatch.setattr(service.core.detector, "select_detections", counting)
+    monkeypatch.setattr(service.core.postprocess, "select_detections", counting)
     app, _ = fake_app(tmp_path, model, head="raw")
     async with running(app):
         pass
