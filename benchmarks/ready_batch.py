@@ -8,8 +8,9 @@ model's manifest, with one stand-in backend: each batch sleeps `--batch-ms` (the
 a GPU call releases it) and answers no detections; one batch in flight, as the torch CUDA and
 TensorRT backends run. Its ceiling is max batch / batch time images/s. Closed-loop clients (the
 `yolor bench serve` load, one 640x480 JPEG per request) at 4 x max batch, against the server as it
-is and against the same server with the ready batch turned off (a batch formed only once the worker
-is free: the behaviour before it), alternating. Also measures, in each server, how long the worker
+serves an accelerator (a lookahead of one batch: the ready batch, post-processing beside the next
+batch) and as it serves a CPU backend (no lookahead: a batch formed only once the worker is free,
+post-processed in its turn), alternating. Also measures, in each server, how long the worker
 waited between two full batches.
 """
 
@@ -40,7 +41,6 @@ def serve(batch_ms: float, ready_batch: bool) -> None:
     import uvicorn
 
     from service.backends.fake import FakeBackend
-    from service.core.batcher import DynamicBatcher
     from service.http.app import GC_THRESHOLDS, create_app
     from service.settings import Settings
 
@@ -56,20 +56,13 @@ def serve(batch_ms: float, ready_batch: bool) -> None:
         return np.zeros((len(batch), *out_shape), np.float32)
 
     def factory(settings: Settings, manifest: Any) -> FakeBackend:
-        backend = FakeBackend.for_manifest(manifest, infer, accelerator=True)
+        # An accelerator gets the server's lookahead of one batch (service.core.model); off: none.
+        backend = FakeBackend.for_manifest(manifest, infer, accelerator=ready_batch)
         out_shape.extend(int(d or 1) for d in backend.output_shape)
         return backend
 
     out_shape: list[int] = []
     max_batch = 8
-    if not ready_batch:  # a batch only once the worker is free, as before the ready batch
-
-        async def worker_free(self: DynamicBatcher) -> None:
-            while len(self._batches) >= self.workers:
-                self._changed.clear()
-                await self._changed.wait()
-
-        DynamicBatcher._worker_free_or_full_batch = worker_free  # type: ignore[method-assign]
 
     import gc
 

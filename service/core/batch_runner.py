@@ -3,10 +3,11 @@ they were formed and at most `workers` at once, and each image's `finish` (post-
 its output row in the same thread (no further hop per image).
 
 The event loop (`service.core.batcher`) forms a `Batch` (`BatchRunner.form`, which gives it its turn),
-`submit`s it and awaits the `Ran` answers. Backends may reuse their output buffers: the rows are read
-before the next batch may enter (CPU), or copied first if they are a view of the backend's buffer
-(with an `accelerator`, whose turn ends before post-processing so that the next batch runs beside
-it; one more thread then holds the ready batch, waiting for its turn).
+`submit`s it and awaits the `Ran` answers. With a `lookahead` (batches formed ahead of a free worker,
+for a backend that computes off the host's CPU), that many more threads hold batches waiting for
+their turn, and a batch's turn ends before its post-processing, so that the next batch enters the
+backend at once and runs beside it. Backends may reuse their output buffers: the rows are read before
+the next batch may enter (no lookahead), or copied first if they are a view of the backend's buffer.
 """
 
 from __future__ import annotations
@@ -69,34 +70,34 @@ class Ran:
 
 @dataclass(eq=False)
 class Batch:
+    """A formed batch, the runner's record of it (the event loop reads it)."""
+
     items: list[Item]
     turn: int  # batches enter the backend in the order they were formed: 0, 1, 2, ...
-    ready: bool = False  # formed while every worker was busy, and not yet in the backend
+    ahead: bool = False  # formed while every worker was busy (lookahead), and not yet in the backend
     started: float | None = None  # when it entered the backend (time.monotonic())
-    task: asyncio.Task[None] | None = None  # the event loop's: answers the items once the thread is done
     thread: concurrent.futures.Future[Ran] | None = None  # the call in the worker thread
 
 
 class BatchRunner:
     """Runs `Batch`es through `infer` in worker threads; `close` makes batches still waiting give up."""
 
-    def __init__(self, infer: InferFn, *, workers: int, accelerator: bool, metrics: Metrics) -> None:
-        self._infer, self.workers, self.accelerator = infer, workers, accelerator
+    def __init__(self, infer: InferFn, *, workers: int, lookahead: int, metrics: Metrics) -> None:
+        self._infer, self.workers, self.lookahead = infer, workers, lookahead
         self._metrics = metrics
-        # A thread per batch in the backend; with an accelerator one more, in which the ready batch
-        # waits for its turn while the last batch is post-processed.
-        threads = workers + 1 if accelerator else workers
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="yolor-infer")
+        # A thread per batch in the backend, and one per batch formed ahead, waiting for its turn.
+        self._executor = ThreadPoolExecutor(max_workers=workers + lookahead, thread_name_prefix="yolor-infer")
         self._formed = 0  # turns given out (event loop only)
         self._turns = threading.Condition()  # guards the three below, shared with the worker threads
         self._next_turn = 0  # the turn of the next batch to enter the backend
         self._in_backend = 0
         self._closing = False
 
-    def form(self, items: list[Item], *, ready: bool) -> Batch:
-        """A batch of `items` with the next turn (event loop only)."""
+    def form(self, items: list[Item], *, ahead: bool) -> Batch:
+        """A batch of `items` with the next turn (event loop only); `ahead`: formed while every worker
+        is busy."""
         turn, self._formed = self._formed, self._formed + 1
-        return Batch(items, turn, ready=ready)
+        return Batch(items, turn, ahead=ahead)
 
     def submit(self, batch: Batch) -> concurrent.futures.Future[Ran]:
         batch.thread = self._executor.submit(self._run, batch)
@@ -112,8 +113,8 @@ class BatchRunner:
 
     def _run(self, batch: Batch) -> Ran:
         """Worker thread: stack the batch, then in its turn drop what is no longer worth running (a
-        ready batch may have waited), infer and check one output per input; then each item's `finish`
-        on its row (or a copy of the row). With an accelerator the turn ends before the
+        batch formed ahead may have waited), infer and check one output per input; then each item's
+        `finish` on its row (or a copy of the row). With a lookahead the turn ends before the
         post-processing (the outputs copied first if they are a view of the backend's buffer)."""
         try:  # before its turn: it waits instead
             stacked: np.ndarray | None = np.stack([item.tensor for item in batch.items])
@@ -137,11 +138,11 @@ class BatchRunner:
             inference_s = time.monotonic() - start
             if len(outputs) != live:
                 raise InferenceFailed(f"backend returned {len(outputs)} outputs for a batch of {live}")
-            if not self.accelerator:  # on the CPU, post-processing beside the next batch gains nothing
-                return Ran(_finished(batch.items, answers, outputs, copy=True), inference_s, live)
+            if not self.lookahead:  # post-processing in the turn: no batch waits to run beside it
+                return Ran(_answers(batch.items, answers, outputs, copy=True), inference_s, live)
             if outputs.base is not None:  # a view of a buffer the next call may reuse (Backend.infer)
                 outputs = np.array(outputs, copy=True)
-        return Ran(_finished(batch.items, answers, outputs, copy=False), inference_s, live)
+        return Ran(_answers(batch.items, answers, outputs, copy=False), inference_s, live)
 
     @contextlib.contextmanager
     def _turn(self, batch: Batch) -> Iterator[float | None]:
@@ -155,7 +156,7 @@ class BatchRunner:
             if entered:
                 self._next_turn += 1
                 self._in_backend += 1
-                batch.started, batch.ready = time.monotonic(), False
+                batch.started, batch.ahead = time.monotonic(), False
         if not entered:
             yield None
             return
@@ -167,7 +168,7 @@ class BatchRunner:
                 self._turns.notify_all()
 
 
-def _finished(
+def _answers(
     items: list[Item], answers: list[Any | BaseException | Dropped], outputs: np.ndarray, *, copy: bool
 ) -> list[Any | BaseException | Dropped]:
     """`answers` with each item that ran (None in it) answered: `finish(row)`, or the row (copied

@@ -18,13 +18,13 @@ batch on two threads. A batch is formed once a worker is free, so it takes whate
 meanwhile; while other workers are idle it takes only its share. Batches enter the backend in the
 order they were formed.
 
-With an `accelerator` (a backend that computes off the host's CPU), one more batch, the ready
-batch, is formed while every worker is busy, but only once a full batch is queued: it waits in a
-thread of its own and enters the backend the moment a batch leaves it, and that batch is
-post-processed beside it, instead of the backend idling through the post-processing and a round
-trip through a busy event loop (docs/benchmarks.md, "The ready batch": ~9% more images/s). Its
-images count against the queue bound, and those abandoned or expired by the time it starts are not
-run. On the CPU it gained nothing measurable (the cores are busy through the gap anyway): not done.
+`lookahead` (set by the caller: 1 for a backend that computes off the host's CPU, 0 on the CPU):
+that many more batches, ready batches, are formed while every worker is busy, but only from full
+batches queued: each waits in a thread of its own and enters the backend the moment a batch leaves
+it, and that batch is post-processed beside it, instead of the backend idling through the
+post-processing and a round trip through a busy event loop (docs/benchmarks.md, "The ready batch").
+Their images count against the queue bound, and those abandoned or expired by the time they start
+are not run. On the CPU it gained nothing measurable (the cores are busy through the gap anyway).
 
 Stopping waits (bounded) for the batches in the worker threads: the caller releases the backend
 only when `stop` says they are idle. `inflight_age` lets a watchdog see a batch stuck in the backend.
@@ -77,19 +77,21 @@ class DynamicBatcher:
         queue_size: int,
         metrics: Metrics,
         workers: int = 1,
-        accelerator: bool = False,
+        lookahead: int = 0,
     ) -> None:
-        if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0 or workers < 1:
-            raise ValueError("need max_batch_size >= 1, queue_size >= 1, max_delay_s >= 0, workers >= 1")
+        if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0 or workers < 1 or lookahead < 0:
+            raise ValueError(
+                "need max_batch_size >= 1, queue_size >= 1, max_delay_s >= 0, workers >= 1, lookahead >= 0"
+            )
         self.max_batch_size, self.max_delay_s, self.workers = max_batch_size, max_delay_s, workers
+        self.lookahead = lookahead
         self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_size)
         self._metrics = metrics
-        self._runner = BatchRunner(infer, workers=workers, accelerator=accelerator, metrics=metrics)
-        # A batch per worker, and with an accelerator the ready batch.
-        self._free = asyncio.Semaphore(workers + 1 if accelerator else workers)
+        self._runner = BatchRunner(infer, workers=workers, lookahead=lookahead, metrics=metrics)
+        self._free = asyncio.Semaphore(workers + lookahead)  # batches formed and not yet answered
         self._changed = asyncio.Event()  # an image was queued or a batch was answered
         self._task: asyncio.Task[None] | None = None
-        self._batches: set[Batch] = set()  # formed and not yet answered
+        self._batches: dict[Batch, asyncio.Task[None]] = {}  # formed and not yet answered: their answering
         self._incoming = 0  # images being prepared, to be submitted soon
         self._accepting = False
 
@@ -99,10 +101,15 @@ class DynamicBatcher:
         return self._queue.maxsize
 
     @property
+    def queued(self) -> int:
+        """Images in the queue, not yet in a batch."""
+        return self._queue.qsize()
+
+    @property
     def waiting(self) -> int:
-        """Images accepted and not yet in the backend: queued, or in a batch no worker has taken yet
-        (the ready batch). The queue bound and `yolor_queue_depth` count these."""
-        return self._queue.qsize() + sum(len(b.items) for b in self._batches if b.ready)
+        """Images accepted and not yet in the backend: queued, or in a batch formed ahead that no
+        worker has taken yet. The queue bound and `yolor_queue_depth` count these."""
+        return self._queue.qsize() + sum(len(b.items) for b in self._batches if b.ahead)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="yolor-batcher")
@@ -166,10 +173,9 @@ class DynamicBatcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._runner.close()  # batches still waiting for their turn give up: failed below
         batches = list(self._batches)
-        for batch in batches:  # on cancellation the threads run on: waited for below
-            if batch.task is not None:
-                batch.task.cancel()
-        await asyncio.gather(*(b.task for b in batches if b.task is not None), return_exceptions=True)
+        for answering in self._batches.values():  # on cancellation the threads run on: waited for below
+            answering.cancel()
+        await asyncio.gather(*self._batches.values(), return_exceptions=True)
         leftover = [i for b in batches for i in b.items]
         leftover += [self._queue.get_nowait() for _ in range(self._queue.qsize())]
         for item in leftover:
@@ -197,31 +203,32 @@ class DynamicBatcher:
 
     async def _loop(self) -> None:
         while True:
-            await self._free.acquire()  # form a batch only once a worker can take it, or the ready one
+            await self._free.acquire()  # a worker, or a place ahead, is free
             try:
                 await self._worker_free_or_full_batch()
                 items = await self._collect()
             except BaseException:
                 self._free.release()
                 raise
-            live = self._drop_finished(items)
+            live = self._drop_stale(items)
             if live:
-                batch = self._runner.form(live, ready=len(self._batches) >= self.workers)
-                self._batches.add(batch)
-                batch.task = asyncio.create_task(self._run(batch, items), name="yolor-batch")
+                batch = self._runner.form(live, ahead=len(self._batches) >= self.workers)
+                self._batches[batch] = asyncio.create_task(self._run(batch, items), name="yolor-batch")
             else:
-                self._done(items)
+                self._release(items)
             self._metrics.queue_depth.set(self.waiting)
 
-    def _done(self, items: list[Item]) -> None:
+    def _release(self, collected: list[Item]) -> None:
+        """A formed batch is over (answered, failed, or all its items dropped): its place is free and
+        its items are done in the queue."""
         self._free.release()
         self._changed.set()
-        for _ in items:
+        for _ in collected:
             self._queue.task_done()
 
     async def _worker_free_or_full_batch(self) -> None:
-        """Return once a worker is free, or (every worker busy: the ready batch, accelerators only)
-        once a full batch is queued."""
+        """Return once a worker is free, or (every worker busy: a batch formed ahead, with a
+        lookahead) once a full batch is queued."""
         while len(self._batches) >= self.workers and self._queue.qsize() < self.max_batch_size:
             self._changed.clear()
             await self._changed.wait()
@@ -254,7 +261,7 @@ class DynamicBatcher:
                 break
         return items
 
-    def _drop_finished(self, items: list[Item]) -> list[Item]:
+    def _drop_stale(self, items: list[Item]) -> list[Item]:
         """Items still worth running: not abandoned by their caller and not past their deadline."""
         now, live = time.monotonic(), []
         for item in items:
@@ -287,8 +294,8 @@ class DynamicBatcher:
             )
             for item in items:
                 self._fail(item, error)
-            self._batches.discard(batch)
-            self._done(collected)
+            del self._batches[batch]
+            self._release(collected)
             return
         self._metrics.queue_depth.set(self.waiting)
         if ran.size:
@@ -307,8 +314,8 @@ class DynamicBatcher:
                 item.future.set_exception(answer)
             else:
                 item.future.set_result(BatchOutput(answer, queued_s, ran.inference_s, ran.size, batch_id))
-        self._batches.discard(batch)
-        self._done(collected)
+        del self._batches[batch]
+        self._release(collected)
 
     @staticmethod
     def _fail(item: Item, error: BaseException) -> bool:

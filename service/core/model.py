@@ -150,7 +150,7 @@ async def load_model(
         queue_size=settings.queue_size,
         metrics=metrics,
         workers=backend.concurrency,
-        accelerator=backend.accelerator,
+        lookahead=1 if backend.accelerator else 0,  # the ready batch: GPUs only
     )
     await batcher.start()
     detector = Detector(

@@ -43,15 +43,16 @@ class Model:
 
 
 async def started(
-    model, *, max_batch_size=4, max_delay_s=0.02, queue_size=64, accelerator=False
+    model, *, max_batch_size=4, max_delay_s=0.02, queue_size=64, accelerator=False, metrics=None
 ) -> DynamicBatcher:
+    """`accelerator`: as the server sets it up for a GPU backend, with one batch of lookahead."""
     batcher = DynamicBatcher(
         model,
         max_batch_size=max_batch_size,
         max_delay_s=max_delay_s,
         queue_size=queue_size,
-        metrics=Metrics(),
-        accelerator=accelerator,
+        metrics=metrics or Metrics(),
+        lookahead=1 if accelerator else 0,
     )
     await batcher.start()
     return batcher
@@ -335,7 +336,8 @@ async def test_stop_drains_accepted_work_then_refuses():
 
 async def test_stop_after_its_timeout_fails_what_is_left_instead_of_hanging():
     model = Model(gated=True)
-    batcher = await started(model, max_batch_size=1)
+    registered = Metrics()
+    batcher = await started(model, max_batch_size=1, metrics=registered)
     try:
         futures = batcher.submit([item(i) for i in range(3)], later())
         await wait_for_event(model.entered)
@@ -346,7 +348,7 @@ async def test_stop_after_its_timeout_fails_what_is_left_instead_of_hanging():
     finally:
         model.release.set()
     assert all(isinstance(o, ShuttingDown) for o in outputs)  # the in-flight one and the queued ones
-    metrics = batcher._metrics.registry
+    metrics = registered.registry
     assert metrics.get_sample_value("yolor_dropped_images_total", {"reason": "shutdown"}) == 3
 
 
@@ -366,7 +368,8 @@ async def test_stop_waits_for_the_batch_in_the_worker_within_its_timeout():
 
 async def test_abandoned_and_expired_images_are_counted_as_dropped():
     model = Model(gated=True)
-    batcher = await started(model, max_batch_size=1)
+    registered = Metrics()
+    batcher = await started(model, max_batch_size=1, metrics=registered)
     try:
         running = batcher.submit([item(0)], later())
         await wait_for_event(model.entered)
@@ -381,7 +384,7 @@ async def test_abandoned_and_expired_images_are_counted_as_dropped():
     outcome = await results(expired)
     await batcher.stop(TIMEOUT)
     assert isinstance(outcome[0], DeadlineExceeded) and model.sizes == [1]
-    metrics = batcher._metrics.registry
+    metrics = registered.registry
     assert metrics.get_sample_value("yolor_dropped_images_total", {"reason": "abandoned"}) == 2
     assert metrics.get_sample_value("yolor_dropped_images_total", {"reason": "expired"}) == 1
 
@@ -438,7 +441,7 @@ async def test_with_an_accelerator_a_full_batch_queued_meanwhile_starts_without_
         running = batcher.submit([item(0)], later())
         await wait_for_event(model.calls[0])
         ready = batcher.submit([item(1), item(2)], later())  # a full batch: formed as the ready batch
-        await wait_until(lambda: batcher._queue.qsize() == 0)
+        await wait_until(lambda: batcher.queued == 0)
         # The event loop is blocked from here on: only the worker pool can start the ready batch.
         model.release.set()
         assert model.calls[1].wait(TIMEOUT)
@@ -459,9 +462,9 @@ async def test_no_ready_batch_is_formed_before_a_full_batch_is_queued():
         await wait_for_event(model.entered)
         first = batcher.submit([item(1), item(2)], later())
         await asyncio.sleep(0.05)
-        assert batcher._queue.qsize() == 2  # left to fill up while the worker is busy
+        assert batcher.queued == 2  # left to fill up while the worker is busy
         second = batcher.submit([item(3), item(4)], later())
-        await wait_until(lambda: batcher._queue.qsize() == 0)  # now full: formed
+        await wait_until(lambda: batcher.queued == 0)  # now full: formed
     finally:
         model.release.set()
     outputs = await results(running + first + second)
@@ -477,7 +480,7 @@ async def test_images_of_the_ready_batch_count_against_the_queue_bound():
         running = batcher.submit([item(0)], later())
         await wait_for_event(model.entered)
         ready = batcher.submit([item(1), item(2)], later())
-        await wait_until(lambda: batcher._queue.qsize() == 0)
+        await wait_until(lambda: batcher.queued == 0)
         with pytest.raises(Overloaded, match=r"2/3 images waiting"):
             batcher.submit([item(3), item(4)], later())
         queued = batcher.submit([item(5)], later())
@@ -490,13 +493,14 @@ async def test_images_of_the_ready_batch_count_against_the_queue_bound():
 
 async def test_images_of_the_ready_batch_abandoned_or_expired_while_it_waits_are_not_run():
     model = TwoGates()
-    batcher = await started(model, max_batch_size=3, max_delay_s=0.0, accelerator=True)
+    registered = Metrics()
+    batcher = await started(model, max_batch_size=3, max_delay_s=0.0, accelerator=True, metrics=registered)
     try:
         running = batcher.submit([item(0)], later())
         await wait_for_event(model.calls[0])
         expiring = batcher.submit([item(1)], later(0.05))
         abandoned, kept = batcher.submit([item(2), item(3)], later())
-        await wait_until(lambda: batcher._queue.qsize() == 0)  # the ready batch holds all three
+        await wait_until(lambda: batcher.queued == 0)  # the ready batch holds all three
         abandoned.cancel()
         await asyncio.sleep(0.1)  # item 1's deadline passes while the ready batch waits
     finally:
@@ -507,7 +511,7 @@ async def test_images_of_the_ready_batch_abandoned_or_expired_while_it_waits_are
     assert model.sizes == [1, 1]  # only item 3 ran in the second call
     assert isinstance(outputs[1], DeadlineExceeded)
     assert float(outputs[2].output[0]) == 30 and outputs[2].batch_size == 1
-    sample = batcher._metrics.registry.get_sample_value
+    sample = registered.registry.get_sample_value
     assert sample("yolor_dropped_images_total", {"reason": "abandoned"}) == 1
     assert sample("yolor_dropped_images_total", {"reason": "expired"}) == 1
     assert (sample("yolor_batch_size_count"), sample("yolor_batch_size_sum")) == (2, 2)
@@ -585,7 +589,7 @@ async def test_on_the_cpu_a_batch_is_formed_only_once_a_worker_is_free():
         await wait_for_event(model.entered)
         queued = batcher.submit([item(1), item(2)], later())  # a full batch, every worker busy
         await asyncio.sleep(0.05)
-        assert batcher._queue.qsize() == 2 and batcher.waiting == 2
+        assert batcher.queued == 2 and batcher.waiting == 2
     finally:
         model.release.set()
     outputs = await results(running + queued)
