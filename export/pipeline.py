@@ -218,7 +218,7 @@ def _export_into(staging: Path, opts: ExportOptions, progress: Progress) -> Mode
             artifacts["engine"] = _build_engine(staging, opts, engine_source)
         manifest = manifest.model_copy(update={"artifacts": artifacts})
     with progress.step("write manifest"):
-        (staging / MANIFEST_NAME).write_text(manifest.to_json())
+        manifest.write(staging)
     return manifest
 
 

@@ -91,8 +91,19 @@ class ModelManifest(_Strict):
             raise ValueError("manifest lists no 'onnx' artifact")
         return self
 
+    @property
+    def image_output_shape(self) -> tuple[int | None, ...]:
+        """One image's output: the output shape without its batch axis (None: a named, variable axis)."""
+        return tuple(d if isinstance(d, int) else None for d in self.output.shape[1:])
+
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+
+    def write(self, model_dir: str | Path) -> Path:
+        """`model_dir/model.json`, the one way a manifest is written (export, tests, benchmarks)."""
+        path = Path(model_dir) / MANIFEST_NAME
+        path.write_text(self.to_json())
+        return path
 
 
 def _fits(shape: list[int | str], expected: tuple[int | None, ...]) -> bool:

@@ -159,7 +159,7 @@ def check_backend(backend: Backend, manifest: ModelManifest, max_batch_size: int
     if tuple(backend.input_shape) != expected_input:
         problems.append(f"input shape {tuple(backend.input_shape)} != manifest {expected_input}")
     if backend.head == manifest.head:
-        expected_output = tuple(d if isinstance(d, int) else None for d in manifest.output.shape[1:])
+        expected_output = manifest.image_output_shape
     elif backend.head == "raw":  # the torch backend runs the net itself, without the exported head
         expected_output = head_layout("raw").image_shape(manifest.nc, None)
     else:

@@ -59,11 +59,10 @@ class FakeBackend(BaseBackend):
         accelerator: bool = False,
     ) -> FakeBackend:
         """A fake whose input and output shapes are the manifest's."""
-        out = tuple(int(d) if isinstance(d, int) else None for d in manifest.output.shape[1:])
         return cls(
             fn,
             input_size=manifest.input_size,
-            output_shape=out,
+            output_shape=manifest.image_output_shape,
             max_batch_size=max_batch_size or manifest.max_batch,
             head=manifest.head,
             input_name=manifest.input.name,

@@ -258,9 +258,7 @@ def near_integer_model_dir(directory: Path) -> Path:
     classes.CopyFrom(numpy_helper.from_array(near, "classes"))
     onnx.save(model, path)
     artifact = Artifact(file=path.name, sha256=sha256_file(path), bytes=path.stat().st_size, precision="fp32")
-    (directory / "model.json").write_text(
-        manifest.model_copy(update={"artifacts": {"onnx": artifact}}).to_json()
-    )
+    manifest.model_copy(update={"artifacts": {"onnx": artifact}}).write(directory)
     return directory
 
 

@@ -48,3 +48,15 @@ def test_a_manifest_that_breaks_its_head_contract_is_refused(tmp_path, head, cha
     with pytest.raises(ManifestError, match=message) as refused:
         load_manifest(tmp_path)
     assert "\n" not in str(refused.value) and "errors.pydantic.dev" not in str(refused.value)  # one line
+
+
+def test_one_images_output_shape_and_the_one_writer(tmp_path):
+    from service.manifest import load_manifest
+    from tests.support.model_files import TOP_K, write_model_dir
+
+    topk = write_model_dir(tmp_path / "topk")
+    assert topk.image_output_shape == (TOP_K, 6)
+    raw = write_model_dir(tmp_path / "raw", head="raw", raw_rows=12)
+    named = raw.model_copy(update={"output": raw.output.model_copy(update={"shape": ["batch", "rows", 8]})})
+    assert raw.image_output_shape == (12, 8) and named.image_output_shape == (None, 8)
+    assert named.write(tmp_path / "raw").name == "model.json" and load_manifest(tmp_path / "raw") == named

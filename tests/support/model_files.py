@@ -111,5 +111,5 @@ def write_model_dir(
             )
         },
     )
-    (directory / "model.json").write_text(manifest.to_json())
+    manifest.write(directory)
     return manifest

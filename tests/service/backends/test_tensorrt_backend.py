@@ -206,7 +206,7 @@ def echo_model_dir(directory: Path, scale: float = 1.0, max_batch: int = 4) -> M
         file="model.onnx", sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), precision="fp32"
     )
     manifest = manifest.model_copy(update={"artifacts": {"onnx": artifact}})
-    (directory / "model.json").write_text(manifest.to_json())
+    manifest.write(directory)
     return manifest
 
 
