@@ -27,7 +27,7 @@ system-tools:
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 test: install system-tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 test-fast: install system-tools
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +30,7 @@ def test_service_and_export_are_held_to_every_strict_flag():
     assert config["warn_unused_ignores"] and config["warn_redundant_casts"]
 
 
+@pytest.mark.slow  # ~40 s; `make lint` runs it too
 def test_mypy_finds_nothing():
     result = _run("mypy", "--no-incremental")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -88,7 +88,6 @@ class LoadedModel:
     async def _close(self, timeout_s: float) -> bool:
         idle = await self.batcher.stop(timeout_s=timeout_s)
         if idle and self.backend.close(timeout_s=timeout_s):
-            await asyncio.to_thread(return_freed_memory)
             return True
         log.error("%s: a batch is still running in the backend; it is not released", self.model_dir)
         return False
@@ -101,11 +100,12 @@ class LoadedModel:
 
 
 def return_freed_memory() -> None:
-    """Collect garbage, then hand the C heap's free pages back to the OS (glibc `malloc_trim`).
+    """Collect garbage, then hand the C heap's free pages back to the OS (glibc `malloc_trim`), after
+    a model was closed in a server that goes on (a reload; at shutdown the process exit does it).
 
     A closed runtime frees its buffers into the malloc arenas of the threads that used them, where
-    they stay as resident memory: without this, each reload left ~20-30 MB more resident with the
-    demo model (docs/benchmarks.md). A no-op where the C library is not glibc."""
+    they stay as resident memory: without this, each reload left more resident (docs/benchmarks.md,
+    the reload benchmark). A no-op where the C library is not glibc."""
     gc.collect()
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from service.backends.factory import BackendFactory
 from service.core.errors import ReloadFailed, ReloadUnavailable
-from service.core.model import LoadedModel, load_model
+from service.core.model import LoadedModel, load_model, return_freed_memory
 from service.core.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class Reloader:
         await self._warm(new, target, old)
         warm_at = time.monotonic()
         if state.readiness.shutting_down:  # began while this one loaded: it closes the serving model only
-            await new.close(state.settings.request_timeout_s)
+            await new.close(state.settings.request_timeout_s)  # the process exits soon: no memory hand-back
             raise ReloadUnavailable("the server began shutting down during the reload")
         state.serve(new)  # the switch: requests from now on take the new model
         state.retiring.add(old)
@@ -98,6 +98,8 @@ class Reloader:
         log.info("reloaded: serving %s (was %s); retiring the old model", target, old.model_dir)
         try:
             released = await old.retire(state.settings.request_timeout_s)
+            if released:
+                await asyncio.to_thread(return_freed_memory)
         finally:
             state.retiring.discard(old)
         return Reloaded(
@@ -124,7 +126,8 @@ class Reloader:
         try:
             await new.warm_up(decode_threads=0)
         except Exception as e:
-            await new.close(self._state.settings.request_timeout_s)
+            if await new.close(self._state.settings.request_timeout_s):
+                await asyncio.to_thread(return_freed_memory)
             raise self._failed(target, old, f"warm-up failed: {type(e).__name__}: {e}") from e
 
     def _failed(self, target: Path, old: LoadedModel, reason: str) -> ReloadFailed:

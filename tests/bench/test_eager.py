@@ -11,7 +11,7 @@ from tests.support.nets import IMG_SIZE, tiny_checkpoint
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
-pytestmark = pytest.mark.export
+pytestmark = [pytest.mark.export, pytest.mark.slow]  # exports and times torch nets
 
 
 def test_each_runner_is_measured_per_batch_size_and_the_speedup_is_their_ratio(tmp_path):

@@ -33,7 +33,7 @@ from service.processing.heads import head_layout
 from tests.support.model_files import write_model_dir, write_tiny_onnx
 from train.eval_model import onnx_predictor
 
-pytestmark = [pytest.mark.export]
+pytestmark = [pytest.mark.export, pytest.mark.slow]  # exports four nets (~3 min)
 
 NUMBER = r"[0-9.e+-]+"
 ONNX_FILE = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}

@@ -21,7 +21,7 @@ from schemathesis.config import SchemathesisConfig
 
 from tests.support.app import encode, fake_app, serving, solid, topk_rows
 
-pytestmark = [pytest.mark.api]
+pytestmark = [pytest.mark.api, pytest.mark.slow]  # the fuzzer
 
 ROWS = [[2, 2, 20, 20, 0.9, 0], [4, 4, 30, 30, 0.5, 1]]
 KEY = "fuzz-key-123"

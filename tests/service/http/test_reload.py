@@ -90,6 +90,7 @@ def app_for(models: Models, first: str, **settings):
     return create_app(Settings(model_dir=models.dirs[first], **settings), backend_factory=models.factory)
 
 
+@pytest.mark.slow  # four clients through three reloads, ~5 s
 async def test_three_reloads_under_load_fail_no_request_and_mix_no_models(tmp_path):
     models = Models(tmp_path, {"a": 0.5, "b": 0.7})
     broken = tmp_path / "broken"
