@@ -24,7 +24,7 @@ USER_ERRORS = frozenset(
         "yolor.archs.specs.UnknownArch",
         "service.manifest.ManifestError",  # a model folder without a usable model.json / artifacts
         "service.backends.base.BackendError",  # a backend that cannot load or run here
-        "service.backends.tensorrt_engines.TensorRTUnavailable",
+        "service.backends.tensorrt_build.TensorRTUnavailable",
         "export.pipeline.ExportError",
         "export.validate.ValidationFailed",
         "export.download.DownloadError",

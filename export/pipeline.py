@@ -44,7 +44,7 @@ from export.validate import (
     validate_onnx,
 )
 from service.backends.artifacts import ONNX_INT8, ONNX_INT8_TENSORRT, onnx_key, sha256_file
-from service.backends.tensorrt_engines import ENGINE_MANIFEST_NAME, ENGINE_NAME
+from service.backends.engine_cache import ENGINE_MANIFEST_NAME, ENGINE_NAME
 from service.manifest import MANIFEST_NAME, Artifact, InputSpec, ModelManifest, OutputSpec
 from service.processing.heads import HEADS, Head, head_layout
 
@@ -134,7 +134,7 @@ def _check_options(opts: ExportOptions, model: yolor.YOLOR) -> int:
 
 
 def _ensure_engine_possible() -> None:
-    from service.backends.tensorrt_engines import TensorRTUnavailable, require_tensorrt
+    from service.backends.tensorrt_build import TensorRTUnavailable, require_tensorrt
 
     try:
         require_tensorrt()
@@ -275,7 +275,8 @@ def _export_int8(
 
 
 def _build_engine(staging: Path, opts: ExportOptions, source: Artifact) -> Artifact:
-    from service.backends.tensorrt_engines import EngineOptions, build_engine, write_engine_manifest
+    from service.backends.engine_cache import write_engine_manifest
+    from service.backends.tensorrt_build import EngineOptions, build_engine
 
     options = EngineOptions(opts.max_batch, opts.opt_batch, opts.workspace_mb, opts.timing_cache)
     engine_path = staging / ENGINE_NAME

@@ -3,9 +3,9 @@
 Thin on purpose: it deserializes an engine, binds I/O by tensor name (`get_tensor_name`,
 `get_tensor_mode`), sets the batch with `set_input_shape` and runs `execute_async_v3` on its own
 stream, with pinned host buffers and device buffers sized once for the profile's largest batch.
-Engines are built by `service.backends.tensorrt_engines` (shared with the export stage) when the cached
-one is missing, was built for another GPU, TensorRT version or ONNX file, or is not the file its
-manifest describes.
+Engines are built by `tensorrt_build` (shared with the export stage) into the engine directory
+(`engine_cache`) when the cached one is missing, was built for another GPU, TensorRT version or ONNX
+file, or is not the file its manifest describes.
 
 What was run where (README, "TensorRT"): the whole backend, engine reuse and building run in the
 tests against a fake TensorRT (an echo engine, FLOAT and HALF I/O) and a fake CUDA runtime, and the
@@ -17,25 +17,22 @@ imported lazily, so the module imports anywhere.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from service.backends import engine_cache, tensorrt_build
 from service.backends.base import BackendError, BackendUnavailable, BaseBackend, FloatBatch
 from service.backends.cudart import Cuda, import_cudart
-from service.backends.tensorrt_engines import ENGINE_MANIFEST_NAME, ENGINE_NAME, tensorrt_logger
+from service.backends.engine_cache import ENGINE_MANIFEST_NAME, ENGINE_NAME
+from service.backends.tensorrt_build import tensorrt_logger
 from service.manifest import ModelManifest
 from service.processing.heads import Head
 
 log = logging.getLogger(__name__)
-
-BUILD_LOCK_NAME = ".model.engine.lock"
 
 
 def _import_tensorrt() -> Any:
@@ -165,33 +162,6 @@ class TensorRTBackend(BaseBackend):
         self._resources.close()
 
 
-def _read_engine_manifest(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _find_engine(builder: Any, directories: list[Path], **wanted: Any) -> tuple[Path | None, str]:
-    """The first `model.engine` in `directories` whose engine manifest matches `wanted` and describes
-    that very file (its sha256: a build killed between the engine and its manifest pairs them
-    wrongly), and why none did."""
-    from service.backends.artifacts import sha256_file
-
-    why = f"no engine in {', '.join(map(str, directories))}"
-    for directory in directories:
-        meta = _read_engine_manifest(directory / ENGINE_MANIFEST_NAME)
-        engine = directory / ENGINE_NAME
-        if engine.is_file() and meta is not None:
-            matches, why = builder.engine_matches(meta, **wanted)
-            if matches and sha256_file(engine) != meta.get("engine_sha256"):
-                matches, why = False, f"{engine} is not the engine its manifest describes (sha256 differs)"
-            if matches:
-                return engine, why
-    return None, why
-
-
 def load_tensorrt_backend(
     manifest: ModelManifest,
     *,
@@ -209,10 +179,9 @@ def load_tensorrt_backend(
     TensorRT, cuda-python or GPU `device_index` is missing, the engine directory is not writable, or
     the build fails; those are checked before a build, which takes minutes.
     """
-    from service.backends import tensorrt_engines as builder
     from service.backends.artifacts import onnx_key
 
-    version = builder.tensorrt_version()
+    version = tensorrt_build.tensorrt_version()
     if version is None:
         raise BackendUnavailable("tensorrt is not installed")
     index = device_index
@@ -233,48 +202,25 @@ def load_tensorrt_backend(
         "compute_capability": capability,
         "max_batch": max_batch,
     }
-    engine_path, why = _find_engine(builder, search, **wanted)
+    engine_path, why = engine_cache.find_engine(search, **wanted)
     if engine_path is None:
-        _check_writable(target, why)
-        with _build_lock(target):
-            engine_path, why = _find_engine(builder, search, **wanted)  # another worker may have built it
+        try:
+            engine_cache.check_writable(target)
+        except OSError as e:
+            raise BackendUnavailable(
+                f"a TensorRT engine must be built ({why}) but {target} is not writable "
+                f"(set YOLOR_ENGINE_DIR to a writable directory): {e}"
+            ) from e
+        with engine_cache.build_lock(target):
+            engine_path, why = engine_cache.find_engine(search, **wanted)  # another worker may have built it
             if engine_path is None:
                 log.warning("building a TensorRT engine in %s (%s); this takes minutes", target, why)
-                engine_path = _build(builder, model_dir, manifest, source_key, target, max_batch, index)
+                engine_path = _build(model_dir, manifest, source_key, target, max_batch, index)
     log.info("TensorRT %s engine %s on cuda:%d (%s)", version, engine_path, index, gpu_name)
     return TensorRTBackend(engine_path, head=manifest.head, precision=source.precision, device_index=index)
 
 
-def _check_writable(target: Path, why: str) -> None:
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=target):
-            pass
-    except OSError as e:
-        raise BackendUnavailable(
-            f"a TensorRT engine must be built ({why}) but {target} is not writable "
-            f"(set YOLOR_ENGINE_DIR to a writable directory): {e}"
-        ) from e
-
-
-@contextlib.contextmanager
-def _build_lock(target: Path) -> Iterator[None]:
-    """One build per engine directory at a time: with YOLOR_WORKERS > 1 every worker starts at once;
-    the first builds, the others wait here and then find its engine. The lock goes with the holder's
-    process, so a killed build does not block the next start."""
-    import fcntl
-
-    with open(target / BUILD_LOCK_NAME, "a+b") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("another process is building the TensorRT engine in %s; waiting for it", target)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
-
-
 def _build(
-    builder: Any,
     model_dir: Path,
     manifest: ModelManifest,
     source_key: str,
@@ -290,16 +236,16 @@ def _build(
     try:
         # No manifest beside a half-replaced engine: a build killed from here on leaves none.
         (target / ENGINE_MANIFEST_NAME).unlink(missing_ok=True)
-        meta = builder.build_engine(
+        meta = tensorrt_build.build_engine(
             onnx_path,
             engine_path,
-            builder.EngineOptions(max_batch=max_batch),
+            tensorrt_build.EngineOptions(max_batch=max_batch),
             onnx_sha256=source.sha256,
             precision=source.precision,
             device_index=index,
         )
-        builder.write_engine_manifest(meta, target / ENGINE_MANIFEST_NAME)
-    except builder.TensorRTUnavailable as e:
+        engine_cache.write_engine_manifest(meta, target / ENGINE_MANIFEST_NAME)
+    except tensorrt_build.TensorRTUnavailable as e:
         raise BackendUnavailable(str(e)) from e
     except (RuntimeError, ValueError, OSError) as e:
         raise BackendUnavailable(f"building {engine_path} failed: {e}") from e

@@ -362,10 +362,10 @@ def install_fakes(monkeypatch: Any, cudart: Any) -> types.ModuleType:
     import sys
 
     from service.backends import cudart as cudart_module
-    from service.backends import tensorrt_engines, tensorrt_runtime
+    from service.backends import tensorrt_build, tensorrt_runtime
 
     trt = fake_tensorrt(cudart)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    for module in (cudart_module, tensorrt_runtime, tensorrt_engines):
+    for module in (cudart_module, tensorrt_runtime, tensorrt_build):
         monkeypatch.setattr(module, "import_cudart", lambda: cudart)
     return trt

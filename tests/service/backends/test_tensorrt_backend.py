@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.backends import BackendError, BackendUnavailable, tensorrt_runtime
-from service.backends import tensorrt_engines as builder
+from service.backends import BackendError, BackendUnavailable, engine_cache, tensorrt_runtime
+from service.backends import tensorrt_build as builder
 from service.backends.factory import create_backend, load_checked_backend
 from service.backends.tensorrt_runtime import TensorRTBackend
 from service.manifest import ModelManifest
@@ -352,7 +352,7 @@ def test_a_build_killed_before_its_manifest_leaves_no_wrong_pair(trt, monkeypatc
         raise SystemExit("killed")
 
     with monkeypatch.context() as m:
-        m.setattr(builder, "write_engine_manifest", killed)
+        m.setattr(engine_cache, "write_engine_manifest", killed)
         with pytest.raises(SystemExit):
             load(settings(tmp_path / "b", engines), b)
     assert not (engines / "model.engine.json").exists()

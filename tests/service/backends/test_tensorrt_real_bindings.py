@@ -97,7 +97,7 @@ PROBE = """
 import logging, sys
 import numpy as np
 from service.backends.base import BackendUnavailable
-from service.backends.tensorrt_engines import tensorrt_logger
+from service.backends.tensorrt_build import tensorrt_logger
 from service.backends.tensorrt_runtime import _io_dtype
 
 logging.basicConfig(stream=sys.stdout, level=logging.DEBUG, format="%(levelname)s %(message)s")

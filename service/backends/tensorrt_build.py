@@ -1,5 +1,5 @@
-"""TensorRT engines: build one from an exported ONNX graph, describe it with a manifest, and decide
-whether a cached one can be reused.
+"""TensorRT engines: build one from an exported ONNX graph (its manifest and the engine directory's
+rules are `engine_cache`'s).
 
 Two callers: the server at start-up (`tensorrt_runtime.load_tensorrt_backend` builds an engine into
 its engine directory when no cached one matches this GPU, TensorRT version and ONNX file) and
@@ -15,31 +15,25 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from service.backends.base import BackendError
 from service.backends.cudart import Cuda, import_cudart
+from service.backends.engine_cache import Shape4, atomic_write, make_engine_manifest
 
 __all__ = [
-    "ENGINE_MANIFEST_FORMAT", "ENGINE_MANIFEST_NAME", "ENGINE_NAME", "EngineOptions", "TensorRTUnavailable",
-    "build_engine", "default_opt_batch", "default_timing_cache_path", "engine_matches",
-    "make_engine_manifest", "profile_shapes", "require_tensorrt", "tensorrt_logger", "tensorrt_version",
-    "write_engine_manifest",
+    "EngineOptions", "TensorRTUnavailable", "build_engine", "default_opt_batch", "default_timing_cache_path",
+    "profile_shapes", "require_tensorrt", "tensorrt_logger", "tensorrt_version",
 ]  # fmt: skip
 
 _log = logging.getLogger(__name__)
 
-ENGINE_MANIFEST_FORMAT = "yolor-serving/engine/1"
-ENGINE_NAME, ENGINE_MANIFEST_NAME = "model.engine", "model.engine.json"  # beside model.json, or in engine_dir
 MIN_TENSORRT_MAJOR = 10
 NOT_INSTALLED = (
     "TensorRT is not installed in this environment (pip install tensorrt-cu13 cuda-python "
@@ -50,8 +44,6 @@ NO_GPU = (
     "TensorRT is installed but GPU cuda:{index} cannot be used ({reason}); "
     "engines can only be built on the GPU model that will run them"
 )
-
-Shape4 = tuple[int, int, int, int]
 
 
 def default_opt_batch(max_batch: int) -> int:
@@ -154,88 +146,6 @@ def require_tensorrt(device_index: int = 0) -> str:
     return str(trt.__version__)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_engine_manifest(manifest: dict[str, Any], path: Path) -> None:
-    """Write the engine manifest as JSON, atomically."""
-    _atomic_write(Path(path), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-
-
-def make_engine_manifest(
-    *,
-    tensorrt_version: str,
-    gpu_name: str,
-    compute_capability: str,
-    input_name: str,
-    shapes: tuple[Shape4, Shape4, Shape4],
-    workspace_mb: int,
-    precision: str,
-    onnx_sha256: str,
-    engine_sha256: str,
-    build_seconds: float,
-    timing_cache: Path,
-) -> dict[str, Any]:
-    """The manifest dict `build_engine` returns and `engine_matches` checks."""
-    lo, opt, hi = shapes
-    return {
-        "format": ENGINE_MANIFEST_FORMAT,
-        "tensorrt_version": tensorrt_version,
-        "gpu_name": gpu_name,
-        "compute_capability": compute_capability,
-        "profile": {"input": input_name, "min": list(lo), "opt": list(opt), "max": list(hi)},
-        "workspace_mb": workspace_mb,
-        "precision": precision,
-        "onnx_sha256": onnx_sha256,
-        "engine_sha256": engine_sha256,
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "build_seconds": round(build_seconds, 3),
-        "timing_cache": str(timing_cache),
-    }
-
-
-def engine_matches(
-    manifest: dict[str, Any],
-    *,
-    onnx_sha256: str,
-    tensorrt_version: str,
-    gpu_name: str,
-    compute_capability: str,
-    max_batch: int,
-) -> tuple[bool, str]:
-    """Whether an existing engine can be reused; otherwise (False, why it must be rebuilt)."""
-    if manifest.get("format") != ENGINE_MANIFEST_FORMAT:
-        return False, f"engine manifest format is {manifest.get('format')!r}, not {ENGINE_MANIFEST_FORMAT!r}"
-    wanted = {
-        "onnx_sha256": onnx_sha256,
-        "tensorrt_version": tensorrt_version,
-        "gpu_name": gpu_name,
-        "compute_capability": compute_capability,
-    }
-    for key, value in wanted.items():
-        if manifest.get(key) != value:
-            return False, f"engine was built for {key} {manifest.get(key)!r}, but {value!r} is needed"
-    try:
-        built_max = int(manifest["profile"]["max"][0])
-    except (KeyError, IndexError, TypeError, ValueError):
-        return False, "engine manifest has no usable profile max shape"
-    if built_max < max_batch:
-        return False, f"engine profile allows batches up to {built_max}, {max_batch} is required"
-    return True, "engine matches"
-
-
 @functools.cache
 def tensorrt_logger(trt: Any) -> Any:
     """The one TensorRT logger of this process, for the builder and the runtime alike: it forwards to
@@ -324,9 +234,9 @@ def build_engine(
     start = time.perf_counter()
     data, input_name, shapes, cache_data = _build_serialized(trt, onnx_path, options, cache_path)
     seconds = time.perf_counter() - start
-    _atomic_write(engine_path, data)
+    atomic_write(engine_path, data)
     try:
-        _atomic_write(cache_path, cache_data)
+        atomic_write(cache_path, cache_data)
     except OSError as exc:  # a lost cache only slows the next build down
         _log.warning("could not write timing cache %s: %s", cache_path, exc)
     _log.info("wrote %s (%.1f MB) in %.1f s", engine_path, len(data) / 1e6, seconds)

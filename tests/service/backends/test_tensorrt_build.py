@@ -1,4 +1,4 @@
-"""The TensorRT engine builder: option checks, profile shapes, cache paths, manifests, availability,
+"""The TensorRT engine builder: option checks, profile shapes, timing cache paths, availability,
 builds against the fake TensorRT (tests/support/fake_tensorrt.py).
 
 Everything except the `gpu` tests runs without TensorRT; those build a real engine from a tiny ONNX
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import sys
@@ -21,10 +20,11 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from service.backends import tensorrt_engines as tb
+from service.backends import tensorrt_build as tb
 from service.backends.base import BackendUnavailable
 from service.backends.cudart import Cuda, import_cudart
-from service.backends.tensorrt_engines import EngineOptions, TensorRTUnavailable
+from service.backends.engine_cache import engine_matches
+from service.backends.tensorrt_build import EngineOptions, TensorRTUnavailable
 from tests.support.fake_cudart import FakeCudart
 from tests.support.fake_tensorrt import install_fakes
 
@@ -149,101 +149,6 @@ def test_timing_cache_path_defaults_to_home_cache(tmp_path, monkeypatch):
 def test_timing_cache_path_rejects_bad_compute_capability(tmp_path, cap):
     with pytest.raises(ValueError, match="compute capability"):
         tb.default_timing_cache_path("10.13.0", "NVIDIA H200", cap, cache_dir=tmp_path)
-
-
-# --- manifest ------------------------------------------------------------------------------------
-
-IDENTITY = {
-    "onnx_sha256": "a" * 64,
-    "tensorrt_version": "10.13.0",
-    "gpu_name": "NVIDIA H200",
-    "compute_capability": "9.0",
-}
-
-
-def _manifest(max_batch: int = 16) -> dict:
-    shapes = tb.profile_shapes((3, 640, 640), EngineOptions(max_batch=max_batch))
-    return tb.make_engine_manifest(
-        **IDENTITY, input_name="images", shapes=shapes, workspace_mb=4096, precision="fp16",
-        engine_sha256="b" * 64, build_seconds=12.34567, timing_cache=Path("/c/t.cache"),
-    )  # fmt: skip
-
-
-def test_make_engine_manifest_fields():
-    m = _manifest()
-    assert m["format"] == "yolor-serving/engine/1"
-    assert m["profile"] == {
-        "input": "images",
-        "min": [1, 3, 640, 640],
-        "opt": [8, 3, 640, 640],
-        "max": [16, 3, 640, 640],
-    }
-    assert (m["precision"], m["workspace_mb"], m["build_seconds"], m["timing_cache"]) == (
-        "fp16",
-        4096,
-        12.346,
-        "/c/t.cache",
-    )
-    assert m["built_at"].endswith("+00:00")
-    assert json.loads(json.dumps(m)) == m  # plain JSON types only
-
-
-def test_engine_matches_its_own_build():
-    assert tb.engine_matches(_manifest(), **IDENTITY, max_batch=16) == (True, "engine matches")
-    assert tb.engine_matches(_manifest(), **IDENTITY, max_batch=1)[0]
-
-
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("onnx_sha256", "c" * 64),
-        ("tensorrt_version", "10.13.2"),
-        ("gpu_name", "NVIDIA H100"),
-        ("compute_capability", "8.9"),
-    ],
-)
-def test_engine_matches_reports_each_mismatch(field, value):
-    ok, reason = tb.engine_matches(_manifest(), **{**IDENTITY, field: value}, max_batch=16)
-    assert not ok
-    assert field in reason and value in reason and str(IDENTITY[field]) in reason
-
-
-def test_engine_matches_refuses_a_smaller_profile():
-    ok, reason = tb.engine_matches(_manifest(max_batch=8), **IDENTITY, max_batch=16)
-    assert not ok
-    assert "8" in reason and "16" in reason
-
-
-@pytest.mark.parametrize(
-    "broken",
-    [{"format": "yolor-serving/engine/0"}, {"format": None}, {"profile": {}}, {"profile": {"max": []}}],
-)
-def test_engine_matches_refuses_foreign_or_broken_manifests(broken):
-    ok, reason = tb.engine_matches({**_manifest(), **broken}, **IDENTITY, max_batch=1)
-    assert not ok and reason
-
-
-def test_write_engine_manifest_round_trips(tmp_path):
-    path = tmp_path / "sub" / "model.engine.json"
-    tb.write_engine_manifest(_manifest(), path)
-    assert json.loads(path.read_text()) == _manifest() | {
-        "built_at": json.loads(path.read_text())["built_at"]
-    }
-    assert os.listdir(path.parent) == [path.name]  # no temp file left behind
-
-
-def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
-    path = tmp_path / "model.engine.json"
-    path.write_text("old")
-
-    def fail(*_args):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(tb.os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        tb.write_engine_manifest(_manifest(), path)
-    assert path.read_text() == "old"
-    assert os.listdir(tmp_path) == [path.name]
 
 
 # --- availability --------------------------------------------------------------------------------
@@ -378,7 +283,8 @@ def test_build_engine(trt, tmp_path, dtype, precision):
     assert (manifest["gpu_name"], manifest["compute_capability"]) == Cuda(tb.import_cudart()).identity(0)
     assert manifest["timing_cache"] == str(cache) and cache.stat().st_size > 0
     assert os.listdir(engine_path.parent) == [engine_path.name]  # no temp file left behind
-    assert tb.engine_matches(manifest, **{k: manifest[k] for k in IDENTITY}, max_batch=4)[0]
+    identity = ("onnx_sha256", "tensorrt_version", "gpu_name", "compute_capability")
+    assert engine_matches(manifest, **{k: manifest[k] for k in identity}, max_batch=4)[0]
 
     engine = trt.Runtime(tb.tensorrt_logger(trt)).deserialize_cuda_engine(data)
     assert engine is not None
