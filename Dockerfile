@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# Images of the YOLOR detection service (README, "Deploy"):
+# Images of the YOLOR detection service (docs/deployment.md):
 #   serve (default target)  the server and the bundled demo model; no torch, no training packages.
 #                           CPU: the default base. GPU: --build-arg FLAVOUR=gpu --build-arg BASE_IMAGE=<CUDA 13 base>
 #   tools                   `yolor weights` + `yolor export` (torch), for the one-shot export step.
@@ -59,7 +59,7 @@ ENTRYPOINT ["yolor"]
 CMD ["--help"]
 
 FROM base AS serve
-# FLAVOUR=gpu: ONNX Runtime's CUDA build and TensorRT, both for CUDA 13 (README, "Deploy").
+# FLAVOUR=gpu: ONNX Runtime's CUDA build and TensorRT, both for CUDA 13 (docs/deployment.md).
 ARG FLAVOUR=cpu
 # Split into words with globbing off (`set -f` below): `1.31.*` is a version, not a file pattern.
 ARG GPU_PACKAGES="onnxruntime-gpu==1.31.* tensorrt-cu13==11.4.* cuda-python==13.*"

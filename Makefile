@@ -5,14 +5,14 @@ BIN := $(VENV)/bin
 # Re-install when the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-tools test test-fast lint serve
+.PHONY: install system-tools test test-fast lint serve docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,export,serve,train,bench]'
+	$(BIN)/python -m pip install -q -e '.[dev,export,serve,train,bench,docs]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -39,3 +39,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The manual (docs/, mkdocs.yml) as a site in site/; --strict fails on a broken link or anchor.
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site

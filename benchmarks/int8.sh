@@ -13,7 +13,7 @@ WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$OUT"
 
 # The demo model: calibration on 256 training-domain images (seed 0), gate on the 500 held-out
-# images the README's mAP is measured on (seed 1).
+# images the demo model's mAP is measured on (seed 1; docs/training.md).
 "$BIN/yolor" data synth --out "$WORK/calib" --train 256 --val 0 --seed 0 --size 256 --overwrite
 "$BIN/yolor" data synth --out "$WORK/held-out" --train 0 --val 500 --seed 1 --size 256 --overwrite
 "$BIN/yolor" export service/demo_model/checkpoint.pt --out "$WORK/demo-int8" --max-batch 8 \

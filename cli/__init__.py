@@ -1,4 +1,4 @@
-"""The `yolor` command line, above the packages (see the README's "Architecture").
+"""The `yolor` command line, above the packages (see docs/architecture.md).
 
 Each subcommand module registers its parsers and imports its heavy dependencies (torch, onnx,
 uvicorn) only when it runs, so `yolor serve` works in an image without torch.

@@ -2,7 +2,7 @@
 
 Options given on the command line become `YOLOR_*` environment variables, so every uvicorn worker
 process builds the same `Settings` through the app factory; any setting not given here can be set
-through its `YOLOR_*` variable (see the README, "The detection service").
+through its `YOLOR_*` variable (docs/configuration.md lists them all).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ top-K) stay in float: boxes and scores keep full precision. Two flavours of the 
   (`reduce_range`), the u8s8 kernels ONNX Runtime's CPU provider runs fastest (`model.int8.onnx`).
   The reduced range is for x86 CPUs without VNNI (AVX2 only), where those kernels add pairs of
   u8 x s8 products in 16 bits and saturate with full-range weights, and a model exported on one
-  host may be served on such a CPU (README, "INT8", has the measurement);
+  host may be served on such a CPU (docs/models-and-export.md, "INT8", has the measurement);
 - `tensorrt`: symmetric int8 activations and weights, what TensorRT's explicit quantization needs
   (TensorRT 10/11 build INT8 layers only from Q/DQ nodes; `model.int8-tensorrt.onnx`).
 

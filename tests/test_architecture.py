@@ -1,15 +1,17 @@
-"""The import arrows between the packages, as the README's "Architecture" section draws them."""
+"""The import arrows between the packages, as docs/architecture.md draws them (the page's two drawings
+are read here and must show exactly the arrows these tests allow)."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("yolor", "export", "train", "service", "cli", "bench")
 ALLOWED = {
     "cli": {"train", "export", "service", "yolor", "bench"},
-    "bench": {"service", "yolor", "export"},  # yolor/export: only `yolor bench torch` (bench/eager.py)
+    "bench": {"service", "yolor", "export"},  # yolor: bench torch and gpu; export: bench torch only
     "train": {"service", "yolor"},
     "export": {"service", "yolor", "train"},  # train: datasets and mAP, for INT8 calibration and its gate
     "service": set(),
@@ -54,7 +56,7 @@ def test_the_check_sees_imports():  # the walker finds what is there, so the tes
     assert [p for p in imports("service")["yolor"] if not p[2]]
 
 
-# Inside service/: the rooms and the arrows between them (README, "Architecture").
+# Inside service/: the rooms and the arrows between them (docs/architecture.md, "The rooms of service/").
 ROOMS = ("core", "backends", "processing", "http", "kserve")
 ROOM_ALLOWED = {
     "processing": set(),
@@ -109,3 +111,24 @@ def test_the_room_check_sees_arrows():  # so that the two tests above can fail
     http = {m.split(".")[1] for _, m, _ in room_imports("http") if m.startswith("service.") and "." in m}
     assert {"core", "kserve"} <= http
     assert any(m.startswith("fastapi") for _, m, _ in room_imports("http"))
+
+
+def drawn_arrows(section: str) -> dict[str, set[str]]:
+    """{package or room: the names it points at} from the first drawing under `## {section}` in
+    docs/architecture.md: `name/ -> a/, b/ ...`, up to the description (after "(" or 3+ spaces)."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    drawing = re.search(rf"(?ms)^## {re.escape(section)}\n.*?^```\n(.*?)^```", page)
+    assert drawing, section
+    arrows = {}
+    for line in drawing.group(1).splitlines():
+        found = re.match(r"^(\w+)/\s+->\s+(.*)$", line)
+        if found:
+            targets = re.split(r"\(|\s{3,}", found.group(2))[0]
+            arrows[found.group(1)] = set(re.findall(r"(\w+)/", targets))
+    return arrows
+
+
+def test_the_architecture_page_draws_exactly_these_arrows():
+    lazy = {package: {t for p, t in LAZY_ONLY if p == package} for package in PACKAGES}
+    assert drawn_arrows("The packages") == {p: ALLOWED[p] | lazy[p] for p in PACKAGES}
+    assert drawn_arrows("The rooms of `service/`") == ROOM_ALLOWED

@@ -2,8 +2,8 @@
 
 The page at `/` offers it as "Try a sample": a user's own photo has no coloured shapes in it, so the
 demo model finds nothing there. The sample is one image of the synthetic-shapes data the demo model
-was trained on (`train.data.synth`), drawn from a seed it never saw (training used seed 0, the README's
-held-out set seed 1). `sample.json` holds its ground truth.
+was trained on (`train.data.synth`), drawn from a seed it never saw (training used seed 0, the
+held-out set of docs/training.md seed 1). `sample.json` holds its ground truth.
 
 Regenerate with ``python -m train.demo_sample [--out DIR]`` (default: the bundled demo model folder).
 The labels are exact on every machine (see `train.data.synth`); the JPEG bytes may differ by a few

@@ -7,7 +7,7 @@ Engines are built by `tensorrt_build` (shared with the export stage) into the en
 (`engine_cache`) when the cached one is missing, was built for another GPU, TensorRT version or ONNX
 file, or is not the file its manifest describes.
 
-What was run where (README, "TensorRT"): the whole backend, engine reuse and building run in the
+What was run where (docs/gpu.md): the whole backend, engine reuse and building run in the
 tests against a fake TensorRT (an echo engine, FLOAT and HALF I/O) and a fake CUDA runtime, and the
 TensorRT names and signatures the code uses are checked against the real TensorRT 10 and 11 Python
 bindings; no real engine has been run (no GPU with TensorRT has been available). Everything here is

@@ -1,6 +1,6 @@
 """Every Prometheus metric of the service, in one registry per app (tests build many apps).
 
-The names are what the Grafana dashboard charts; the README ("Metrics") documents each one. Stage
+The names are what the Grafana dashboard charts; docs/operations.md ("Metrics") documents each one. Stage
 timings follow Triton's breakdown: queue wait, preprocess (decode + letterbox), inference
 (backend call for a whole batch) and postprocess (threshold + NMS + box scaling).
 """

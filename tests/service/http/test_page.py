@@ -3,7 +3,7 @@
 The browser tests run Debian's `chromium` (`make system-tools` installs it) through Playwright for
 Python against the real server (uvicorn in a subprocess, ONNX Runtime on CPU, warm-up on). Without
 chromium they fail; `SKIP_BROWSER_TESTS=1` skips them. `PAGE_SCREENSHOT=docs/page.png` also
-writes the screenshot of the demo sample's result there (the README's picture).
+writes the screenshot of the demo sample's result there (the picture in the README and docs).
 """
 
 from __future__ import annotations
