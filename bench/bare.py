@@ -10,21 +10,19 @@ part of it (`yolor bench serve` measures the whole request).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bench.stats import Latency, doubling, process_cpu_seconds, rate
+from bench.stats import doubling, process_cpu_seconds, rate
+from bench.timing import BatchResult, Clock, time_calls
 from service.backends.base import Backend
 from service.backends.factory import load_checked_backend
 from service.manifest import ModelManifest, load_manifest
 from service.settings import Settings
-
-Clock = Callable[[], float]
 
 
 def load_backend(settings: Settings) -> tuple[ModelManifest, Backend, int]:
@@ -38,20 +36,6 @@ def load_backend(settings: Settings) -> tuple[ModelManifest, Backend, int]:
 def batch_sizes(max_batch: int) -> list[int]:
     """Powers of two up to `max_batch`, and `max_batch` itself: 1, 2, 4, 8 (8); 1, 2, 4, 6 (6)."""
     return doubling(max_batch)
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    batch_size: int
-    calls: int
-    callers: int  # threads calling at once (the backend's concurrency)
-    seconds: float  # wall time of the measured calls
-    images_per_s: float
-    latency: Latency  # of one call (one batch)
-    cpu_ms_per_image: float  # process CPU time in the measured calls / images
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "latency": asdict(self.latency)}
 
 
 def bench_batch(
@@ -78,58 +62,6 @@ def bench_batch(
         cpu_clock=cpu_clock,
     )
     return timed.result(batch_size)
-
-
-@dataclass(frozen=True)
-class TimedCalls:
-    durations: list[float]
-    callers: int
-    wall_s: float
-    cpu_s: float
-
-    def result(self, batch_size: int) -> BatchResult:
-        images = batch_size * len(self.durations)
-        return BatchResult(
-            batch_size=batch_size,
-            calls=len(self.durations),
-            callers=self.callers,
-            seconds=self.wall_s,
-            images_per_s=images / self.wall_s if self.wall_s > 0 else float("inf"),
-            latency=Latency.of(self.durations),
-            cpu_ms_per_image=self.cpu_s * 1000 / images,
-        )
-
-
-def time_calls(
-    call: Callable[[], object],
-    *,
-    callers: int = 1,
-    min_seconds: float = 2.0,
-    min_calls: int = 5,
-    warmup_calls: int = 3,
-    clock: Clock = time.perf_counter,
-    cpu_clock: Clock = process_cpu_seconds,
-) -> TimedCalls:
-    """`call()` from `callers` threads at once until both `min_seconds` (wall) and `min_calls` are
-    reached, after `warmup_calls` unmeasured calls."""
-    for _ in range(warmup_calls):
-        call()
-    durations: list[float] = []
-    cpu0, start = cpu_clock(), clock()
-
-    def call_until_done() -> None:
-        while len(durations) < min_calls or clock() - start < min_seconds:
-            t0 = clock()
-            call()
-            durations.append(clock() - t0)  # list.append is atomic
-
-    threads = [threading.Thread(target=call_until_done) for _ in range(callers - 1)]
-    for thread in threads:
-        thread.start()
-    call_until_done()
-    for thread in threads:
-        thread.join()
-    return TimedCalls(durations, callers, clock() - start, cpu_clock() - cpu0)
 
 
 def bench_bare(

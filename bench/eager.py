@@ -24,7 +24,7 @@ import onnx
 import torch
 
 import yolor
-from bench.bare import BatchResult, time_calls
+from bench.timing import BatchResult, time_calls
 from export.graph import ExportGraph
 from export.onnx_export import INPUT_NAME, to_onnx
 from service.backends.onnx_runtime import OnnxRuntimeBackend

@@ -1,4 +1,7 @@
-"""The machine a benchmark ran on, for its report: CPUs this process may use, the CPU model, Python."""
+"""The machine a benchmark ran on, for its report: CPUs this process may use, the CPU model, Python.
+
+Needs no pydantic: `yolor bench gpu` reports it on a GPU host without the server's packages.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from service.settings import host_cpu_count
+from service.host import host_cpu_count
 
 
 def host_info() -> dict[str, Any]:

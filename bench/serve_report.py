@@ -19,12 +19,14 @@ from typing import Any
 
 import aiohttp
 
-from bench.bare import BatchResult, batch_sizes, bench_bare, bench_batch, load_backend
+from bench.bare import batch_sizes, bench_bare, bench_batch, load_backend
 from bench.host import host_info
 from bench.limits import Comparison, CpuLimit, Round, preprocess_cpu_ms
 from bench.serve import LevelResult, Progress, ServedModel, concurrency_levels, served_model, sweep
 from bench.server import spawned_server
-from service.settings import Settings, host_cpu_count
+from bench.timing import BatchResult
+from service.host import host_cpu_count
+from service.settings import Settings
 
 log = logging.getLogger("yolor")
 

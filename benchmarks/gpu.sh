@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# The one prepared command for the lent H200: the torch backend's speed, a short served run, its GPU
-# tests. NOT RUN YET: written and checked on a CPU-only machine (benchmarks/gpu_bench.py was smoke-run
-# there with torch.cuda faked); no GPU number from it exists in this repository.
+# The one prepared command for the lent H200: the torch backend's speed (`yolor bench gpu`), a short
+# served run, its GPU tests. NOT RUN YET: written and checked on a CPU-only machine (the bench's report,
+# budget, served model.json and no-GPU refusal are tested there; its stages need a GPU); no GPU number
+# from it exists in this repository.
 #
 # The call, from the repository root, after `bash benchmarks/gpu_wheels.sh` (which fills .whl/):
 #
 #   run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=540)
 #
 # It ends by itself within TOTAL_S (default 460 s, under 8 minutes); 540 leaves the call a margin.
-# Without .whl it still runs gpu_bench.py (torch, numpy only) and skips the served run and the tests.
+# The device has no installed package: everything runs as `python -m cli` with the repository on
+# PYTHONPATH. Without .whl it still runs `python -m cli bench gpu` (torch and numpy only: no pydantic,
+# no FastAPI), without --model-dir (model.json is written through pydantic), and skips the served run
+# and the tests.
 # What comes back under $OUT (7 files; the tool returns at most 8):
 #   gpu.log                  everything printed here, the bench's table last but one
-#   gpu-bench.json, .md      benchmarks/gpu_bench.py (JSON rewritten after every stage)
+#   gpu-bench.json, .md      `python -m cli bench gpu` (JSON rewritten after every stage)
 #   server.log               `python -m cli serve` with the torch backend
 #   serve/serve.json, .md, .png   `python -m cli bench serve URL --concurrency 1,32,64`
 set -uo pipefail
@@ -51,12 +55,13 @@ else
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$REPO"
 
-echo "== gpu_bench.py ($(left) s left)"
+echo "== yolor bench gpu ($(left) s left)"
 mkdir -p "$MODEL_DIR"
-timeout -k 10 250 "$PYTHON" benchmarks/gpu_bench.py --budget-s 200 --out "$OUT" \
-    --workdir "$MODEL_DIR" --model-dir
+model_dir=()
+((served)) && model_dir=(--model-dir) # the served folder's model.json: for the served run only
+timeout -k 10 250 "$PYTHON" -m cli bench gpu --budget-s 200 --out "$OUT" --workdir "$MODEL_DIR" "${model_dir[@]}"
 bench=$?
-echo "== gpu_bench.py exit $bench ($(left) s left)"
+echo "== yolor bench gpu exit $bench ($(left) s left)"
 
 if ((served)) && [[ -f $MODEL_DIR/model.json ]] && (($(left) >= 120)); then
     echo "== served run: python -m cli serve, torch backend ($(left) s left)"

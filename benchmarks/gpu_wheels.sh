@@ -5,7 +5,8 @@
 # pydantic, pydantic-settings or python-multipart (.library/device/KINDS.md lists its packages).
 # The versions are those of this repository's dev venv (what its tests pass with). --no-deps: every
 # needed one is named; typing-extensions is carried because pydantic 2.14 needs >= 4.16 and the
-# image's version is not known here. The gpu_bench.py stage itself needs none of these.
+# image's version is not known here. `yolor bench gpu` itself needs none of these (its
+# --model-dir, pydantic: gpu.sh passes it only once the wheels are installed).
 #
 #   bash benchmarks/gpu_wheels.sh      # from the repository root; a few MB; .whl/ is git-ignored
 set -euo pipefail

@@ -32,7 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.server import spawned_server
-from service.settings import DEMO_MODEL_DIR, host_cpu_count
+from service.host import host_cpu_count
+from service.settings import DEMO_MODEL_DIR
 
 KEY = "bench-admin-key"
 CLIENTS = 4

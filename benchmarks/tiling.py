@@ -19,8 +19,9 @@ the same ONNX with the same thresholds (conf 0.05, NMS IoU 0.65, at most 300 det
 Printed and written to OUT/tiling.json and OUT/table.md: COCO mAP@0.5, mAP@0.5:0.95 and recall
 (detections matched at IoU 0.5 / ground truth), images/s and the process CPU seconds per image of
 each method over the whole set; then the throughput ratio measured side by side (`--rounds`
-rounds, each running ours and SAHI back to back on the same `--round-images` images; this
-machine's speed drifts by tens of percent within minutes), per round and the median.
+rounds, each running ours and SAHI back to back on the same `--round-images` images, because the
+machine's speed drifts within minutes: docs/benchmarks.md, "The demo model"), per round and the
+median.
 
     .venv/bin/pip install --no-deps sahi==0.12.8 shapely   # benchmark only, not a project dependency
     .venv/bin/python benchmarks/tiling.py --out benchmarks/results/cpu/tiling
@@ -48,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.server import spawned_server
 from service.backends.onnx_runtime import OnnxRuntimeBackend
+from service.host import host_cpu_count
 from service.manifest import load_manifest
 from service.processing import (
     Detections,
@@ -58,7 +60,7 @@ from service.processing import (
     select_detections,
     to_input_tensor,
 )
-from service.settings import DEMO_MODEL_DIR, host_cpu_count
+from service.settings import DEMO_MODEL_DIR
 from train.data.synth import SynthOptions, generate_image, image_rng
 from train.evaluate import coco_map, ground_truth
 

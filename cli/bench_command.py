@@ -1,9 +1,11 @@
-"""`yolor bench bare|serve|torch`: throughput and latency of the backend alone, of the whole service,
-and of the eager PyTorch forward beside our export (only `torch` imports torch, when it runs)."""
+"""`yolor bench bare|serve|torch|gpu`: throughput and latency of the backend alone, of the whole
+service, of the eager PyTorch forward beside our export, and of the torch backend on one CUDA GPU
+(only `torch` and `gpu` import torch, when they run; `gpu` needs neither pydantic nor FastAPI)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -191,7 +193,7 @@ def _cmd_torch(args: argparse.Namespace) -> int:
     import yolor
     from bench.eager import compare
     from bench.host import host_info
-    from service.settings import host_cpu_count
+    from service.host import host_cpu_count
 
     if args.checkpoint is None and args.arch is None:
         raise CommandError(
@@ -217,6 +219,48 @@ def _cmd_torch(args: argparse.Namespace) -> int:
     table = result.markdown()
     sys.stdout.write(table)
     _write(args.out, "torch", {"host": host_info(), **result.to_dict()}, table)
+    return 0
+
+
+def _cmd_gpu(args: argparse.Namespace) -> int:
+    if args.model_dir:
+        if args.workdir is None:
+            raise CommandError("--model-dir writes into --workdir: give one (a temporary one is deleted)")
+        try:  # model.json is written through the manifest's pydantic model
+            importlib.import_module("pydantic")
+        except ImportError:
+            raise CommandError("--model-dir needs pydantic: pip install 'yolor-serving[serve]'") from None
+    try:
+        import torch
+    except ImportError:
+        raise CommandError("needs torch: pip install 'yolor-serving[model]'") from None
+    if not torch.cuda.is_available():
+        raise CommandError(f"no CUDA GPU visible to torch {torch.__version__}: nothing to measure")
+    from bench.gpu import GpuBenchConfig, run_gpu_bench
+    from bench.gpu_report import markdown
+
+    config = GpuBenchConfig(
+        arch=args.arch,
+        also=args.also,
+        size=args.size,
+        batches=tuple(args.batches),
+        max_batch=args.max_batch,
+        min_calls=args.min_calls,
+        min_seconds=args.min_seconds,
+        max_seconds=args.max_seconds,
+        budget_s=args.budget_s,
+        compile=args.compile,
+        workdir=args.workdir,
+        model_dir=args.model_dir,
+        out=args.out,
+    )
+    report = run_gpu_bench(config)
+    sys.stdout.write("\n" + markdown(report.data))
+    log.info("wrote %s/gpu-bench.json and gpu-bench.md", args.out)
+    if not report.completed("model"):  # what was recorded is written; nothing was measured
+        model = report.stages.get("model", {})
+        log.error("error: no model to measure: %s", model.get("error") or model.get("skipped"))
+        return 1
     return 0
 
 
@@ -320,3 +364,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seconds", type=positive_float, default=3.0, help="measured time per runner and size")
     t.add_argument("--out", type=Path, help="write torch.json and torch.md here")
     t.set_defaults(func=_cmd_torch)
+
+    g = bench.add_parser(
+        "gpu",
+        help="the torch backend on one CUDA GPU beside eager PyTorch (needs torch with CUDA)",
+        description="Random weights; stages env, model, transfers, pipeline_check, backend (+ numerics), "
+        "backend_topk, chunks, device_only, backend_eager, unfused_eager, also, compile, each skipped "
+        "when less than its need of --budget-s is left. Rewrites OUT/gpu-bench.json and .md after "
+        "every stage (a killed run keeps what it measured); prints the table last.",
+    )
+    g.add_argument("--arch", default="yolor-p6", help="paper-branch P6 (yolor_p6 is the main-branch one)")
+    g.add_argument("--also", default="yolor_p6", help="a second arch at --max-batch ('' for none)")
+    g.add_argument("--size", type=int_at_least(32), default=1280, help="input size in pixels")
+    g.add_argument(
+        "--batches", type=positive_int_list, default=[1, 8, 32], help="batch sizes (default 1,8,32)"
+    )
+    g.add_argument(
+        "--max-batch", type=int_at_least(1), default=32, help="the largest batch, also the backend's"
+    )
+    g.add_argument("--min-calls", type=int_at_least(1), default=50, help="measured calls per row, at least")
+    g.add_argument(
+        "--min-seconds", type=non_negative_float, default=2.0, help="measured time per row, at least"
+    )
+    g.add_argument(
+        "--max-seconds", type=positive_float, default=8.0, help="stop a row after this (once 5 calls are in)"
+    )
+    g.add_argument(
+        "--budget-s", type=non_negative_float, default=240.0, help="skip stages that would start later"
+    )
+    g.add_argument("--compile", action="store_true", help="also the backend with torch.compile (minutes)")
+    g.add_argument(
+        "--workdir", type=Path, help="the checkpoint (+ model.json) here (default: a temporary one)"
+    )
+    g.add_argument(
+        "--model-dir",
+        action="store_true",
+        help="write model.json for `yolor serve --backend torch` into --workdir",
+    )
+    g.add_argument("--out", type=Path, default=Path("gpu-out"), help="gpu-bench.json and .md here")
+    g.set_defaults(func=_cmd_gpu)

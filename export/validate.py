@@ -27,9 +27,9 @@ from export.graph import ExportGraph
 from export.onnx_export import INPUT_NAME
 from service.backends.base import BackendError
 from service.backends.onnx_runtime import OnnxRuntimeBackend
+from service.host import host_cpu_count
 from service.processing import Detections, box_iou, letterbox, select_detections, to_input_tensor
 from service.processing.heads import Head, head_layout
-from service.settings import host_cpu_count
 from yolor.heads import topk_candidates
 from yolor.model import YOLOR
 

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.host import host_cpu_count
+
 # The bundled demo model is package data, so an installed (non-editable) package finds it too.
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 
@@ -22,14 +24,6 @@ def device_index(device: str) -> int:
     """The GPU index of a device setting: "cuda:N" -> N; "cuda", "auto" and "cpu" -> 0."""
     _, _, index = device.partition(":")
     return int(index) if index else 0
-
-
-def host_cpu_count() -> int:
-    """CPUs this process may run on (its affinity mask, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # Not Settings fields: the TensorRT builder's timing cache location, and the variables of
@@ -151,9 +145,9 @@ class Settings(BaseSettings):
     def parallel_runs(self) -> int:
         """Concurrent ONNX Runtime runs per batch on the CPU: auto is 2 with 2 or more usable CPUs.
 
-        Measured on 2 cores (docs/benchmarks.md): ONNX Runtime's intra-op threads scale poorly and
-        stall when a core is busy decoding, so two single-threaded runs of half a batch each answer
-        ~30% more images/s than one run on two threads.
+        ONNX Runtime's intra-op threads scale poorly and stall when a core is busy decoding, so two
+        single-threaded runs of half a batch each answer more images/s than one run on two threads
+        (measured on 2 cores: docs/benchmarks.md, "What changed the served numbers").
         """
         return self.onnx_parallel_runs or (2 if host_cpu_count() >= 2 else 1)
 

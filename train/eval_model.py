@@ -63,7 +63,7 @@ def onnx_predictor(model_dir: Path, precision: Precision = "fp32") -> tuple[Pred
 def onnx_file_predictor(path: Path, head: Head, img_size: int) -> Predictor:
     """One ONNX file run by the serving ONNX Runtime backend on the CPU (e.g. before it has a folder)."""
     from service.backends.onnx_runtime import OnnxRuntimeBackend
-    from service.settings import host_cpu_count
+    from service.host import host_cpu_count
 
     backend = OnnxRuntimeBackend(
         path, head=head, max_batch_size=1, profile=("images", img_size), intra_op_threads=host_cpu_count()

@@ -2,7 +2,7 @@
 
 Only the interface and the fake are imported here (numpy, no pydantic): each real backend module
 imports its runtime (onnxruntime, tensorrt, torch) and is loaded by the factory when chosen, and a
-backend module can be imported on its own (benchmarks/gpu_bench.py imports torch_cuda without the
+backend module can be imported on its own (`yolor bench gpu` imports torch_cuda without the
 server's packages).
 """
 

@@ -276,6 +276,9 @@ class TorchCudaBackend(BaseBackend):
     with False).
     `compile_model`: `torch.compile` the forward before capture (every size compiles on its own).
     `top_k`: answer the top-K head (the K best candidates per image, picked on the GPU), not raw rows.
+    `make_forward(model, anchors)`: the forward the pipeline runs, from the prepared (fused, FP16,
+    channels_last) model and its float32 anchors (default `inference_forward`); it must answer
+    (B, rows, 5 + nc) float32. A stand-in, e.g. an echo of the input, checks the pipeline itself.
     """
 
     def __init__(
@@ -290,6 +293,7 @@ class TorchCudaBackend(BaseBackend):
         copy_output: bool = True,
         compile_model: bool = False,
         top_k: int | None = None,
+        make_forward: Callable[[YOLOR, torch.Tensor], Forward] | None = None,
     ) -> None:
         try:
             import torch
@@ -320,7 +324,7 @@ class TorchCudaBackend(BaseBackend):
             output_shape=(rows, columns),
             accelerator=True,
         )
-        forward = inference_forward(model, anchors)
+        forward = (make_forward or inference_forward)(model, anchors)
         if top_k is not None:
             forward = with_top_k(forward, top_k)
         graph_forward: Forward = torch.compile(forward, dynamic=False) if compile_model else forward

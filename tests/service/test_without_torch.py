@@ -43,7 +43,7 @@ print(sorted(m for m in sys.modules if m.startswith("service.")))
 
 
 def test_the_backends_package_imports_without_the_server_packages():
-    """benchmarks/gpu_bench.py runs the torch backend on a GPU host that has no pydantic or FastAPI."""
+    """`yolor bench gpu` runs the torch backend on a GPU host that has no pydantic or FastAPI."""
     out = subprocess.run(
         [sys.executable, "-c", BACKENDS_ALONE],
         cwd=ROOT,

@@ -221,30 +221,15 @@ def fake_cuda(monkeypatch):
     return torch
 
 
-def _echo_forward(rows: int, columns: int):
-    """A stand-in net whose output is its own input, repeated and cut to (B, rows, columns) float32:
-    any image or row that lands in the wrong place shows."""
-
-    def forward(x):
-        flat = x.float().reshape(len(x), -1)
-        repeats = -(-rows * columns // flat.shape[1])  # ceil
-        return flat.repeat(1, repeats)[:, : rows * columns].view(-1, rows, columns)
-
-    return forward
-
-
-def _echo_expected(batch: np.ndarray, rows: int, columns: int) -> np.ndarray:
-    flat = batch.astype(np.float16).astype(np.float32).reshape(len(batch), -1)
-    return np.tile(flat, -(-rows * columns // flat.shape[1]))[:, : rows * columns].reshape(-1, rows, columns)
-
-
 @pytest.fixture
 def echo(monkeypatch):
-    """Backends built from here on run `_echo_forward` instead of the net."""
+    """Backends built from here on run the GPU bench's echo (`bench.gpu_checks.echo_forward`: the
+    input repeated and cut to the output's shape) instead of the net."""
+    from bench.gpu_checks import echo_forward
     from service.backends import torch_cuda
 
     def stand_in(model, anchors):
-        return _echo_forward(output_rows(model.input_size, model.strides, anchors.shape[1]), 5 + model.nc)
+        return echo_forward(output_rows(model.input_size, model.strides, anchors.shape[1]), 5 + model.nc)
 
     monkeypatch.setattr(torch_cuda, "inference_forward", stand_in)
 
@@ -265,7 +250,9 @@ def _check_every_batch_size(backend: TorchCudaBackend, want) -> None:
 
 def _exactly(rows: int, columns: int):
     def check(got: np.ndarray, batch: np.ndarray) -> None:
-        np.testing.assert_array_equal(got, _echo_expected(batch, rows, columns))
+        from bench.gpu_checks import echo_expected
+
+        np.testing.assert_array_equal(got, echo_expected(batch, rows, columns))
 
     return check
 
@@ -287,6 +274,42 @@ def test_the_pipeline_puts_every_image_of_every_chunk_in_place(fake_cuda, echo, 
     assert backend.close() and backend.closed
     with pytest.raises(BackendClosed):
         backend.infer(np.zeros((1, 3, size, size), np.float32))
+
+
+@pytest.mark.model
+def test_the_gpu_benchs_pipeline_check_runs_its_echo_through_make_forward(fake_cuda, tiny, monkeypatch):
+    """`yolor bench gpu`'s pipeline_check stands its echo in for the net through `make_forward` (no
+    patching) and checks every image: it fails where graph replays do nothing (the fake CUDA's
+    graphs capture nothing), passes once capture fails and the backend runs eagerly; a forward that
+    swaps images is caught too."""
+    from bench.gpu_checks import echo_expected, echo_forward, pipeline_check
+
+    checkpoint, size = tiny
+    inputs = np.random.default_rng(0).random((MAX_BATCH, 3, size, size), dtype=np.float32)
+    device = fake_cuda.device("cpu")
+    replays_nothing = pipeline_check(checkpoint, size, MAX_BATCH, inputs, device)
+    assert not replays_nothing["passed"], replays_nothing
+
+    def no_capture(graph, pool=None, capture_error_mode="global"):
+        raise RuntimeError("capture not supported")
+
+    monkeypatch.setattr(fake_cuda.cuda, "graph", no_capture)
+    eager = pipeline_check(checkpoint, size, MAX_BATCH, inputs, device)
+    assert eager["passed"] and len(eager["checks"]) == 4, eager
+
+    def swapped(model, anchors):
+        forward = echo_forward(output_rows(size, model.strides, anchors.shape[1]), 5 + model.nc)
+        return lambda x: forward(x.flip(0))
+
+    backend = TorchCudaBackend(
+        checkpoint, input_size=size, max_batch_size=MAX_BATCH, device="cpu", cuda_graphs=False,
+        make_forward=swapped,
+    )  # fmt: skip
+    try:
+        batch = inputs[:2]
+        assert not np.array_equal(backend.infer(batch), echo_expected(batch, *backend.output_shape))
+    finally:
+        backend.close()
 
 
 @pytest.mark.model
