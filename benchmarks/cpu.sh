@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every CPU number in docs/benchmarks.md, on this machine: the demo model and yolor_p6 (random
 # weights: speed does not depend on them) at 640 and 1280, served and bare, and the eager PyTorch
-# forward beside our export. About 45 minutes on the project's 2-core VM; run it on an otherwise
-# idle machine (the load generator shares it, and reports its own CPU time).
+# forward beside our export. Its run time is in docs/benchmarks.md ("Benchmarks"); run it on an
+# otherwise idle machine (the load generator shares it, and reports its own CPU time).
 #
 #   benchmarks/cpu.sh [OUT_DIR]        (default benchmarks/results/cpu; needs `make install`)
 set -euo pipefail

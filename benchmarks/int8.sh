@@ -2,7 +2,8 @@
 # INT8 against FP32 on this machine (docs/benchmarks.md, "INT8"): the demo model quantized on its
 # own synthetic domain and gated on its held-out set; yolor_p6 at 640 (random weights) quantized on
 # the sample photos. Then each pair side by side: `yolor bench bare --against int8` (latency per
-# batch size) and the served demo model with YOLOR_PRECISION=int8. About 25 minutes on the 2-core VM.
+# batch size) and the served demo model with YOLOR_PRECISION=int8. Its run time is in
+# docs/benchmarks.md, "INT8".
 #
 #   benchmarks/int8.sh [OUT_DIR]        (default benchmarks/results/cpu; needs `make install`)
 set -euo pipefail

@@ -12,8 +12,9 @@ hand-built EXIF segment).
 
 Reduced decoding (`fit`, off unless YOLOR_JPEG_REDUCED_DECODE is set): a JPEG several times larger than
 the model input is decoded at 1/2, 1/4 or 1/8 scale by libjpeg-turbo's DCT scaling (OpenCV's
-`IMREAD_REDUCED_COLOR_*`), never below the size its letterbox needs: 3-4x less decoding for a large
-photo, slightly different pixels than a full decode + resize (docs/benchmarks.md measures the mAP).
+`IMREAD_REDUCED_COLOR_*`), never below the size its letterbox needs: less decoding for a large
+photo, slightly different pixels than a full decode + resize (the CPU saved and the mAP: measured in
+docs/benchmarks.md, "Reduced JPEG decoding").
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 _JPEG_NO_LENGTH = {0x01, *range(0xD0, 0xDA)}  # TEM, RSTn, SOI, EOI
 _REDUCED_JPEG = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 # OpenCV >= 4.10 decodes straight to RGB (libjpeg-turbo writes RGB as cheaply as BGR), which saves a
-# full-image conversion pass (~0.15 ms of 1.6 for a 640x480 JPEG); older versions decode BGR.
+# full-image conversion pass; older versions decode BGR. Measured: docs/benchmarks.md,
+# "Another machine, the ready batch, decoding to RGB".
 _RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 

@@ -188,8 +188,8 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
 
 # The serving process collects its young garbage every 50,000 allocations, not 700: each request
 # allocates a few thousand objects, nearly all freed by reference counting, and the default
-# thresholds ran the cycle collector several times a request (~0.1 ms of the event loop's CPU per
-# request on the demo model, docs/benchmarks.md); the middle generation every 20 young collections,
+# thresholds ran the cycle collector several times a request (its cost measured: docs/benchmarks.md,
+# "The event loop's share"); the middle generation every 20 young collections,
 # the oldest every 100 middle ones (and only when it has grown by a quarter: CPython's own rule).
 GC_THRESHOLDS = (50_000, 20, 100)
 

@@ -1,7 +1,8 @@
 """Dependencies shared by the routes, as `Annotated` aliases (full-stack-fastapi-template style).
 
 All are `async def`: none blocks, and FastAPI runs a plain `def` dependency in its thread pool,
-one thread hop per dependency per request (~0.1-0.3 ms of CPU each, measured by py-spy under load).
+one thread hop per dependency per request, and every hop costs CPU (measured: docs/benchmarks.md,
+"What changed the served numbers").
 """
 
 from __future__ import annotations

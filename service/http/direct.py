@@ -1,9 +1,9 @@
 """Routes FastAPI calls without its parameter machinery, for the detect routes on the hot path.
 
 FastAPI resolves each dependency and validates each query parameter and form field on its own: on
-`POST /detect` that was ~0.55 ms of the event loop's CPU per request under load (py-spy and
-per-thread CPU, docs/benchmarks.md), a quarter of what the rest of the server spends beside
-inference on the demo model. A `DirectRoute` endpoint takes the `Request` and returns a `Response`;
+`POST /detect` that was a large share of the event loop's CPU per request under load, and of what
+the server spends beside inference on the demo model (measured: docs/benchmarks.md,
+"The event loop's share"). A `DirectRoute` endpoint takes the `Request` and returns a `Response`;
 it reads the query string or a JSON body with one pydantic model (`read_query`, `read_json`: one
 validation call) and declares that model for OpenAPI (`query_parameters`, `json_body`), so /docs
 shows the same contract. Invalid input answers as FastAPI's would: RequestValidationError (422,
