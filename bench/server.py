@@ -38,18 +38,19 @@ def spawned_server(
     *,
     ready_timeout_s: float = 300.0,
     command: Sequence[str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[tuple[str, int]]:
     """(base URL, pid) of a ready `yolor serve --model model_dir`; SIGTERM (then SIGKILL) on exit.
 
     `command` runs another server in its place, one that reads YOLOR_HOST and YOLOR_PORT (a
-    benchmark's own app, e.g.)."""
+    benchmark's own app, e.g.); `cwd` is where it starts (`python -m cli` imports from there)."""
     port = free_port()
     env = {**os.environ, **(overrides or {}), "YOLOR_HOST": "127.0.0.1", "YOLOR_PORT": str(port)}
     env["YOLOR_LOG_LEVEL"] = env.get("YOLOR_LOG_LEVEL", "WARNING")
     if command is None:
         command = [sys.executable, "-m", "cli", "serve", "--model", str(model_dir)]
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         try:
             base_url = f"http://127.0.0.1:{port}"
             _wait_ready(base_url, process, log, ready_timeout_s)

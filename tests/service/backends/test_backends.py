@@ -80,6 +80,10 @@ def test_onnxruntime_backend_on_the_tiny_model(tmp_path):
     )
     backend = create_backend(settings, manifest)
     batch = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)
+    # No memory pattern (the resident-memory decision in onnx_runtime.py), spinning off, as configured.
+    options = backend._session.get_session_options()
+    assert not options.enable_mem_pattern and options.enable_cpu_mem_arena
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     try:
         out = backend.infer(batch)
     finally:

@@ -1,0 +1,186 @@
+"""Resident memory of a real `yolor serve` of the demo model (ONNX Runtime on the CPU) at rest and
+under a soak, for one or more variants of its environment, measured side by side in one run.
+
+Each variant is a fresh server (`bench.server.spawned_server`). Its VmRSS is read when it is ready,
+then sampled every 50 ms while closed-loop clients (`bench.load.closed_loop`, 640x480 JPEGs of the
+sample photos) post to /detect at each concurrency in turn, and once more after a few idle seconds
+at the end. Printed and written to OUT/memory.json and OUT/memory.md: per variant and round, the
+RSS when ready, the peak during the soak (VmHWM), the RSS after it, and images/s per level.
+Variants alternate over `--rounds`, so drift of the machine hits each alike. A variant is
+`NAME[@REV][:VAR=VALUE,...]`: environment variables for its server, and with `@REV` the server of
+that git revision (its tree exported by `git archive` into a temporary folder, run from there):
+the change under test beside the commit before it, in one run.
+
+    .venv/bin/python benchmarks/memory.py --out benchmarks/results/cpu/memory \\
+        --variant before@HEAD~1 --variant after --variant 'after-arena2:MALLOC_ARENA_MAX=2'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.host import host_info
+from bench.images import sample_jpegs
+from bench.load import closed_loop
+from bench.server import spawned_server
+from service.settings import DEMO_MODEL_DIR
+
+
+def status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    revision: str | None = None  # None: this working tree
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        head, _, assignments = text.partition(":")
+        name, _, revision = head.partition("@")
+        env = dict(a.split("=", 1) for a in assignments.split(",") if a)
+        return cls(name, revision or None, env)
+
+
+@contextlib.contextmanager
+def checkout(revision: str | None) -> Iterator[Path | None]:
+    """The tree of `revision` in a temporary folder (None: this working tree, no copy)."""
+    if revision is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="yolor-memory-") as folder:
+        archive = subprocess.run(["git", "archive", revision], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+        yield Path(folder)
+
+
+async def soak(base_url: str, levels: list[int], seconds: float, size: tuple[int, int]) -> dict[str, float]:
+    import aiohttp
+
+    jpegs = sample_jpegs(size)
+    rates = {}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for level in levels:
+            window = await closed_loop(
+                session, f"{base_url}/detect", jpegs, concurrency=level, seconds=seconds, warmup_s=1.0
+            )
+            if window.errors:
+                raise RuntimeError(f"errors at concurrency {level}: {dict(window.errors)}")
+            rates[str(level)] = len(window.latencies) / window.seconds
+    return rates
+
+
+def measure(
+    variant: Variant, tree: Path | None, levels: list[int], seconds: float, size: tuple[int, int]
+) -> dict[str, Any]:
+    env, command = dict(variant.env), None
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+        command = [sys.executable, "-m", "cli", "serve", "--model", str(tree / "service" / "demo_model")]
+    with spawned_server(DEMO_MODEL_DIR, env, command=command, cwd=tree) as (base_url, pid):
+        ready_mb = status_kb(pid, "VmRSS") / 1024
+        samples: list[float] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                samples.append(status_kb(pid, "VmRSS") / 1024)
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            rates = asyncio.run(soak(base_url, levels, seconds, size))
+        finally:
+            stop.set()
+            sampler.join()
+        time.sleep(3.0)
+        return {
+            "ready_mb": round(ready_mb, 1),
+            "peak_mb": round(status_kb(pid, "VmHWM") / 1024, 1),
+            "after_mb": round(status_kb(pid, "VmRSS") / 1024, 1),
+            "threads": status_kb(pid, "Threads"),
+            "images_per_s": {k: round(v, 1) for k, v in rates.items()},
+        }
+
+
+def markdown(results: dict[str, list[dict[str, Any]]], levels: list[int]) -> str:
+    head = "| variant | ready MB | peak MB | after MB | " + " | ".join(f"img/s c={c}" for c in levels) + " |"
+    lines = [head, "|" + "---|" * (4 + len(levels))]
+    for name, rounds in results.items():
+
+        def med(key: str, rounds: list[dict[str, Any]] = rounds) -> float:
+            return statistics.median(r[key] for r in rounds)
+
+        speed = [statistics.median(r["images_per_s"][str(c)] for r in rounds) for c in levels]
+        lines.append(
+            f"| {name} | {med('ready_mb'):.0f} | {med('peak_mb'):.0f} | {med('after_mb'):.0f} | "
+            + " | ".join(f"{s:.1f}" for s in speed)
+            + " |"
+        )
+    return "\n".join(lines) + f"\n\nMedians over {len(next(iter(results.values())))} rounds.\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--variant", action="append", default=[], help="NAME[:VAR=VALUE,...]")
+    parser.add_argument("--levels", default="1,32,64", help="client concurrencies, in turn")
+    parser.add_argument("--seconds", type=float, default=20.0, help="per level")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--image-size", default="640x480", help="WxH of the sample JPEGs posted")
+    args = parser.parse_args()
+    variants = [Variant.parse(v) for v in args.variant or ["base"]]
+    levels = [int(c) for c in args.levels.split(",")]
+    width, height = (int(v) for v in args.image_size.split("x"))
+    results: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
+    with contextlib.ExitStack() as stack:
+        trees = {v.name: stack.enter_context(checkout(v.revision)) for v in variants}
+        for round_ in range(args.rounds):
+            for variant in variants:
+                result = measure(variant, trees[variant.name], levels, args.seconds, (width, height))
+                results[variant.name].append(result)
+                print(f"round {round_ + 1} {variant.name}: {json.dumps(result)}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "command": " ".join(sys.argv),
+        "host": host_info(),
+        "levels": levels,
+        "seconds": args.seconds,
+        "image_size": [width, height],
+        "variants": {v.name: {"revision": v.revision, "env": v.env} for v in variants},
+        "results": results,
+    }
+    (args.out / "memory.json").write_text(json.dumps(record, indent=2) + "\n")
+    table = markdown(results, levels)
+    (args.out / "memory.md").write_text(f"`{record['command']}`\n\n{table}")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
