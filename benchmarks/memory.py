@@ -65,6 +65,16 @@ class Variant:
         return cls(name, revision or None, env)
 
 
+def resolve(revision: str) -> str:
+    """The commit `revision` names, abbreviated (a record must not say HEAD~1)."""
+    out = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or revision
+
+
+def dirty() -> bool:
+    return bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True).stdout)
+
+
 @contextlib.contextmanager
 def checkout(revision: str | None) -> Iterator[Path | None]:
     """The tree of `revision` in a temporary folder (None: this working tree, no copy)."""
@@ -155,6 +165,7 @@ def main() -> int:
     parser.add_argument("--image-size", default="640x480", help="WxH of the sample JPEGs posted")
     args = parser.parse_args()
     variants = [Variant.parse(v) for v in args.variant or ["base"]]
+    revisions = {v.revision: resolve(v.revision) for v in variants if v.revision}
     levels = [int(c) for c in args.levels.split(",")]
     width, height = (int(v) for v in args.image_size.split("x"))
     results: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
@@ -172,12 +183,14 @@ def main() -> int:
         "levels": levels,
         "seconds": args.seconds,
         "image_size": [width, height],
-        "variants": {v.name: {"revision": v.revision, "env": v.env} for v in variants},
+        "variants": {v.name: {"revision": revisions.get(v.revision), "env": v.env} for v in variants},
+        "this_tree": resolve("HEAD") + (" + uncommitted changes" if dirty() else ""),
         "results": results,
     }
     (args.out / "memory.json").write_text(json.dumps(record, indent=2) + "\n")
     table = markdown(results, levels)
-    (args.out / "memory.md").write_text(f"`{record['command']}`\n\n{table}")
+    trees = ", ".join(f"{v.name} = {revisions.get(v.revision, record['this_tree'])}" for v in variants)
+    (args.out / "memory.md").write_text(f"`{record['command']}`\n\n{trees}\n\n{table}")
     print(table)
     return 0
 
