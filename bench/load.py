@@ -1,7 +1,7 @@
 """A closed-loop HTTP load generator: `concurrency` clients, each sending its next image as soon as
-its previous answer arrives (asyncio + aiohttp, one keep-alive connection per client: ~0.4 ms of
-CPU per request on this project's 2-core machine, against ~3 ms for httpx, and the generator shares
-the server's CPUs).
+its previous answer arrives (asyncio + aiohttp, one keep-alive connection per client: a fraction of
+httpx's CPU per request, which matters because the generator shares the server's CPUs; measured in
+docs/benchmarks.md, "What changed the served numbers").
 
 Each request is `POST /detect` with one JPEG as multipart form field `image`, the body encoded once
 per image up front so the generator spends its CPU on HTTP, not on re-encoding. A level runs for
