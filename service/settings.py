@@ -20,12 +20,6 @@ from service.host import host_cpu_count
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 
 
-def device_index(device: str) -> int:
-    """The GPU index of a device setting: "cuda:N" -> N; "cuda", "auto" and "cpu" -> 0."""
-    _, _, index = device.partition(":")
-    return int(index) if index else 0
-
-
 # Not Settings fields: the TensorRT builder's timing cache location, and the variables of
 # `yolor weights` and deploy/prepare-model.sh (the deployment's model preparation step).
 OTHER_VARIABLES = frozenset(

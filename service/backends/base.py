@@ -19,6 +19,12 @@ from service.processing.heads import Head
 FloatBatch = npt.NDArray[np.float32]
 
 
+def device_index(device: str) -> int:
+    """The GPU index of a device: "cuda:N" -> N; "cuda", "auto" and "cpu" -> 0."""
+    _, _, index = device.partition(":")
+    return int(index) if index else 0
+
+
 class BackendError(RuntimeError):
     """A backend failed to load or to run a batch."""
 

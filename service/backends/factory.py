@@ -11,10 +11,10 @@ import logging
 from collections.abc import Callable
 
 from service.backends.artifacts import ONNX_INT8_TENSORRT, onnx_key, resolve_artifact
-from service.backends.base import Backend, BackendError, BackendUnavailable
+from service.backends.base import Backend, BackendError, BackendUnavailable, device_index
 from service.manifest import ManifestError, ModelManifest
 from service.processing.heads import head_layout
-from service.settings import Settings, device_index
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

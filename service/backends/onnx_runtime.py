@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from service.backends.base import BackendError, BackendUnavailable, BaseBackend, FloatBatch
+from service.backends.base import BackendError, BackendUnavailable, BaseBackend, FloatBatch, device_index
 from service.backends.elf_needed import ElfError, needed_libraries, soname_major
 from service.backends.tensorrt_build import default_opt_batch
 from service.processing.heads import Head
-from service.settings import device_index
 
 log = logging.getLogger(__name__)
 

@@ -107,6 +107,6 @@ def test_unknown_variables_are_reported():
     ("device", "index"), [("cuda:3", 3), ("cuda:0", 0), ("cuda", 0), ("auto", 0), ("cpu", 0)]
 )
 def test_device_index(device, index):
-    from service.settings import device_index
+    from service.backends.base import device_index
 
     assert device_index(device) == index

@@ -37,7 +37,7 @@ BACKENDS_ALONE = """
 import sys
 for name in ("pydantic", "pydantic_settings", "fastapi", "starlette", "grpc"):
     sys.modules[name] = None
-from service.backends import FakeBackend, torch_cuda, tensorrt_build, engine_cache, cudart
+from service.backends import FakeBackend, torch_cuda, tensorrt_build, engine_cache, cudart, onnx_runtime
 print(sorted(m for m in sys.modules if m.startswith("service.")))
 """
 

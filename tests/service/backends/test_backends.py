@@ -13,10 +13,11 @@ import pytest
 
 from service.backends import BackendClosed, BackendError, BackendUnavailable, FakeBackend
 from service.backends.artifacts import onnx_key
+from service.backends.base import device_index
 from service.backends.factory import BackendMismatch, check_backend, create_backend, effective_max_batch
 from service.backends.onnx_runtime import CPU, CUDA, TENSORRT, requested_providers
 from service.manifest import ManifestError
-from service.settings import Settings, device_index
+from service.settings import Settings
 from tests.support.model_files import MAX_BATCH, TOP_K, tiny_reference, write_model_dir
 
 pytestmark = pytest.mark.unit
