@@ -64,6 +64,21 @@ class Settings(BaseSettings):
     max_tiles_per_image: int = Field(
         default=64, ge=1, le=4096, description="sliced inference (`tile`): most windows per image"
     )
+    max_video_bytes: int = Field(
+        default=512 << 20, ge=1024, le=1 << 36, description="POST /detect/video: the largest upload"
+    )
+    max_video_frames: int = Field(
+        default=108_000, ge=1, le=100_000_000, description="frames a clip may have (read, not only processed)"
+    )
+    max_video_seconds: float = Field(default=3600.0, gt=0, le=86_400, description="a clip's longest duration")
+    video_containers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["mp4", "mov", "matroska", "webm", "avi", "mpegts"],
+        description="FFmpeg container names allowed; empty: any",
+    )
+    video_codecs: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg"],
+        description="FFmpeg video codec names allowed; empty: any",
+    )
     jpeg_reduced_decode: bool = Field(
         default=False,
         description="decode JPEGs 2x+ larger than the input at 1/2, 1/4 or 1/8 scale (faster, pixels differ)",
@@ -98,7 +113,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
 
-    @field_validator("api_keys", "admin_keys", "cors_origins", mode="before")
+    @field_validator(
+        "api_keys", "admin_keys", "cors_origins", "video_containers", "video_codecs", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):

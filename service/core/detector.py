@@ -129,7 +129,7 @@ class Detector:
         max_tiles: int = 1,
     ) -> None:
         self.manifest, self.backend, self.batcher = manifest, backend, batcher
-        self._pool, self._metrics = pool, metrics
+        self.pool, self.metrics = pool, metrics
         self.max_images, self.max_tiles, self.timeout_s = max_images, max_tiles, timeout_s
         self.preprocessor = Preprocessor(
             manifest, max_pixels=max_pixels, reduced_decode=reduced_decode, max_tiles=max_tiles
@@ -164,7 +164,7 @@ class Detector:
             self.preprocessor.whole(encoded.tobytes())
 
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._pool, decode) for _ in range(threads)))
+        await asyncio.gather(*(loop.run_in_executor(self.pool, decode) for _ in range(threads)))
 
     def _check_count(self, images: int) -> None:
         if not images:
@@ -252,8 +252,8 @@ class Detector:
             submission.cancel()  # after a failure, a disconnect or the deadline: the batcher skips them
         images_out, merge_s = await self._merge_passes([item for item, _ in images], outputs, params)
         done_at = time.monotonic()
-        self._metrics.images.inc(len(images_out))
-        self._metrics.detections.inc(sum(len(i.detections) for i in images_out))
+        self.metrics.images.inc(len(images_out))
+        self.metrics.detections.inc(sum(len(i.detections) for i in images_out))
         timing = {
             "preprocess": t1 - t0,
             "queue": max(o.queue_s for o in outputs),
@@ -273,23 +273,23 @@ class Detector:
         start = time.monotonic()
         if params.tile.mode == "off":
             whole = functools.partial(self.preprocessor.whole, data, keep_image=keep_image)
-            image = await loop.run_in_executor(self._pool, whole)
-            self._metrics.preprocess.observe(time.monotonic() - start)
+            image = await loop.run_in_executor(self.pool, whole)
+            self.metrics.preprocess.observe(time.monotonic() - start)
             return image, None
         opening = functools.partial(self.preprocessor.open, data, keep_image=keep_image, tile=params.tile)
-        upload = await loop.run_in_executor(self._pool, opening)
+        upload = await loop.run_in_executor(self.pool, opening)
         jobs: list[Window | None] = [*upload.windows, None]
         passes: list[Pass] = []
         futures: list[asyncio.Future[BatchOutput]] = []
         size = self.batcher.max_batch_size
         for chunk in (jobs[at : at + size] for at in range(0, len(jobs), size)):
-            cut = functools.partial(loop.run_in_executor, self._pool, self.preprocessor.passes, upload, chunk)
+            cut = functools.partial(loop.run_in_executor, self.pool, self.preprocessor.passes, upload, chunk)
             submitted = await submission.submit_bounded(cut, params)
             if submitted is None:
                 break
             futures += submitted[1]
             passes += [p.without_tensor() for p in submitted[0]]  # the queue holds the tensors until run
-        self._metrics.preprocess.observe(time.monotonic() - start)
+        self.metrics.preprocess.observe(time.monotonic() - start)
         return ImageInput.of(upload, passes, keep_image), futures
 
     async def _merge_passes(
@@ -301,8 +301,8 @@ class Detector:
         async def detections(item: ImageInput, parts: list[Detections]) -> Postprocessed:
             if not item.tiles:
                 return Postprocessed(parts[0], 0.0)
-            self._metrics.tiles.observe(item.tiles)
-            return await loop.run_in_executor(self._pool, self.postprocessor.merge, parts, params)
+            self.metrics.tiles.observe(item.tiles)
+            return await loop.run_in_executor(self.pool, self.postprocessor.merge, parts, params)
 
         groups, at = [], 0
         for item in images:
@@ -329,7 +329,7 @@ class Detector:
             if task in done:
                 return task.result()
             if gone is not None and gone in done:
-                self._metrics.client_disconnects.inc()
+                self.metrics.client_disconnects.inc()
                 raise ClientDisconnected("the client disconnected before its images were run")
             raise DeadlineExceeded(f"no result within the {self.timeout_s:g} s request deadline")
         finally:

@@ -46,6 +46,25 @@ class TooManyTiles(ServiceError):
     status, code = 413, "too_many_tiles"
 
 
+class InvalidVideo(ServiceError):
+    """Not a video file, no video stream, or corrupt (before its first frame; after it, the stream
+    of results ends with this error)."""
+
+    status, code = 422, "invalid_video"
+
+
+class UnsupportedVideo(ServiceError):
+    """A container or codec outside YOLOR_VIDEO_CONTAINERS / YOLOR_VIDEO_CODECS."""
+
+    status, code = 415, "unsupported_video"
+
+
+class VideoTooLong(ServiceError):
+    """More frames than YOLOR_MAX_VIDEO_FRAMES or seconds than YOLOR_MAX_VIDEO_SECONDS."""
+
+    status, code = 413, "video_too_long"
+
+
 class NoImages(ServiceError):
     status, code = 422, "no_images"
 

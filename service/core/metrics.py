@@ -90,6 +90,23 @@ class Metrics:
         )
         for reason in DROP_REASONS:
             self.dropped_images.labels(reason=reason)
+        self.video_requests = Counter(
+            "yolor_video_requests", "POST /detect/video streams started (the clip opened)", registry=registry
+        )
+        self.video_frames = Counter(
+            "yolor_video_frames",
+            "Video frames by state: decoded (read from a clip), processed (detected), skipped (vid_stride)",
+            ["state"],
+            registry=registry,
+        )
+        for state in ("decoded", "processed", "skipped"):
+            self.video_frames.labels(state=state)
+        self.video_decode = Histogram(
+            "yolor_video_decode_seconds",
+            "Decode + letterbox time per processed video frame (skipped frames' decoding included)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.client_disconnects = Counter(
             "yolor_client_disconnects",
             "Detect requests whose client disconnected before the answer was ready",

@@ -31,7 +31,7 @@ from service.core.state import ServiceState
 from service.core.watchdog import BackendWatchdog
 from service.http.errors import install_error_handlers
 from service.http.middleware import BodySizeLimit, RequestMetrics, UnexpectedErrors
-from service.http.routes import admin, detect, kserve, system
+from service.http.routes import admin, detect, kserve, system, video
 from service.kserve.statistics import StatisticsBook
 from service.logs import configure_logging
 from service.settings import Settings, unknown_variables
@@ -168,9 +168,14 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     app.state.kserve_statistics = statistics
     app.state.grpc = None  # the gRPC server while its port is open
     install_error_handlers(app, retry_after_s=settings.retry_after_s, on_reject=metrics.reject)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, on_reject=metrics.reject)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        on_reject=metrics.reject,
+        path_limits={video.VIDEO_PATH: settings.max_video_bytes},
+    )
     app.add_middleware(UnexpectedErrors)
-    routers = (system.router, detect.router, kserve.router, kserve.infer_router, admin.router)
+    routers = (system.router, detect.router, video.router, kserve.router, kserve.infer_router, admin.router)
     paths = [route.path for router in routers for route in router.routes]  # type: ignore[attr-defined]
     app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
     if settings.cors_origins:

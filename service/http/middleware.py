@@ -25,29 +25,38 @@ class _BodyTooLarge(Exception):
 
 
 class BodySizeLimit:
-    """Refuse request bodies over `max_bytes` with 413, without reading them.
+    """Refuse request bodies over `max_bytes` (or, on a path in `path_limits`, its own limit: a video
+    upload's) with 413, without reading them.
 
     A `Content-Length` over the limit is refused before the app runs; otherwise bytes are counted
     as they stream in, and the first chunk past the limit stops the read. Whatever response the app
     then tries to send (FastAPI turns a failed body read into a 400) is replaced by the 413.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        on_reject: Callable[[str], None] | None = None,
+        path_limits: dict[str, int] | None = None,
+    ) -> None:
         self.app, self.max_bytes, self.on_reject = app, max_bytes, on_reject
+        self.path_limits = path_limits or {}
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         if self.on_reject is not None:
             self.on_reject(PayloadTooLarge.code)
-        message = f"request body larger than {self.max_bytes} bytes"
+        message = f"request body larger than {limit} bytes"
         await error_response(413, PayloadTooLarge.code, message, path=scope["path"])(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope["path"], self.max_bytes)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared > limit:
+            await self._refuse(scope, receive, send, limit)
             return
         received, exceeded, started = 0, False, False
 
@@ -56,7 +65,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     exceeded = True
                     raise _BodyTooLarge
             return message
@@ -74,7 +83,7 @@ class BodySizeLimit:
             if not exceeded:
                 raise
         if exceeded and not started:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, limit)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -7,18 +7,29 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.core.options import TILE_BOUNDS, DetectFields
+from service.core.options import TILE_BOUNDS, DetectFields, FilterFields
 from service.core.tiling import TILE_WORDS
 from service.manifest import ModelManifest
+
+QueryClasses = Annotated[
+    list[str] | None, Field(description="class ids or names to keep; repeat or comma-separate")
+]
 
 
 class DetectQuery(DetectFields):
     """The query string of `POST /detect` and `/detect/annotated` (`service.http.direct.read_query`)."""
 
-    classes: list[str] | None = Field(
-        None, description="class ids or names to keep; repeat or comma-separate"
-    )
+    classes: QueryClasses = None
     tile: Annotated[str, Field(**TILE_BOUNDS, json_schema_extra={"enum": list(TILE_WORDS)})] = "false"
+
+
+class VideoQuery(FilterFields):
+    """The query string of `POST /detect/video`: /detect's post-processing parameters (no slicing)
+    and which frames to run."""
+
+    classes: QueryClasses = None
+    vid_stride: int = Field(1, ge=1, le=10_000, description="run every Nth frame (1: every frame)")
+    max_frames: int | None = Field(None, ge=1, description="stop after this many processed frames")
 
 
 class JsonDetectRequest(DetectFields):

@@ -3,7 +3,7 @@
 JSON bodies, multipart uploads), and checks every answer: no 5xx; a documented status, content type
 and, for JSON, schema (our error body included); violating requests refused; the API key required
 (each request is also sent without it); valid requests accepted. For that last check, every other
-case is made `realistic` (an uploaded file must also be an image, which no schema can say); the
+case is made `realistic` (an uploaded file must also be an image or a clip, which no schema can say); the
 others keep their random bytes, a documented 415."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from schemathesis.checks import positive_data_acceptance
 from schemathesis.config import SchemathesisConfig
 
 from tests.support.app import encode, fake_app, serving, solid, topk_rows
+from tests.support.video import make_clip, sample_frames
 
 pytestmark = [pytest.mark.api, pytest.mark.slow]  # the fuzzer
 
@@ -32,7 +33,8 @@ CONFIG = SchemathesisConfig.from_dict(
     {"checks": {"negative_data_rejection": {"expected-statuses": REFUSALS}}}
 )
 PNG = encode(solid(40, 56, (200, 30, 30)))
-DETECT = ["/detect", "/detect/json", "/detect/annotated"]
+CLIP = make_clip(sample_frames(3))
+DETECT = ["/detect", "/detect/json", "/detect/annotated", "/detect/video"]
 # Every documented operation but /admin/reload (a valid body names a model folder, which no schema
 # can generate; tests/service/http/test_reload.py): GET unless listed in DETECT or as POST below.
 PATHS = [
@@ -68,6 +70,8 @@ def realistic(case) -> None:
     if not isinstance(case.body, dict):
         return
     case.body.pop("classes", None)
+    if isinstance(case.body.get("video"), str | bytes):
+        case.body["video"] = CLIP
     file = base64.b64encode(PNG).decode() if case.media_type == "application/json" else PNG
     if isinstance(case.body.get("image"), str | bytes):
         case.body["image"] = file

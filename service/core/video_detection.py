@@ -1,0 +1,135 @@
+"""Detections for the frames of a clip, in order, as they are ready: a clip's frames go through the
+same batcher as `/detect`'s images, a few batches at a time.
+
+Frames are decoded and letterboxed in the decode pool a batch at a time (one call at a time per
+clip), submitted as one group (so they fill a batch together), and at most `workers + 1` batches of
+one clip wait in the queue or run: other requests' images interleave with a long clip, and its
+frames are never all in memory. Each batch of frames has its own deadline (the request timeout from
+its submission), so a long clip is bounded per batch, not as a whole. Closing the iterator (the
+client went away) gives up the clip's queued frames and stops its decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncGenerator, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from service.core.batcher import BatchOutput
+from service.core.detector import Detector, Submission
+from service.core.errors import InvalidParameter, ServiceError
+from service.core.images import Decoded
+from service.core.options import DetectParams
+from service.core.preprocess import Pass, Upload
+from service.core.video import Frame, VideoClip
+from service.processing import Detections
+
+
+@dataclass(frozen=True)
+class FrameDetections:
+    frame: int  # the frame's index in the clip (every frame counted, processed or not)
+    pts_s: float | None
+    width: int
+    height: int
+    detections: Detections  # frame pixels
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    frame: Frame
+    passes: list[Pass]
+
+
+async def detect_frames(
+    detector: Detector,
+    clip: VideoClip,
+    params: DetectParams,
+    *,
+    stride: int = 1,
+    max_frames: int | None = None,
+) -> AsyncGenerator[FrameDetections, None]:
+    """Every `stride`-th frame's detections, in order, while later frames are decoded and run.
+    The clip is closed at the end (once no decoding of it is running: a client that goes away
+    cancels the stream while a batch of frames may be decoding in the pool).
+
+    Raises (from the frame where it happens) InvalidVideo, VideoTooLong, TooManyPixels, Overloaded,
+    ShuttingDown, DeadlineExceeded and InferenceFailed."""
+    if params.tile.mode != "off":
+        raise InvalidParameter("tile is not supported for video")
+    loop = asyncio.get_running_loop()
+    frames = clip.frames(stride, max_frames)
+    size, ahead = detector.batcher.max_batch_size, detector.batcher.workers + 1
+    pending: collections.deque[list[tuple[Frame, asyncio.Future[BatchOutput]]]] = collections.deque()
+    metrics = detector.metrics
+    exhausted = False
+    job: Future[tuple[list[_Prepared], ServiceError | None]] | None = None  # the decode in the pool
+    error: ServiceError | None = None
+
+    def prepare(count: int) -> tuple[list[_Prepared], ServiceError | None]:
+        """Decode pool: the next `count` frames (fewer at the end), letterboxed, and the error that
+        ended the clip early, if one did (the frames before it are still answered)."""
+        start, read = time.monotonic(), clip.read
+        taken, error = _take(frames, count)
+        batch = [_Prepared(f, _passes(detector, f)) for f in taken]
+        if batch:
+            metrics.video_decode.observe((time.monotonic() - start) / len(batch))
+        metrics.video_frames.labels(state="decoded").inc(clip.read - read)
+        metrics.video_frames.labels(state="skipped").inc(clip.read - read - len(batch))
+        return batch, error
+
+    try:
+        while pending or not exhausted:
+            while not exhausted and len(pending) < ahead:
+                with detector.batcher.incoming(size):
+                    job = detector.pool.submit(prepare, size)
+                    batch, error = await asyncio.wrap_future(job, loop=loop)
+                exhausted = len(batch) < size or error is not None
+                if batch:
+                    submission = Submission(
+                        detector.batcher, detector.postprocessor.finish, time.monotonic() + detector.timeout_s
+                    )
+                    futures = submission.submit([p.passes[0] for p in batch], params)
+                    pending.append([(p.frame, f) for p, f in zip(batch, futures, strict=True)])
+            if not pending:
+                break
+            for frame, future in pending.popleft():
+                output = await future
+                metrics.video_frames.labels(state="processed").inc()
+                metrics.detections.inc(len(output.output.detections))
+                height, width = frame.image.shape[:2]
+                yield FrameDetections(frame.index, frame.pts_s, width, height, output.output.detections)
+        if error is not None:
+            raise error
+    finally:
+        for group in pending:  # the batcher skips what was not run
+            for _, future in group:
+                future.cancel()
+
+        def release() -> None:
+            frames.close()
+            clip.close()
+
+        if job is not None and not job.done():  # not under its own decoding: when that ends, in its thread
+            job.add_done_callback(lambda _: release())
+        else:
+            release()
+
+
+def _take(frames: Iterator[Frame], count: int) -> tuple[list[Frame], ServiceError | None]:
+    taken: list[Frame] = []
+    try:
+        for frame in frames:
+            taken.append(frame)
+            if len(taken) == count:
+                break
+    except ServiceError as e:  # the clip's end: corrupt, or past a limit
+        return taken, e
+    return taken, None
+
+
+def _passes(detector: Detector, frame: Frame) -> list[Pass]:
+    height, width = frame.image.shape[:2]
+    return detector.preprocessor.passes(Upload(Decoded(frame.image, height, width), []), [None])

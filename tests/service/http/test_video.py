@@ -1,0 +1,153 @@
+"""POST /detect/video on the demo model: each streamed frame's detections equal /detect's on the same
+decoded frame, vid_stride and max_frames pick the frames, the summary counts them, and every limit
+answers its 4xx before the stream starts (or, past the first frame, an error line)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.http.app import create_app
+from service.settings import DEMO_MODEL_DIR, Settings
+from tests.support.app import assert_error, encode, running
+from tests.support.video import FRAMES, decoded_frames, make_clip, sample_frames
+
+av = pytest.importorskip("av")
+
+pytestmark = [pytest.mark.api, pytest.mark.anyio]
+
+
+def _app(tmp_path: Path, **settings: Any):
+    return create_app(
+        Settings(
+            model_dir=DEMO_MODEL_DIR,
+            backend="onnxruntime",
+            device="cpu",
+            onnx_intra_op_threads=1,
+            onnx_parallel_runs=1,
+            **settings,
+        )
+    )
+
+
+def _lines(response) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/x-ndjson"
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+async def _post(client, clip: bytes, **query: Any):
+    files = {"video": ("clip.mp4", clip, "video/mp4")}
+    return await client.post("/detect/video", params=query, files=files, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def clip() -> bytes:
+    return make_clip()
+
+
+async def test_every_streamed_frame_equals_detect_on_that_frame(tmp_path, clip):
+    decoded = decoded_frames(clip)
+    async with running(_app(tmp_path)) as client:
+        lines = _lines(await _post(client, clip, vid_stride=3, conf=0.3))
+        frames, summary = lines[:-1], lines[-1]["summary"]
+        assert [f["frame"] for f in frames] == [0, 3, 6, 9]
+        assert [f["pts_s"] for f in frames] == pytest.approx([0.0, 0.3, 0.6, 0.9])
+        assert (summary["frames_read"], summary["frames_processed"]) == (FRAMES, 4)
+        assert summary["video"] | {"duration_s": None} == {
+            "container": "mov,mp4,m4a,3gp,3g2,mj2", "codec": "h264", "width": 192, "height": 256,
+            "fps": 10.0, "duration_s": None, "frames": FRAMES,
+        }  # fmt: skip
+        assert sum(len(f["detections"]) for f in frames) >= 4  # the sample's shapes are found
+        for line in frames:
+            png = encode(decoded[line["frame"]])
+            answer = await client.post("/detect", params={"conf": 0.3}, files={"image": ("f.png", png)})
+            want = answer.json()["results"][0]
+            assert (line["width"], line["height"]) == (want["width"], want["height"]) == (192, 256)
+            assert [d["class_id"] for d in line["detections"]] == [d["class_id"] for d in want["detections"]]
+            for got, ref in zip(line["detections"], want["detections"], strict=True):
+                assert got["box"] == pytest.approx(ref["box"], abs=0.02)
+                assert got["score"] == pytest.approx(ref["score"], abs=1e-4)
+                assert got["class_name"] == ref["class_name"]
+
+
+async def test_max_frames_and_stride_pick_the_frames(tmp_path, clip):
+    async with running(_app(tmp_path)) as client:
+        lines = _lines(await _post(client, clip, max_frames=2, vid_stride=5))
+        assert [line.get("frame") for line in lines[:-1]] == [0, 5]
+        assert lines[-1]["summary"]["frames_processed"] == 2
+        metrics = (await client.get("/metrics")).text
+        assert 'yolor_video_frames_total{state="processed"} 2.0' in metrics
+        assert "yolor_video_requests_total 1.0" in metrics
+
+
+async def test_refusals_before_the_stream(tmp_path, clip):
+    app = _app(tmp_path, max_video_bytes=len(clip) - 1, video_codecs=["vp9"])
+    async with running(app) as client:
+        assert_error(await _post(client, clip), 413, "payload_too_large")
+    async with running(_app(tmp_path, video_codecs=["vp9", "av1"])) as client:
+        message = assert_error(await _post(client, clip), 415, "unsupported_video")
+        assert "'h264'" in message and "av1, vp9" in message
+        assert_error(await _post(client, b"\x00not a video" * 100), 422, "invalid_video")
+        assert_error(await _post(client, clip[: len(clip) // 2]), 422, "invalid_video")  # moov at the end
+        assert_error(await _post(client, clip, vid_stride=0), 422, "invalid_request")
+        assert_error(await _post(client, clip, classes="unicorn"), 422, "invalid_parameter")
+        text = await client.post("/detect/video", content=clip, headers={"content-type": "video/mp4"})
+        assert_error(text, 415, "unsupported_media_type")
+    async with running(_app(tmp_path, max_video_frames=FRAMES - 1)) as client:
+        assert_error(await _post(client, clip), 413, "video_too_long")  # the container declares 12
+    async with running(_app(tmp_path, max_video_seconds=0.5)) as client:
+        assert_error(await _post(client, clip), 413, "video_too_long")
+    async with running(_app(tmp_path, max_image_pixels=192 * 256 - 1)) as client:
+        assert_error(await _post(client, clip), 413, "too_many_pixels")
+
+
+async def test_a_limit_reached_mid_stream_ends_with_an_error_line(tmp_path):
+    """MPEG-TS declares no frame count: the 6th frame read is past max_video_frames=5."""
+    ts = make_clip(fmt="mpegts")
+    async with running(_app(tmp_path, max_video_frames=5)) as client:
+        lines = _lines(await _post(client, ts))
+        assert [line.get("frame") for line in lines[:-2]] == [0, 1, 2, 3, 4]
+        assert lines[-2]["error"]["code"] == "video_too_long"
+        assert lines[-1]["summary"]["frames_processed"] == 5
+        # the server goes on: a still image is answered after it
+        answer = await client.post("/detect", files={"image": ("f.png", encode(sample_frames()[0]))})
+        assert answer.status_code == 200
+
+
+def test_a_client_that_goes_away_stops_the_decoding(tmp_path):
+    """A real server; the backend takes 30 ms a batch. The client reads one line of a 240-frame
+    clip and closes: the clip's decoding stops (the decoded count stays where it was, far short of
+    240) and the server answers the next request."""
+    import time
+
+    import httpx
+
+    from tests.support.app import fake_app, serving, topk_rows, wait_for
+
+    def slow(batch):
+        time.sleep(0.03)
+        return topk_rows([[2, 2, 12, 12, 0.9, 0]])(batch)
+
+    app, _ = fake_app(tmp_path / "model", slow, max_batch_size=4)
+    clip = make_clip(sample_frames(240))
+    metrics = app.state.service.metrics
+
+    def decoded() -> float:
+        return metrics.video_frames.labels(state="decoded")._value.get()
+
+    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, "the server never became ready")
+        files = {"video": ("clip.mp4", clip, "video/mp4")}
+        with client.stream("POST", "/detect/video", files=files) as response:
+            assert response.status_code == 200
+            first = next(response.iter_lines())
+            assert json.loads(first)["frame"] == 0
+        time.sleep(1.0)
+        stopped_at = decoded()
+        time.sleep(0.5)
+        assert decoded() == stopped_at < 120, stopped_at
+        assert client.post("/detect", files={"image": ("f.png", encode(sample_frames(1)[0]))}).status_code == 200
