@@ -18,6 +18,9 @@ from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from service.core.batcher import BatchOutput
 from service.core.detector import Detector, Submission
 from service.core.errors import InvalidParameter, ServiceError
@@ -35,6 +38,7 @@ class FrameDetections:
     width: int
     height: int
     detections: Detections  # frame pixels
+    image: npt.NDArray[np.uint8] | None = None  # the decoded frame, when kept (to draw on)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ async def detect_frames(
     *,
     stride: int = 1,
     max_frames: int | None = None,
+    keep_images: bool = False,
 ) -> AsyncGenerator[FrameDetections, None]:
     """Every `stride`-th frame's detections, in order, while later frames are decoded and run.
     The clip is closed at the end (once no decoding of it is running: a client that goes away
@@ -100,7 +105,8 @@ async def detect_frames(
                 metrics.video_frames.labels(state="processed").inc()
                 metrics.detections.inc(len(output.output.detections))
                 height, width = frame.image.shape[:2]
-                yield FrameDetections(frame.index, frame.pts_s, width, height, output.output.detections)
+                kept = frame.image if keep_images else None
+                yield FrameDetections(frame.index, frame.pts_s, width, height, output.output.detections, kept)
         if error is not None:
             raise error
     finally:

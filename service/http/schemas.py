@@ -30,6 +30,9 @@ class VideoQuery(FilterFields):
     classes: QueryClasses = None
     vid_stride: int = Field(1, ge=1, le=10_000, description="run every Nth frame (1: every frame)")
     max_frames: int | None = Field(None, ge=1, description="stop after this many processed frames")
+    annotated: bool = Field(
+        False, description="answer the processed frames as a video with the boxes drawn (MP4/H.264 or WebM)"
+    )
 
 
 class JsonDetectRequest(DetectFields):

@@ -1,19 +1,24 @@
-"""`POST /detect/video`: one uploaded clip in, its frames' detections streamed out as NDJSON.
+"""`POST /detect/video`: one uploaded clip in, its frames' detections streamed out as NDJSON, or
+with `annotated=true` the processed frames as a video with the boxes drawn.
 
-One line per processed frame (`frame`, `pts_s`, `detections`) as soon as it is ready, then one
-`summary` line; a clip that breaks after its first frame ends with an `error` line before the
-summary (the status, 200, was sent with the first line). Everything refused before the first frame
-(key, content type, parameters, size, not a video, a container or codec not allowed, too long, too
-large a frame) is the usual JSON error with its 4xx status. The model is held until the last line.
+NDJSON: one line per processed frame (`frame`, `pts_s`, `detections`) as soon as it is ready, then
+one `summary` line; a clip that breaks after its first frame ends with an `error` line before the
+summary (the status, 200, was sent with the first line). An annotated video that breaks ends early
+(its last fragment is whole). Everything refused before the first frame (key, content type,
+parameters, size, not a video, a container or codec not allowed, too long, too large a frame) is
+the usual JSON error with its 4xx status. The model is held until the last byte.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from concurrent.futures import Executor
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,15 +26,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
-from service.core.errors import ServiceError, UnsupportedMediaType
+from service.core.errors import InvalidVideo, ServiceError, UnsupportedMediaType
 from service.core.options import DetectParams
 from service.core.state import ServiceState
 from service.core.video import VideoClip, VideoLimits
 from service.core.video_detection import FrameDetections, detect_frames
+from service.core.video_writer import AnnotatedVideoWriter, best_format
 from service.http import responses
 from service.http.deps import API_KEY_SECURITY, check_api_key
 from service.http.direct import DirectRoute, query_parameters, read_query
 from service.http.schemas import ErrorBody, VideoQuery
+from service.processing.drawing import draw_detections
+
+log = logging.getLogger(__name__)
 
 VIDEO_PATH = "/detect/video"
 FIELD = "video"
@@ -60,8 +69,13 @@ OPENAPI = {
 }
 ANSWER: dict[int | str, dict[str, Any]] = {
     200: {
-        "content": {NDJSON: {"schema": {"type": "string"}}},
-        "description": "one JSON object per line: each processed frame's detections, then a summary",
+        "content": {
+            NDJSON: {"schema": {"type": "string"}},
+            "video/mp4": {"schema": {"type": "string", "format": "binary"}},
+            "video/webm": {"schema": {"type": "string", "format": "binary"}},
+        },
+        "description": "one JSON object per line: each processed frame's detections, then a summary; "
+        "with annotated=true the processed frames as a video with the boxes drawn",
     }
 }
 
@@ -99,12 +113,28 @@ async def detect_video(request: Request) -> Response:
         )
         loop = asyncio.get_running_loop()
         clip = await loop.run_in_executor(detector.pool, VideoClip, upload.file, limits)
-        frames = detect_frames(detector, clip, params, stride=query.vid_stride, max_frames=query.max_frames)
+        frames = detect_frames(
+            detector,
+            clip,
+            params,
+            stride=query.vid_stride,
+            max_frames=query.max_frames,
+            keep_images=query.annotated,
+        )
         stack.push_async_callback(frames.aclose)  # it closes the clip, once no decoding of it runs
         started = time.monotonic()
         first = await anext(frames, None)  # an error before the first frame is a 4xx answer
-        detector.metrics.video_requests.inc()
         names = detector.manifest.class_names
+        if query.annotated:
+            if first is None:
+                raise InvalidVideo("the clip has no frame to annotate")
+            fps = (clip.info.fps or 25.0) / query.vid_stride
+            make = functools.partial(AnnotatedVideoWriter, first.width, first.height, fps, best_format())
+            writer = await loop.run_in_executor(detector.pool, make)
+            detector.metrics.video_requests.inc()
+            video = _video(first, frames, writer, names, detector.pool, stack.pop_all())
+            return StreamingResponse(video, media_type=writer.format.media_type)
+        detector.metrics.video_requests.inc()
         body = _lines(first, frames, clip, names, started, stack.pop_all())
         return StreamingResponse(body, media_type=NDJSON)
     raise AssertionError("unreachable")  # the stack re-raises what its body raised
@@ -135,6 +165,33 @@ async def _lines(
         if error is not None:
             yield _line({"error": error})
         yield _line({"summary": responses.video_summary(clip, processed, time.monotonic() - started)})
+
+
+async def _video(
+    first: FrameDetections,
+    frames: AsyncGenerator[FrameDetections, None],
+    writer: AnnotatedVideoWriter,
+    names: list[str],
+    pool: Executor,
+    held: contextlib.AsyncExitStack,
+) -> AsyncIterator[bytes]:
+    """The annotated video's bytes as the muxer writes them; drawing and encoding in the pool."""
+    loop = asyncio.get_running_loop()
+
+    def add(frame: FrameDetections) -> bytes:
+        assert frame.image is not None  # kept: keep_images
+        return writer.add(draw_detections(frame.image, frame.detections, names))
+
+    async with held:
+        try:
+            frame: FrameDetections | None = first
+            while frame is not None:
+                if data := await loop.run_in_executor(pool, add, frame):
+                    yield data
+                frame = await anext(frames, None)
+        except ServiceError as e:
+            log.warning("annotated video ends early: %s", e.message)
+        yield await loop.run_in_executor(pool, writer.close)
 
 
 def _line(value: dict[str, Any]) -> bytes:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from service.http.app import create_app
@@ -150,4 +151,44 @@ def test_a_client_that_goes_away_stops_the_decoding(tmp_path):
         stopped_at = decoded()
         time.sleep(0.5)
         assert decoded() == stopped_at < 120, stopped_at
-        assert client.post("/detect", files={"image": ("f.png", encode(sample_frames(1)[0]))}).status_code == 200
+        still = {"image": ("f.png", encode(sample_frames(1)[0]))}
+        assert client.post("/detect", files=still).status_code == 200
+
+
+async def test_annotated_answers_a_playable_video_with_the_boxes_drawn(tmp_path, clip):
+    """annotated=true: an MP4 (H.264, fragmented) of the processed frames, their size, at the clip's
+    rate / vid_stride, that differs from the decoded input frame on the drawn boxes' outlines and
+    hardly anywhere else (the codec's loss)."""
+    import io
+
+    import av
+
+    from service.processing import Detections
+    from service.processing.drawing import draw_detections
+
+    decoded = decoded_frames(clip)
+    async with running(_app(tmp_path)) as client:
+        lines = _lines(await _post(client, clip, vid_stride=2, conf=0.3))
+        response = await _post(client, clip, vid_stride=2, conf=0.3, annotated="true")
+    assert response.status_code == 200 and response.headers["content-type"] == "video/mp4"
+    with av.open(io.BytesIO(response.content)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.width, stream.height) == ("h264", 192, 256)
+        assert float(stream.average_rate) == pytest.approx(5.0)
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    assert len(frames) == len(lines) - 1 == 6
+    names = ["circle", "rectangle", "triangle", "star", "cross", "ellipse", "ring"]
+    for got, line in zip(frames, lines[:-1], strict=True):
+        source = decoded[line["frame"]]
+        dets = line["detections"]
+        boxes = Detections(
+            np.array([d["box"] for d in dets], np.float32).reshape(-1, 4),
+            np.array([d["score"] for d in dets], np.float32),
+            np.array([d["class_id"] for d in dets], np.int64),
+        )
+        drawn = np.abs(draw_detections(source, boxes, names).astype(int) - source).sum(axis=2) > 60
+        diff = np.abs(got.astype(int) - source).sum(axis=2)
+        assert drawn.any() and diff[drawn].mean() > 60 > 3 * diff[~drawn].mean(), (
+            diff[drawn].mean(),
+            diff[~drawn].mean(),
+        )
