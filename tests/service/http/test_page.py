@@ -81,7 +81,7 @@ def test_the_page_puts_server_strings_in_as_text_only():
     html = (ROOT / "service" / "http" / "web" / "index.html").read_text(encoding="utf-8")
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in html, sink
-    assert "textContent" in html and 'aria-label="image file"' in html
+    assert "textContent" in html and 'aria-label="image or video file"' in html
 
 
 # ---- the page in chromium --------------------------------------------------------------------------
@@ -314,3 +314,40 @@ def test_server_strings_are_shown_as_text_and_many_classes_fold(browser, demo_se
     assert page.locator("#model img, #model b").count() == 0
     assert page.evaluate("window.injected") is None
     expect(page.get_by_role("button", name="Try a sample")).to_be_hidden()
+
+
+@pytest.mark.api
+@pytest.mark.slow
+def test_a_video_plays_with_the_boxes_of_the_frame_shown(browser, demo_server, tmp_path):
+    """A WebM clip of the sample's shapes: the page posts it to /detect/video, reads the NDJSON as it
+    comes, and draws over the video the boxes of the result at the frame on screen (checked after
+    seeking to two times against the streamed lines)."""
+    from playwright.sync_api import expect
+
+    from tests.support.video import make_clip, sample_frames
+
+    clip = tmp_path / "clip.webm"
+    clip.write_bytes(make_clip(sample_frames(), fmt="webm", codec="libvpx-vp9"))
+    page, errors = open_page(browser, demo_server)
+    with page.expect_response(lambda r: r.request.method == "POST" and "/detect/video" in r.url) as answer:
+        page.locator("#file").set_input_files(str(clip))
+    lines = [json.loads(line) for line in answer.value.text().splitlines()]
+    frames, summary = lines[:-1], lines[-1]["summary"]
+    assert len(frames) == summary["frames_processed"] == 12
+    expect(page.locator("#status")).to_contain_text("12 of 12 frames detected in 192×256 (vp9")
+    expect(page.locator("#video")).to_be_visible()
+    expect(page.locator("#canvas")).to_be_hidden()
+    for index in (3, 9):
+        frame = frames[index]
+        page.locator("#video").evaluate("(v, t) => { v.currentTime = t; }", frame["pts_s"] + 0.01)
+        page.wait_for_function("t => Math.abs(document.getElementById('video').currentTime - t) < 0.02",
+                               arg=frame["pts_s"] + 0.01)  # fmt: skip
+        expect(page.locator("#boxes g.box")).to_have_count(len(frame["detections"]))
+        drawn = page.locator("#boxes g.box rect.frame").evaluate_all(
+            "rs => rs.map(r => ['x', 'y', 'width', 'height'].map(a => +r.getAttribute(a)))"
+        )
+        for (x, y, w, h), d in zip(drawn, frame["detections"], strict=True):
+            x1, y1, x2, y2 = d["box"]
+            assert (x, y, w, h) == pytest.approx((x1, y1, x2 - x1, y2 - y1), abs=1e-6)
+        expect(page.locator("#table tbody tr")).to_have_count(len(frame["detections"]))
+    assert not errors, errors
