@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,export,serve,train,bench,docs]'
+	$(BIN)/python -m pip install -q -e '.[dev,export,serve,train,bench,docs,predict]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -15,6 +15,7 @@ from cli import (
     data_command,
     export_command,
     model_commands,
+    predict_command,
     serve_command,
     train_command,
     weights_command,
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         export_command,
         serve_command,
         bench_command,
+        predict_command,
     ):
         module.register(sub)
     return parser

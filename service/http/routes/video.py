@@ -28,11 +28,11 @@ from starlette.datastructures import UploadFile
 
 from service.core.errors import InvalidVideo, ServiceError, UnsupportedMediaType
 from service.core.options import DetectParams
+from service.core.results import frame_json, video_summary
 from service.core.state import ServiceState
 from service.core.video import VideoClip, VideoLimits
 from service.core.video_detection import FrameDetections, detect_frames
 from service.core.video_writer import AnnotatedVideoWriter, best_format
-from service.http import responses
 from service.http.deps import API_KEY_SECURITY, check_api_key
 from service.http.direct import DirectRoute, query_parameters, read_query
 from service.http.schemas import ErrorBody, VideoQuery
@@ -155,16 +155,16 @@ async def _lines(
         error: dict[str, Any] | None = None
         if first is not None:
             processed += 1
-            yield _line(responses.frame_json(first, names))
+            yield _line(frame_json(first, names))
             try:
                 async for frame in frames:
                     processed += 1
-                    yield _line(responses.frame_json(frame, names))
+                    yield _line(frame_json(frame, names))
             except ServiceError as e:
                 error = {"code": e.code, "message": e.message}
         if error is not None:
             yield _line({"error": error})
-        yield _line({"summary": responses.video_summary(clip, processed, time.monotonic() - started)})
+        yield _line({"summary": video_summary(clip, processed, time.monotonic() - started)})
 
 
 async def _video(
