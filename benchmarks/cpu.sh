@@ -45,4 +45,7 @@ fi
 "$BIN/python" benchmarks/reload.py --out "$OUT/reload"
 # The batcher's ready batch with a backend that leaves the CPU free (a GPU stand-in).
 "$BIN/python" benchmarks/ready_batch.py --rounds 4 --out "$OUT/ready-batch"
+# Tracking against the `trackers` package's ByteTrack, which runs in its own venv (made on first use:
+# .venv/cache/trackers-venv) because it needs opencv-python (issue 27).
+"$BIN/python" benchmarks/tracking.py --clips 50 --out "$OUT/tracking"
 echo "results in $OUT"
