@@ -106,7 +106,7 @@ class LocalEngine:
                 raise ItemError(e.code, e.message) from None
             finally:
                 await frames.aclose()  # closes the clip once no decoding of it runs
-            yield {"summary": video_summary(clip, processed, time.monotonic() - started)}
+            yield {"summary": video_summary(clip, processed, time.monotonic() - started, self.class_names)}
 
     async def close(self) -> None:
         try:

@@ -8,9 +8,10 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("yolor", "export", "train", "service", "cli", "bench")
+PACKAGES = ("yolor", "export", "train", "service", "cli", "bench", "predict")
 ALLOWED = {
-    "cli": {"train", "export", "service", "yolor", "bench"},
+    "cli": {"train", "export", "service", "yolor", "bench", "predict"},
+    "predict": {"service"},
     "bench": {"service", "yolor", "export"},  # yolor: bench torch and gpu; export: bench torch only
     "train": {"service", "yolor"},
     "export": {"service", "yolor", "train"},  # train: datasets and mAP, for INT8 calibration and its gate
@@ -57,19 +58,21 @@ def test_the_check_sees_imports():  # the walker finds what is there, so the tes
 
 
 # Inside service/: the rooms and the arrows between them (docs/architecture.md, "The rooms of service/").
-ROOMS = ("core", "backends", "processing", "http", "kserve")
+ROOMS = ("core", "backends", "processing", "tracking", "http", "kserve")
 ROOM_ALLOWED = {
     "processing": set(),
+    "tracking": {"processing"},
     "backends": {"processing"},  # backends/factory.py alone also reads the settings and the manifest
-    "core": {"backends", "processing"},
+    "core": {"backends", "processing", "tracking"},
     "kserve": {"core", "processing", "backends"},
-    "http": {"core", "kserve", "processing", "backends"},
+    "http": {"core", "kserve", "processing", "backends", "tracking"},
 }
 FRAMEWORKS = {"fastapi", "starlette", "grpc", "uvicorn"}
 NO_FRAMEWORK = (
     "core",
     "backends",
     "processing",
+    "tracking",
     "kserve/inference.py",
     "kserve/models.py",
     "kserve/tensors.py",

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from service.core.video import VideoClip
-from service.core.video_detection import FrameDetections
+from service.core.video_detection import FrameDetections, TrackBook
 from service.processing import Detections
 
 
@@ -65,19 +65,39 @@ def detections_json(detections: Detections, names: list[str]) -> list[dict[str, 
 def frame_json(frame: FrameDetections, names: list[str]) -> dict[str, Any]:
     """One NDJSON line of `POST /detect/video`."""
     pts = None if frame.pts_s is None else round(frame.pts_s, 6)
+    detections = detections_json(frame.detections, names)
+    if frame.track_ids is not None:  # tracking: each detection's id (null: not on a confirmed track)
+        for detection, track_id in zip(detections, frame.track_ids.tolist(), strict=True):
+            detection["track_id"] = track_id if track_id >= 0 else None
     return {
         "frame": frame.frame,
         "pts_s": pts,
         "width": frame.width,
         "height": frame.height,
-        "detections": detections_json(frame.detections, names),
+        "detections": detections,
     }
 
 
-def video_summary(clip: VideoClip, processed: int, seconds: float) -> dict[str, Any]:
-    """The last NDJSON line's `summary`: frames read and processed, the processing rate, the clip."""
+def video_summary(
+    clip: VideoClip, processed: int, seconds: float, names: list[str], book: TrackBook | None = None
+) -> dict[str, Any]:
+    """The last NDJSON line's `summary`: frames read and processed, the processing rate, the clip,
+    and with tracking every track (its class, first and last frame, frames seen)."""
     info = clip.info
-    return {
+    tracks = None
+    if book is not None:
+        tracks = [
+            {
+                "track_id": track_id,
+                "class_id": r.class_id,
+                "class_name": _name(names, r.class_id),
+                "first_frame": r.first_frame,
+                "last_frame": r.last_frame,
+                "frames": r.frames,
+            }
+            for track_id, r in sorted(book.tracks.items())
+        ]
+    summary: dict[str, Any] = {
         "frames_read": clip.read,
         "frames_processed": processed,
         "seconds": round(seconds, 3),
@@ -92,6 +112,9 @@ def video_summary(clip: VideoClip, processed: int, seconds: float) -> dict[str, 
             "frames": info.frames,
         },
     }
+    if tracks is not None:
+        summary["tracks"] = tracks
+    return summary
 
 
 def _name(names: list[str], class_id: int) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import Future
@@ -29,6 +30,7 @@ from service.core.options import DetectParams
 from service.core.preprocess import Pass, Upload
 from service.core.video import Frame, VideoClip
 from service.processing import Detections
+from service.tracking import ByteTracker
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,34 @@ class FrameDetections:
     height: int
     detections: Detections  # frame pixels
     image: npt.NDArray[np.uint8] | None = None  # the decoded frame, when kept (to draw on)
+    track_ids: npt.NDArray[np.int64] | None = None  # with a tracker: one per detection, -1 untracked
+
+
+@dataclass
+class TrackRecord:
+    """One track over a clip: its class and the frames it was seen in (first, last, how many)."""
+
+    class_id: int
+    first_frame: int
+    last_frame: int
+    frames: int = 1
+
+
+class TrackBook:
+    """Every track id a clip's tracker gave out, as the frames come (the stream's summary)."""
+
+    def __init__(self) -> None:
+        self.tracks: dict[int, TrackRecord] = {}
+
+    def add(self, frame: int, track_ids: npt.NDArray[np.int64], class_ids: npt.NDArray[np.int64]) -> None:
+        for track_id, class_id in zip(track_ids.tolist(), class_ids.tolist(), strict=True):
+            if track_id < 0:
+                continue
+            record = self.tracks.get(track_id)
+            if record is None:
+                self.tracks[track_id] = TrackRecord(class_id, frame, frame)
+            else:
+                record.last_frame, record.frames = frame, record.frames + 1
 
 
 @dataclass(frozen=True)
@@ -55,15 +85,24 @@ async def detect_frames(
     stride: int = 1,
     max_frames: int | None = None,
     keep_images: bool = False,
+    tracker: ByteTracker | None = None,
+    book: TrackBook | None = None,
 ) -> AsyncGenerator[FrameDetections, None]:
     """Every `stride`-th frame's detections, in order, while later frames are decoded and run.
     The clip is closed at the end (once no decoding of it is running: a client that goes away
     cancels the stream while a batch of frames may be decoding in the pool).
 
+    With a `tracker` (fresh for this clip), each frame's detections down to its `track_low_thresh`
+    go through it in frame order, then the request's `conf` applies: ByteTrack's second association
+    needs the low-score boxes. `book` collects the tracks.
+
     Raises (from the frame where it happens) InvalidVideo, VideoTooLong, TooManyPixels, Overloaded,
     ShuttingDown, DeadlineExceeded and InferenceFailed."""
     if params.tile.mode != "off":
         raise InvalidParameter("tile is not supported for video")
+    wanted = params
+    if tracker is not None:
+        params = dataclasses.replace(params, conf=min(params.conf, tracker.settings.track_low_thresh))
     loop = asyncio.get_running_loop()
     frames = clip.frames(stride, max_frames)
     size, ahead = detector.batcher.max_batch_size, detector.batcher.workers + 1
@@ -103,10 +142,15 @@ async def detect_frames(
             for frame, future in pending.popleft():
                 output = await future
                 metrics.video_frames.labels(state="processed").inc()
-                metrics.detections.inc(len(output.output.detections))
                 height, width = frame.image.shape[:2]
                 kept = frame.image if keep_images else None
-                yield FrameDetections(frame.index, frame.pts_s, width, height, output.output.detections, kept)
+                detections, track_ids = output.output.detections, None
+                if tracker is not None:
+                    detections, track_ids = _tracked(tracker, detections, wanted.conf)
+                    if book is not None:
+                        book.add(frame.index, track_ids, detections.class_ids)
+                metrics.detections.inc(len(detections))
+                yield FrameDetections(frame.index, frame.pts_s, width, height, detections, kept, track_ids)
         if error is not None:
             raise error
     finally:
@@ -122,6 +166,16 @@ async def detect_frames(
             job.add_done_callback(lambda _: release())
         else:
             release()
+
+
+def _tracked(
+    tracker: ByteTracker, detections: Detections, conf: float
+) -> tuple[Detections, npt.NDArray[np.int64]]:
+    """The frame through the tracker, then only the detections scoring above `conf`, with their ids."""
+    ids = tracker.update(detections.boxes, detections.scores, detections.class_ids).astype(np.int64)
+    keep = detections.scores > conf
+    kept = Detections(detections.boxes[keep], detections.scores[keep], detections.class_ids[keep])
+    return kept, ids[keep]
 
 
 def _take(frames: Iterator[Frame], count: int) -> tuple[list[Frame], ServiceError | None]:

@@ -22,9 +22,14 @@ def class_color(class_id: int) -> tuple[int, int, int]:
 
 
 def draw_detections(
-    image: npt.NDArray[np.uint8], detections: Detections, class_names: Sequence[str]
+    image: npt.NDArray[np.uint8],
+    detections: Detections,
+    class_names: Sequence[str],
+    track_ids: npt.NDArray[np.int64] | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """A copy of the (H, W, 3) RGB `image` with each box and a "name score" label drawn on it.
+    """A copy of the (H, W, 3) RGB `image` with each box and a "name score" label drawn on it; with
+    `track_ids` (one per detection, -1: none) a tracked box is labelled "#id name score" and
+    coloured by its id, so one object keeps its colour through a video.
 
     Boxes are xyxy in the image's pixels. Line width and font scale grow with the image size.
     """
@@ -32,12 +37,14 @@ def draw_detections(
     height, width = canvas.shape[:2]
     thickness = max(1, round(min(height, width) / 400))
     scale = max(0.4, min(height, width) / 1200)
-    for box, score, class_id in zip(detections.boxes, detections.scores, detections.class_ids, strict=True):
+    ids = track_ids.tolist() if track_ids is not None else [-1] * len(detections.scores)
+    rows = zip(detections.boxes, detections.scores, detections.class_ids, ids, strict=True)
+    for box, score, class_id, track_id in rows:
         x1, y1, x2, y2 = (round(float(v)) for v in box)
-        color = class_color(int(class_id))
+        color = class_color(int(track_id if track_id >= 0 else class_id))
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
         name = class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
-        label = f"{name} {float(score):.2f}"
+        label = f"#{track_id} {name} {float(score):.2f}" if track_id >= 0 else f"{name} {float(score):.2f}"
         (text_w, text_h), baseline = cv2.getTextSize(label, FONT, scale, max(1, thickness - 1))
         top = y1 - text_h - baseline if y1 - text_h - baseline >= 0 else y1  # inside when no room above
         cv2.rectangle(canvas, (x1, top), (x1 + text_w, top + text_h + baseline), color, cv2.FILLED)

@@ -31,12 +31,13 @@ from service.core.options import DetectParams
 from service.core.results import frame_json, video_summary
 from service.core.state import ServiceState
 from service.core.video import VideoClip, VideoLimits
-from service.core.video_detection import FrameDetections, detect_frames
+from service.core.video_detection import FrameDetections, TrackBook, detect_frames
 from service.core.video_writer import AnnotatedVideoWriter, best_format
 from service.http.deps import API_KEY_SECURITY, check_api_key
 from service.http.direct import DirectRoute, query_parameters, read_query
 from service.http.schemas import ErrorBody, VideoQuery
 from service.processing.drawing import draw_detections
+from service.tracking import ByteTracker
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,14 @@ async def detect_video(request: Request) -> Response:
         )
         loop = asyncio.get_running_loop()
         clip = await loop.run_in_executor(detector.pool, VideoClip, upload.file, limits)
+        tracker, book = None, None
+        if query.track:
+            frame_rate = (clip.info.fps or 30.0) / query.vid_stride
+            try:
+                tracker, book = ByteTracker(query.tracker_settings(frame_rate)), TrackBook()
+            except BaseException:
+                clip.close()  # detect_frames, which would close it, does not run
+                raise
         frames = detect_frames(
             detector,
             clip,
@@ -120,6 +129,8 @@ async def detect_video(request: Request) -> Response:
             stride=query.vid_stride,
             max_frames=query.max_frames,
             keep_images=query.annotated,
+            tracker=tracker,
+            book=book,
         )
         stack.push_async_callback(frames.aclose)  # it closes the clip, once no decoding of it runs
         started = time.monotonic()
@@ -135,7 +146,7 @@ async def detect_video(request: Request) -> Response:
             video = _video(first, frames, writer, names, detector.pool, stack.pop_all())
             return StreamingResponse(video, media_type=writer.format.media_type)
         detector.metrics.video_requests.inc()
-        body = _lines(first, frames, clip, names, started, stack.pop_all())
+        body = _lines(first, frames, clip, names, book, started, stack.pop_all())
         return StreamingResponse(body, media_type=NDJSON)
     raise AssertionError("unreachable")  # the stack re-raises what its body raised
 
@@ -145,6 +156,7 @@ async def _lines(
     frames: AsyncGenerator[FrameDetections, None],
     clip: VideoClip,
     names: list[str],
+    book: TrackBook | None,
     started: float,
     held: contextlib.AsyncExitStack,
 ) -> AsyncIterator[bytes]:
@@ -164,7 +176,7 @@ async def _lines(
                 error = {"code": e.code, "message": e.message}
         if error is not None:
             yield _line({"error": error})
-        yield _line({"summary": video_summary(clip, processed, time.monotonic() - started)})
+        yield _line({"summary": video_summary(clip, processed, time.monotonic() - started, names, book)})
 
 
 async def _video(
@@ -180,7 +192,7 @@ async def _video(
 
     def add(frame: FrameDetections) -> bytes:
         assert frame.image is not None  # kept: keep_images
-        return writer.add(draw_detections(frame.image, frame.detections, names))
+        return writer.add(draw_detections(frame.image, frame.detections, names, frame.track_ids))
 
     async with held:
         try:

@@ -192,3 +192,32 @@ async def test_annotated_answers_a_playable_video_with_the_boxes_drawn(tmp_path,
             diff[drawn].mean(),
             diff[~drawn].mean(),
         )
+
+
+async def test_tracking_gives_ids_without_changing_the_detections(tmp_path, clip):
+    """track=true: the same detections as without (tracking runs on the low-score boxes first, then
+    conf applies), each with a track_id, unique within a frame; the shapes, moving 6 px a frame, keep
+    their ids; the summary lists each track's class, first and last frame and count as the lines say."""
+    async with running(_app(tmp_path)) as client:
+        plain = _lines(await _post(client, clip, conf=0.3))
+        tracked = _lines(await _post(client, clip, conf=0.3, track="true"))
+        bad = await _post(client, clip, track="true", track_low_thresh=0.7, track_high_thresh=0.5)
+    assert_error(bad, 422, "invalid_parameter")
+    seen: dict[int, list[int]] = {}
+    for p, t in zip(plain[:-1], tracked[:-1], strict=True):
+        assert [{k: v for k, v in d.items() if k != "track_id"} for d in t["detections"]] == p["detections"]
+        ids = [d["track_id"] for d in t["detections"]]
+        assert all("track_id" in d for d in t["detections"])
+        assert len({i for i in ids if i is not None}) == len([i for i in ids if i is not None])
+        for d in t["detections"]:
+            if d["track_id"] is not None:
+                seen.setdefault(d["track_id"], []).append(t["frame"])
+    later = [d for line in tracked[2:-1] for d in line["detections"]]
+    assert sum(d["track_id"] is not None for d in later) >= 0.8 * len(later)
+    per_frame = max(len(line["detections"]) for line in tracked[:-1])
+    assert len(seen) <= per_frame + 2  # a shape wrapping round the edge may start again
+    tracks = {t["track_id"]: t for t in tracked[-1]["summary"]["tracks"]}
+    assert set(tracks) == set(seen)
+    for track_id, frames in seen.items():
+        t = tracks[track_id]
+        assert (t["first_frame"], t["last_frame"], t["frames"]) == (frames[0], frames[-1], len(frames))
