@@ -81,6 +81,7 @@ async def _predict(args: argparse.Namespace, sources: list[Any], problems: list[
         formats=tuple(args.format),
         concurrency=concurrency,
         vid_stride=args.vid_stride,
+        track=args.track,
         save_annotated=args.save_annotated,
         resume=args.resume,
         quiet=args.quiet,
@@ -140,6 +141,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", help="class ids or names to keep, comma-separated (default: all)")
     p.add_argument("--max-det", type=int_at_least(1, 10_000), help="most detections per image (default 300)")
     p.add_argument("--vid-stride", type=int_at_least(1, 10_000), default=1, help="run every Nth video frame")
+    p.add_argument("--track", action="store_true", help="videos: ByteTrack ids per detection (as track=true)")
     p.add_argument("--save-annotated", action="store_true", help="images with boxes drawn in OUT/annotated/")
     p.add_argument(
         "--resume", action="store_true", help="skip the sources OUT/predictions.jsonl has complete"

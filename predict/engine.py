@@ -51,9 +51,10 @@ class Engine(Protocol):
         """One image file's record; ItemError when it is refused."""
         ...
 
-    def video(self, path: Path, stride: int) -> AsyncIterator[Record]:
+    def video(self, path: Path, stride: int, track: bool = False) -> AsyncIterator[Record]:
         """Each processed frame's record as it is ready, then the summary record; ItemError when the
-        clip is refused or breaks (after the frames answered before it)."""
+        clip is refused or breaks (after the frames answered before it). `track`: ByteTrack ids
+        (`track_id` per detection, the tracks in the summary), as `POST /detect/video?track=true`."""
         ...
 
     async def close(self) -> None: ...

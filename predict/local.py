@@ -19,8 +19,9 @@ from service.core.model import LoadedModel, load_model
 from service.core.options import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET, DetectOptions, DetectParams
 from service.core.results import detections_json, frame_json, video_summary
 from service.core.video import VideoClip, VideoLimits
-from service.core.video_detection import detect_frames
+from service.core.video_detection import TrackBook, detect_frames
 from service.settings import Settings
+from service.tracking import ByteTracker, TrackerSettings
 
 
 class LocalEngine:
@@ -85,7 +86,7 @@ class LocalEngine:
         detections = detections_json(image.detections, self.class_names)
         return {"width": image.width, "height": image.height, "detections": detections}
 
-    async def video(self, path: Path, stride: int) -> AsyncIterator[Record]:
+    async def video(self, path: Path, stride: int, track: bool = False) -> AsyncIterator[Record]:
         loop = asyncio.get_running_loop()
         with self.model.use() as detector:
             try:
@@ -97,7 +98,11 @@ class LocalEngine:
             except ServiceError as e:
                 raise ItemError(e.code, e.message) from None
             started, processed = time.monotonic(), 0
-            frames = detect_frames(detector, clip, self.params, stride=stride)
+            tracker, book = None, None
+            if track:  # the server's defaults (POST /detect/video?track=true), at this clip's rate
+                frame_rate = (clip.info.fps or 30.0) / stride
+                tracker, book = ByteTracker(TrackerSettings(frame_rate=frame_rate)), TrackBook()
+            frames = detect_frames(detector, clip, self.params, stride=stride, tracker=tracker, book=book)
             try:
                 async for frame in frames:
                     processed += 1
@@ -106,7 +111,8 @@ class LocalEngine:
                 raise ItemError(e.code, e.message) from None
             finally:
                 await frames.aclose()  # closes the clip once no decoding of it runs
-            yield {"summary": video_summary(clip, processed, time.monotonic() - started, self.class_names)}
+            summary = video_summary(clip, processed, time.monotonic() - started, self.class_names, book)
+            yield {"summary": summary}
 
     async def close(self) -> None:
         try:

@@ -122,7 +122,7 @@ class RemoteEngine:
         result = response.json()["results"][0]
         return {"width": result["width"], "height": result["height"], "detections": result["detections"]}
 
-    async def video(self, path: Path, stride: int) -> AsyncIterator[Record]:
+    async def video(self, path: Path, stride: int, track: bool = False) -> AsyncIterator[Record]:
         async with AsyncExitStack() as stack:
 
             async def post() -> httpx.Response:
@@ -131,7 +131,7 @@ class RemoteEngine:
                 except OSError as e:
                     raise ItemError("unreadable", str(e)) from None
                 files = {"video": (path.name, file, "application/octet-stream")}
-                params = {**self.query, "vid_stride": str(stride)}
+                params = {**self.query, "vid_stride": str(stride), **({"track": "true"} if track else {})}
                 request = self.client.build_request("POST", "/detect/video", params=params, files=files)
                 response = await self.client.send(request, stream=True)
                 stack.push_async_callback(response.aclose)

@@ -34,6 +34,7 @@ class RunOptions:
     formats: tuple[str, ...] = ()
     concurrency: int = 8
     vid_stride: int = 1
+    track: bool = False
     save_annotated: bool = False
     resume: bool = False
     quiet: bool = False
@@ -169,7 +170,7 @@ async def _video(source: Source, engine: Engine, options: RunOptions, output: _O
             "%s: --save-annotated draws images only; the frames' boxes are in predictions.jsonl", source.key
         )
     try:
-        async for record in engine.video(source.path, options.vid_stride):
+        async for record in engine.video(source.path, options.vid_stride, options.track):
             output.write(source, record)
     except ItemError as e:
         output.fail(source.key, e.code, e.message)

@@ -223,7 +223,7 @@ class _CountingEngine:
             raise ItemError("invalid_image", "not an image")
         return {"width": 4, "height": 2, "detections": []}
 
-    async def video(self, path: Path, stride: int) -> AsyncIterator[Record]:
+    async def video(self, path: Path, stride: int, track: bool = False) -> AsyncIterator[Record]:
         self.videos.append(path)
         for i in range(0, 3, stride):
             yield {"frame": i, "pts_s": i / 10, "width": 4, "height": 2, "detections": []}
@@ -261,3 +261,19 @@ def test_a_failed_image_is_skipped_and_the_order_kept(tmp_path):
     summary = asyncio.run(run(sources, _CountingEngine(), RunOptions(tmp_path / "out", concurrency=3)))
     assert (summary.done, summary.failed) == (2, 1)
     assert [Path(line["source"]).name for line in _lines(tmp_path / "out")] == ["a.jpg", "c.jpg"]
+
+
+def test_track_gives_the_servers_track_ids(inputs, server, tmp_path):
+    """--track in-process and over HTTP: the same track ids for the same clip, frame by frame, and
+    the summary's tracks; without --track no line has a track_id."""
+    clip = [str(inputs / "clip.mp4")]
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    common = ("--out", "--vid-stride", "1", "-q", "--track", "--conf", "0.3")
+    assert main(["predict", *clip, *LOCAL, common[0], str(local), *common[1:]]) == 0
+    assert main(["predict", *clip, "--url", server, common[0], str(remote), *common[1:]]) == 0
+    got, want = _lines(local), _lines(remote)
+    assert len(got) == len(want) == 13
+    for g, w in zip(got[:-1], want[:-1], strict=True):
+        assert [d["track_id"] for d in g["detections"]] == [d["track_id"] for d in w["detections"]]
+    assert any(d["track_id"] is not None for line in got[:-1] for d in line["detections"])
+    assert got[-1]["summary"]["tracks"] == want[-1]["summary"]["tracks"] != []
