@@ -2,7 +2,7 @@
 same batcher as `/detect`'s images, a few batches at a time.
 
 Frames are decoded and letterboxed in the decode pool a batch at a time (one call at a time per
-clip), submitted as one group (so they fill a batch together), and at most `workers + 1` batches of
+clip), submitted as one group (so they fill a batch together), and at most `workers + 2` batches of
 one clip wait in the queue or run: other requests' images interleave with a long clip, and its
 frames are never all in memory. Each batch of frames has its own deadline (the request timeout from
 its submission), so a long clip is bounded per batch, not as a whole. Closing the iterator (the
@@ -105,7 +105,10 @@ async def detect_frames(
         params = dataclasses.replace(params, conf=min(params.conf, tracker.settings.track_low_thresh))
     loop = asyncio.get_running_loop()
     frames = clip.frames(stride, max_frames)
-    size, ahead = detector.batcher.max_batch_size, detector.batcher.workers + 1
+    # Two batches beyond those the backend runs: a batch is waiting whenever one finishes, while the
+    # next is decoded beside two busy inference threads (one spare: measured in docs/benchmarks.md,
+    # "Video").
+    size, ahead = detector.batcher.max_batch_size, detector.batcher.workers + 2
     pending: collections.deque[list[tuple[Frame, asyncio.Future[BatchOutput]]]] = collections.deque()
     metrics = detector.metrics
     exhausted = False
