@@ -319,9 +319,9 @@ def test_server_strings_are_shown_as_text_and_many_classes_fold(browser, demo_se
 @pytest.mark.api
 @pytest.mark.slow
 def test_a_video_plays_with_the_boxes_of_the_frame_shown(browser, demo_server, tmp_path):
-    """A WebM clip of the sample's shapes: the page posts it to /detect/video, reads the NDJSON as it
-    comes, and draws over the video the boxes of the result at the frame on screen (checked after
-    seeking to two times against the streamed lines)."""
+    """A WebM clip of the sample's shapes: the page posts it to /detect/video with tracking, reads the
+    NDJSON as it comes, and draws over the video the boxes of the result at the frame on screen,
+    labelled with their track ids (checked after seeking to two times against the streamed lines)."""
     from playwright.sync_api import expect
 
     from tests.support.video import make_clip, sample_frames
@@ -331,6 +331,7 @@ def test_a_video_plays_with_the_boxes_of_the_frame_shown(browser, demo_server, t
     page, errors = open_page(browser, demo_server)
     with page.expect_response(lambda r: r.request.method == "POST" and "/detect/video" in r.url) as answer:
         page.locator("#file").set_input_files(str(clip))
+    assert "track=true" in answer.value.url
     lines = [json.loads(line) for line in answer.value.text().splitlines()]
     frames, summary = lines[:-1], lines[-1]["summary"]
     assert len(frames) == summary["frames_processed"] == 12
@@ -349,5 +350,12 @@ def test_a_video_plays_with_the_boxes_of_the_frame_shown(browser, demo_server, t
         for (x, y, w, h), d in zip(drawn, frame["detections"], strict=True):
             x1, y1, x2, y2 = d["box"]
             assert (x, y, w, h) == pytest.approx((x1, y1, x2 - x1, y2 - y1), abs=1e-6)
+        labels = page.locator("#boxes g.box").evaluate_all(
+            "gs => gs.map(g => [g.dataset.trackId ?? null, g.querySelector('text').textContent])"
+        )
+        for (track_id, text), d in zip(labels, frame["detections"], strict=True):
+            want = None if d["track_id"] is None else str(d["track_id"])
+            assert track_id == want and text.startswith(f"#{want} " if want else d["class_name"])
+        assert any(d["track_id"] is not None for d in frame["detections"])
         expect(page.locator("#table tbody tr")).to_have_count(len(frame["detections"]))
     assert not errors, errors
