@@ -113,16 +113,19 @@ def resolve_classes(values: Sequence[int | str] | None, class_names: Sequence[st
     return tuple(sorted(set(ids))) or None
 
 
-class FilterFields(BaseModel):
-    """The post-processing fields and bounds every detect request shares (a video's frames take only
-    these). A transport's model declares `classes` in its raw form and turns into `DetectOptions`
-    with `options()`."""
+class DetectFields(BaseModel):
+    """The fields and bounds every transport's detect parameters share. A transport's model declares
+    `classes` and `tile` in its raw form and turns into `DetectOptions` with `options()`."""
 
     conf: Conf = DEFAULT_CONF
     iou: Iou = DEFAULT_IOU
     max_det: MaxDet = DEFAULT_MAX_DET
     classes: Any = None  # each transport: its raw form (a list, a comma-separated string)
     agnostic: bool = Field(False, description="NMS across classes")
+    tile: Any = False  # each transport: its raw form (a boolean, a word)
+    tile_size: TileSize = None
+    tile_overlap: TileOverlap = DEFAULT_OVERLAP
+    tile_merge: MergeMode = Field(DEFAULT_MERGE, description=TILE_MERGE_DESCRIPTION)
 
     def options(self) -> DetectOptions:
         return DetectOptions(
@@ -131,24 +134,8 @@ class FilterFields(BaseModel):
             max_det=self.max_det,
             classes=class_list(self.classes),
             agnostic=self.agnostic,
-            tile=self.tile_options(),
+            tile=TileOptions.of(self.tile, self.tile_size, self.tile_overlap, self.tile_merge),
         )
-
-    def tile_options(self) -> TileOptions:
-        return NO_TILING
-
-
-class DetectFields(FilterFields):
-    """An image request's fields: the post-processing and sliced inference (`tile` in each
-    transport's raw form)."""
-
-    tile: Any = False  # each transport: its raw form (a boolean, a word)
-    tile_size: TileSize = None
-    tile_overlap: TileOverlap = DEFAULT_OVERLAP
-    tile_merge: MergeMode = Field(DEFAULT_MERGE, description=TILE_MERGE_DESCRIPTION)
-
-    def tile_options(self) -> TileOptions:
-        return TileOptions.of(self.tile, self.tile_size, self.tile_overlap, self.tile_merge)
 
 
 def class_list(value: str | Sequence[int | str] | None) -> tuple[int | str, ...] | None:

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from service.core.batcher import BatchOutput
 from service.core.detector import Detector, Submission
-from service.core.errors import InvalidParameter, ServiceError
+from service.core.errors import ServiceError
 from service.core.images import Decoded
 from service.core.options import DetectParams
 from service.core.preprocess import Pass, Upload
@@ -98,9 +98,7 @@ async def detect_frames(
 
     Raises (from the frame where it happens) InvalidVideo, VideoTooLong, TooManyPixels, Overloaded,
     ShuttingDown, DeadlineExceeded and InferenceFailed."""
-    if params.tile.mode != "off":
-        raise InvalidParameter("tile is not supported for video")
-    wanted = params
+    wanted, tiled = params, params.tile.mode != "off"
     if tracker is not None:
         params = dataclasses.replace(params, conf=min(params.conf, tracker.settings.track_low_thresh))
     loop = asyncio.get_running_loop()
@@ -108,8 +106,10 @@ async def detect_frames(
     # Two batches beyond those the backend runs: a batch is waiting whenever one finishes, while the
     # next is decoded beside two busy inference threads (one spare: measured in docs/benchmarks.md,
     # "Video").
-    size, ahead = detector.batcher.max_batch_size, detector.batcher.workers + 2
-    pending: collections.deque[list[tuple[Frame, asyncio.Future[BatchOutput]]]] = collections.deque()
+    # A sliced frame is a group of passes of its own (its windows and the whole frame).
+    size = 1 if tiled else detector.batcher.max_batch_size
+    ahead = detector.batcher.workers + 2
+    pending: collections.deque[list[tuple[Frame, list[asyncio.Future[BatchOutput]]]]] = collections.deque()
     metrics = detector.metrics
     exhausted = False
     job: Future[tuple[list[_Prepared], ServiceError | None]] | None = None  # the decode in the pool
@@ -120,7 +120,10 @@ async def detect_frames(
         ended the clip early, if one did (the frames before it are still answered)."""
         start, read = time.monotonic(), clip.read
         taken, error = _take(frames, count)
-        batch = [_Prepared(f, _passes(detector, f)) for f in taken]
+        try:
+            batch = [_Prepared(f, _passes(detector, f, params)) for f in taken]
+        except ServiceError as e:  # a frame cut into more windows than allowed
+            batch, error = [], e
         if batch:
             metrics.video_decode.observe((time.monotonic() - start) / len(batch))
         metrics.video_frames.labels(state="decoded").inc(clip.read - read)
@@ -138,16 +141,20 @@ async def detect_frames(
                     submission = Submission(
                         detector.batcher, detector.postprocessor.finish, time.monotonic() + detector.timeout_s
                     )
-                    futures = submission.submit([p.passes[0] for p in batch], params)
-                    pending.append([(p.frame, f) for p, f in zip(batch, futures, strict=True)])
+                    futures = iter(submission.submit([q for p in batch for q in p.passes], params))
+                    pending.append([(p.frame, [next(futures) for _ in p.passes]) for p in batch])
             if not pending:
                 break
-            for frame, future in pending.popleft():
-                output = await future
+            for frame, group in pending.popleft():
+                outputs = [await future for future in group]
                 metrics.video_frames.labels(state="processed").inc()
                 height, width = frame.image.shape[:2]
                 kept = frame.image if keep_images else None
-                detections, track_ids = output.output.detections, None
+                detections, track_ids = outputs[0].output.detections, None
+                if len(outputs) > 1:  # a sliced frame: its windows' and the whole frame's detections merged
+                    parts = [o.output.detections for o in outputs]
+                    merge = detector.postprocessor.merge
+                    detections = (await loop.run_in_executor(detector.pool, merge, parts, params)).detections
                 if tracker is not None:
                     detections, track_ids = _tracked(tracker, detections, wanted.conf)
                     if book is not None:
@@ -157,9 +164,10 @@ async def detect_frames(
         if error is not None:
             raise error
     finally:
-        for group in pending:  # the batcher skips what was not run
-            for _, future in group:
-                future.cancel()
+        for chunk in pending:  # the batcher skips what was not run
+            for _, group in chunk:
+                for future in group:
+                    future.cancel()
 
         def release() -> None:
             frames.close()
@@ -193,6 +201,11 @@ def _take(frames: Iterator[Frame], count: int) -> tuple[list[Frame], ServiceErro
     return taken, None
 
 
-def _passes(detector: Detector, frame: Frame) -> list[Pass]:
+def _passes(detector: Detector, frame: Frame, params: DetectParams) -> list[Pass]:
+    """The frame's input tensors: a sliced frame's windows (within the per-image limit), then always
+    the whole frame."""
     height, width = frame.image.shape[:2]
-    return detector.preprocessor.passes(Upload(Decoded(frame.image, height, width), []), [None])
+    size = detector.manifest.input_size
+    windows = params.tile.windows(height, width, input_size=size, max_tiles=detector.max_tiles)
+    upload = Upload(Decoded(frame.image, height, width), windows)
+    return detector.preprocessor.passes(upload, [*windows, None])

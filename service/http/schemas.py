@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.core.errors import InvalidParameter
-from service.core.options import TILE_BOUNDS, DetectFields, FilterFields
+from service.core.options import TILE_BOUNDS, DetectFields
 from service.core.tiling import TILE_WORDS
 from service.manifest import ModelManifest
 from service.tracking import TrackerSettings
@@ -27,11 +27,10 @@ class DetectQuery(DetectFields):
     tile: Annotated[str, Field(**TILE_BOUNDS, json_schema_extra={"enum": list(TILE_WORDS)})] = "false"
 
 
-class VideoQuery(FilterFields):
-    """The query string of `POST /detect/video`: /detect's post-processing parameters (no slicing)
-    and which frames to run."""
+class VideoQuery(DetectQuery):
+    """The query string of `POST /detect/video`: /detect's parameters (sliced inference included),
+    which frames to run, the annotated answer and tracking."""
 
-    classes: QueryClasses = None
     vid_stride: int = Field(1, ge=1, le=10_000, description="run every Nth frame (1: every frame)")
     max_frames: int | None = Field(None, ge=1, description="stop after this many processed frames")
     annotated: bool = Field(

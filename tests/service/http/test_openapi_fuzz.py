@@ -32,6 +32,7 @@ REFUSALS = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429, "5XX"]
 CONFIG = SchemathesisConfig.from_dict(
     {"checks": {"negative_data_rejection": {"expected-statuses": REFUSALS}}}
 )
+TRACKER_THRESHOLDS = ("track_high_thresh", "track_low_thresh", "new_track_thresh")
 PNG = encode(solid(40, 56, (200, 30, 30)))
 CLIP = make_clip(sample_frames(3))
 DETECT = ["/detect", "/detect/json", "/detect/annotated", "/detect/video"]
@@ -63,10 +64,13 @@ def api_schema(tmp_path_factory):
 
 def realistic(case) -> None:
     """What the schema cannot say, made true: the generated files (multipart parts, base64 strings in
-    JSON) become a real PNG, at most the server's per-request limit of them, and `classes` is left
-    out (which ids and names exist is the model's, not the schema's)."""
+    JSON) become a real PNG (a video part a real clip), at most the server's per-request limit of
+    them; `classes` is left out (which ids and names exist is the model's, not the schema's), and
+    so are the tracker's thresholds (they must be ordered, low <= high <= new)."""
     if isinstance(case.query, dict):
         case.query.pop("classes", None)
+        for threshold in TRACKER_THRESHOLDS:  # they must be ordered, which no schema can say
+            case.query.pop(threshold, None)
     if not isinstance(case.body, dict):
         return
     case.body.pop("classes", None)

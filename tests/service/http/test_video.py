@@ -221,3 +221,23 @@ async def test_tracking_gives_ids_without_changing_the_detections(tmp_path, clip
     for track_id, frames in seen.items():
         t = tracks[track_id]
         assert (t["first_frame"], t["last_frame"], t["frames"]) == (frames[0], frames[-1], len(frames))
+
+
+async def test_sliced_frames_equal_detect_sliced_on_that_frame(tmp_path, clip):
+    """tile=true with 128 px windows: each frame is cut as /detect cuts an image, its windows' and
+    whole frame's detections merged the same way."""
+    decoded = decoded_frames(clip)
+    query = {"conf": 0.3, "tile": "true", "tile_size": 128}
+    async with running(_app(tmp_path)) as client:
+        lines = _lines(await _post(client, clip, vid_stride=4, **query))
+        assert [line["frame"] for line in lines[:-1]] == [0, 4, 8]
+        for line in lines[:-1]:
+            files = {"image": ("f.png", encode(decoded[line["frame"]]))}
+            want = (await client.post("/detect", params=query, files=files)).json()["results"][0]
+            assert want["tiles"] > 1
+            assert [d["class_id"] for d in line["detections"]] == [d["class_id"] for d in want["detections"]]
+            for got, ref in zip(line["detections"], want["detections"], strict=True):
+                assert got["box"] == pytest.approx(ref["box"], abs=0.02)
+                assert got["score"] == pytest.approx(ref["score"], abs=1e-4)
+        too_many = await _post(client, clip, tile="true", tile_size=32)
+    assert_error(too_many, 413, "too_many_tiles")
