@@ -165,16 +165,20 @@ async def _images(sources: list[Source], engine: Engine, options: RunOptions, ou
 
 
 async def _video(source: Source, engine: Engine, options: RunOptions, output: _Output) -> None:
-    if options.save_annotated:
-        log.info(
-            "%s: --save-annotated draws images only; the frames' boxes are in predictions.jsonl", source.key
-        )
+    frames: list[Record] = []  # kept for --save-annotated (their detections only)
     try:
         async for record in engine.video(source.path, options.vid_stride, options.track):
             output.write(source, record)
+            if options.save_annotated and "frame" in record:
+                frames.append(record)
     except ItemError as e:
         output.fail(source.key, e.code, e.message)
         return
+    if options.save_annotated and frames:
+        from predict.annotate import save_annotated_video
+
+        target = options.out / "annotated" / source.name
+        await asyncio.to_thread(save_annotated_video, target, source.path, frames, engine.class_names)
     output.finished(source)
 
 

@@ -119,7 +119,7 @@ def test_a_clip_gives_a_line_per_processed_frame_then_its_summary(local_run, inp
     assert all((line["width"], line["height"]) == (192, 256) for line in clip[:-1])
 
 
-def test_the_formats_and_annotated_images_are_written(local_run):
+def test_the_formats_and_annotated_images_are_written(local_run, inputs):
     coco = json.loads((local_run / "coco.json").read_text())
     assert len(coco["images"]) == 2 + 4 and [c["name"] for c in coco["categories"]][:1]
     assert (local_run / "labels" / "sample.txt").exists() and (
@@ -131,6 +131,16 @@ def test_the_formats_and_annotated_images_are_written(local_run):
     assert len(json.loads((local_run / "labelstudio.json").read_text())) == 2
     assert (local_run / "annotated" / "sample.jpg").read_bytes()[:2] == b"\xff\xd8"
     assert (local_run / "annotated" / "more" / "mirror.jpg").exists()
+    import av
+
+    with av.open(str(local_run / "annotated" / "clip.mp4")) as container:  # the 4 processed frames, drawn
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 4 and frames[0].shape == (256, 192, 3)
+    from tests.support.video import decoded_frames
+
+    source = decoded_frames((inputs / "clip.mp4").read_bytes())[0]
+    drawn = (np.abs(frames[0].astype(int) - source).sum(axis=2) > 150).sum()  # box lines, not codec loss
+    assert drawn > 100, drawn
     assert (local_run / "errors.jsonl").read_text() == ""
 
 
