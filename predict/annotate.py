@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from predict.engine import Record
 from service.core.images import decode_image
+from service.core.video import upright
 from service.core.video_writer import AnnotatedVideoWriter, best_format
 from service.processing import Detections
 from service.processing.drawing import draw_detections, encode_jpeg
@@ -45,7 +46,7 @@ def save_annotated_video(path: Path, clip: Path, frames: list[Record], class_nam
             record = wanted.get(index)
             if record is None:
                 continue
-            image = np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
+            image = upright(frame)
             if writer is None:
                 writer = AnnotatedVideoWriter(image.shape[1], image.shape[0], fps / stride, video_format)
             drawn = draw_detections(image, record_detections(record), class_names, record_track_ids(record))

@@ -131,7 +131,7 @@ class VideoClip:
                 if index % stride:
                     continue
                 self._check_size(frame.width, frame.height)
-                yield Frame(index, pts_s, frame.to_ndarray(format="rgb24"))
+                yield Frame(index, pts_s, upright(frame))
                 processed += 1
                 if max_frames is not None and processed >= max_frames:
                     return
@@ -144,6 +144,15 @@ class VideoClip:
             self._container.close()
         finally:
             self._source.close()
+
+
+def upright(frame: Any) -> npt.NDArray[np.uint8]:
+    """A decoded PyAV frame as (h, w, 3) RGB, turned as its display matrix says (a phone's portrait
+    clip is stored landscape with a rotation to show it upright), as players show it and as /detect
+    applies a photo's EXIF orientation."""
+    image = np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
+    turns = round(frame.rotation / 90) % 4  # counter-clockwise quarter turns
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:

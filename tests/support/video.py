@@ -44,3 +44,21 @@ def decoded_frames(clip: bytes) -> list[np.ndarray]:
 
     with av.open(io.BytesIO(clip)) as container:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+# An MP4 track header's display matrix (16.16 fixed point, the last column 2.30): what a phone writes
+# for a portrait clip stored landscape, shown turned 90 degrees clockwise.
+PORTRAIT = (0, 0x00010000, 0, 0xFFFF0000, 0, 0, 0, 0, 0x40000000)
+
+
+def with_display_matrix(mp4: bytes, matrix: tuple[int, ...] = PORTRAIT) -> bytes:
+    """`mp4` with its (one) track header's display matrix replaced (a version-0 `tkhd` box)."""
+    import struct
+
+    data = bytearray(mp4)
+    at = data.find(b"tkhd")
+    assert at > 0 and data[at + 4] == 0, "one version-0 tkhd box expected"
+    # after the type: version/flags, creation, modification, track id, reserved, duration (4 each),
+    # reserved (8), layer, alternate group, volume, reserved (2 each): then the 3x3 matrix
+    struct.pack_into(">9I", data, at + 4 + 6 * 4 + 8 + 4 * 2, *matrix)
+    return bytes(data)

@@ -241,3 +241,21 @@ async def test_sliced_frames_equal_detect_sliced_on_that_frame(tmp_path, clip):
                 assert got["score"] == pytest.approx(ref["score"], abs=1e-4)
         too_many = await _post(client, clip, tile="true", tile_size=32)
     assert_error(too_many, 413, "too_many_tiles")
+
+
+async def test_a_portrait_phone_clip_is_detected_upright(tmp_path, clip):
+    """A clip stored landscape with a display matrix (as phones record portrait): each frame is
+    detected as players show it, equal to /detect on that frame turned upright."""
+    from tests.support.video import with_display_matrix
+
+    portrait = with_display_matrix(clip)
+    upright = [np.ascontiguousarray(np.rot90(f, -1)) for f in decoded_frames(clip)]
+    async with running(_app(tmp_path)) as client:
+        lines = _lines(await _post(client, portrait, vid_stride=6, conf=0.3))
+        for line in lines[:-1]:
+            assert (line["width"], line["height"]) == (256, 192)
+            files = {"image": ("f.png", encode(upright[line["frame"]]))}
+            want = (await client.post("/detect", params={"conf": 0.3}, files=files)).json()["results"][0]
+            assert [d["class_id"] for d in line["detections"]] == [d["class_id"] for d in want["detections"]]
+            for got, ref in zip(line["detections"], want["detections"], strict=True):
+                assert got["box"] == pytest.approx(ref["box"], abs=0.02)
