@@ -52,13 +52,20 @@ async def server_metadata() -> dict[str, Any]:
     return models.server_metadata()
 
 
+# Triton's statistics extension (declared before `/models/{name}`, which would take "stats"): every
+# model, one, or one version; the name and version are path segments only (no query parameters).
 @router.get("/models/stats", dependencies=[Depends(require_api_key)])
+async def all_statistics(request: Request, state: StateDep) -> dict[str, Any]:
+    return inference.statistics_json(state, request.app.state.kserve_statistics, None, None)
+
+
 @router.get("/models/{name}/stats", dependencies=[Depends(require_api_key)])
+async def model_statistics(request: Request, state: StateDep, name: str) -> dict[str, Any]:
+    return inference.statistics_json(state, request.app.state.kserve_statistics, name, None)
+
+
 @router.get("/models/{name}/versions/{version}/stats", dependencies=[Depends(require_api_key)])
-async def model_statistics(
-    request: Request, state: StateDep, name: str | None = None, version: str | None = None
-) -> dict[str, Any]:
-    """Triton's statistics extension (declared before `/models/{name}`, which would take "stats")."""
+async def version_statistics(request: Request, state: StateDep, name: str, version: str) -> dict[str, Any]:
     return inference.statistics_json(state, request.app.state.kserve_statistics, name, version)
 
 
