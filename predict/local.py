@@ -35,13 +35,7 @@ class LocalEngine:
         backend = model.backend
         self.model_version = f"{model.manifest.arch} {backend.name} {backend.precision}"
         self.max_batch = model.max_batch
-        self.limits = VideoLimits(
-            max_frames=settings.max_video_frames,
-            max_seconds=settings.max_video_seconds,
-            max_pixels=settings.max_image_pixels,
-            containers=frozenset(settings.video_containers),
-            codecs=frozenset(settings.video_codecs),
-        )
+        self.limits = VideoLimits.of(settings)
 
     @classmethod
     async def start(
@@ -100,8 +94,7 @@ class LocalEngine:
             started, processed = time.monotonic(), 0
             tracker, book = None, None
             if track:  # the server's defaults (POST /detect/video?track=true), at this clip's rate
-                frame_rate = (clip.info.fps or 30.0) / stride
-                tracker, book = ByteTracker(TrackerSettings(frame_rate=frame_rate)), TrackBook()
+                tracker, book = ByteTracker(TrackerSettings(frame_rate=clip.info.rate(stride))), TrackBook()
             frames = detect_frames(detector, clip, self.params, stride=stride, tracker=tracker, book=book)
             try:
                 async for frame in frames:

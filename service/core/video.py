@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from service.core.errors import InvalidVideo, TooManyPixels, UnsupportedVideo, VideoTooLong
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,17 @@ class VideoLimits:
     max_pixels: int
     containers: frozenset[str] = frozenset()
     codecs: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, settings: Settings) -> VideoLimits:
+        """The server's limits (`YOLOR_MAX_VIDEO_*`, `YOLOR_VIDEO_*`, `YOLOR_MAX_IMAGE_PIXELS`)."""
+        return cls(
+            max_frames=settings.max_video_frames,
+            max_seconds=settings.max_video_seconds,
+            max_pixels=settings.max_image_pixels,
+            containers=frozenset(settings.video_containers),
+            codecs=frozenset(settings.video_codecs),
+        )
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,11 @@ class VideoInfo:
     fps: float | None  # the stream's average frame rate, when it declares one
     duration_s: float | None
     frames: int | None  # frames the container declares, when it does
+
+    def rate(self, stride: int) -> float:
+        """Frames per second of every `stride`-th frame (a clip declaring no rate: taken as 30), the
+        rate the tracker scales its buffer by and the annotated video is encoded at."""
+        return (self.fps or 30.0) / stride
 
 
 class VideoClip:

@@ -103,11 +103,11 @@ async def detect_frames(
         params = dataclasses.replace(params, conf=min(params.conf, tracker.settings.track_low_thresh))
     loop = asyncio.get_running_loop()
     frames = clip.frames(stride, max_frames)
+    # A sliced frame is a group of passes of its own (its windows and the whole frame).
+    size = 1 if tiled else detector.batcher.max_batch_size
     # Two batches beyond those the backend runs: a batch is waiting whenever one finishes, while the
     # next is decoded beside two busy inference threads (one spare: measured in docs/benchmarks.md,
     # "Video").
-    # A sliced frame is a group of passes of its own (its windows and the whole frame).
-    size = 1 if tiled else detector.batcher.max_batch_size
     ahead = detector.batcher.workers + 2
     pending: collections.deque[list[tuple[Frame, list[asyncio.Future[BatchOutput]]]]] = collections.deque()
     metrics = detector.metrics

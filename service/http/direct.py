@@ -56,6 +56,15 @@ def read_query(model: type[Model], request: Request, *, lists: Sequence[str] = (
         raise _invalid(e, "query") from None
 
 
+def require_multipart(request: Request, wanted: str, *, elsewhere: str = "") -> None:
+    """415 unless the body is multipart/form-data; the message says what the form should hold
+    (`wanted`) and where other bodies go (`elsewhere`)."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        got = content_type or "no content type"
+        raise UnsupportedMediaType(f"expected multipart/form-data with {wanted}, got {got!r}{elsewhere}")
+
+
 def is_json(content_type: str) -> bool:
     media = content_type.partition(";")[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.core.detector import Detector, DetectOutcome
-from service.core.errors import InvalidBase64, InvalidParameter, UnsupportedMediaType
+from service.core.errors import InvalidBase64, InvalidParameter
 from service.core.options import DetectParams
 from service.core.results import DetectResponse
 from service.core.state import ServiceState
@@ -28,6 +28,7 @@ from service.http.direct import (
     query_parameters,
     read_json,
     read_query,
+    require_multipart,
 )
 from service.http.schemas import DetectQuery, ErrorBody, JsonDetectRequest
 from service.processing.drawing import draw_detections, encode_jpeg
@@ -82,16 +83,6 @@ async def _read_files(request: Request) -> list[bytes]:
         return files
 
 
-def _require_multipart(request: Request) -> None:
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        got = content_type or "no content type"
-        raise UnsupportedMediaType(
-            f"expected multipart/form-data with image files in 'images', got {got!r}"
-            " (base64 JSON goes to POST /detect/json)"
-        )
-
-
 Respond = Callable[[Detector, DetectOutcome], Awaitable[Response]]
 
 
@@ -126,7 +117,8 @@ async def _detect_upload(request: Request, respond: Respond, *, one_image: bool 
     (400 unparseable, 422), then `_detect`. `one_image`: at most one file, its decoded image kept
     for drawing."""
     await check_api_key(request, request.app.state.service)
-    _require_multipart(request)
+    elsewhere = " (base64 JSON goes to POST /detect/json)"
+    require_multipart(request, "image files in 'images'", elsewhere=elsewhere)
     query = read_query(DetectQuery, request, lists=("classes",))
     files = await _read_files(request)
     if one_image and len(files) > 1:

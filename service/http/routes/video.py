@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
-from service.core.errors import InvalidVideo, ServiceError, UnsupportedMediaType
+from service.core.errors import InvalidVideo, ServiceError
 from service.core.options import DetectParams
 from service.core.results import frame_json, video_summary
 from service.core.state import ServiceState
@@ -34,7 +34,7 @@ from service.core.video import VideoClip, VideoLimits
 from service.core.video_detection import FrameDetections, TrackBook, detect_frames
 from service.core.video_writer import AnnotatedVideoWriter, best_format
 from service.http.deps import API_KEY_SECURITY, check_api_key
-from service.http.direct import DirectRoute, query_parameters, read_query
+from service.http.direct import DirectRoute, query_parameters, read_query, require_multipart
 from service.http.schemas import ErrorBody, VideoQuery
 from service.processing.drawing import draw_detections
 from service.tracking import ByteTracker
@@ -86,10 +86,7 @@ async def detect_video(request: Request) -> Response:
     """Detect objects in the frames of one uploaded video; the results stream as NDJSON lines."""
     state: ServiceState = request.app.state.service
     await check_api_key(request, state)
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        got = content_type or "no content type"
-        raise UnsupportedMediaType(f"expected multipart/form-data with the clip in {FIELD!r}, got {got!r}")
+    require_multipart(request, f"the clip in {FIELD!r}")
     query = read_query(VideoQuery, request, lists=("classes",))
     form = await request.form(max_files=1)
     upload = form.get(FIELD)
@@ -104,21 +101,14 @@ async def detect_video(request: Request) -> Response:
         except BaseException:
             upload.file.close()
             raise
-        settings = state.settings
-        limits = VideoLimits(
-            max_frames=settings.max_video_frames,
-            max_seconds=settings.max_video_seconds,
-            max_pixels=settings.max_image_pixels,
-            containers=frozenset(settings.video_containers),
-            codecs=frozenset(settings.video_codecs),
-        )
         loop = asyncio.get_running_loop()
+        limits = VideoLimits.of(state.settings)
         clip = await loop.run_in_executor(detector.pool, VideoClip, upload.file, limits)
         tracker, book = None, None
         if query.track:
-            frame_rate = (clip.info.fps or 30.0) / query.vid_stride
             try:
-                tracker, book = ByteTracker(query.tracker_settings(frame_rate)), TrackBook()
+                settings = query.tracker_settings(clip.info.rate(query.vid_stride))
+                tracker, book = ByteTracker(settings), TrackBook()
             except BaseException:
                 clip.close()  # detect_frames, which would close it, does not run
                 raise
@@ -139,7 +129,7 @@ async def detect_video(request: Request) -> Response:
         if query.annotated:
             if first is None:
                 raise InvalidVideo("the clip has no frame to annotate")
-            fps = (clip.info.fps or 25.0) / query.vid_stride
+            fps = clip.info.rate(query.vid_stride)
             make = functools.partial(AnnotatedVideoWriter, first.width, first.height, fps, best_format())
             writer = await loop.run_in_executor(detector.pool, make)
             detector.metrics.video_requests.inc()
