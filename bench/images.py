@@ -13,12 +13,11 @@ import cv2
 import numpy as np
 
 from service.core.errors import ServiceError
-from service.core.images import decode_image
+from service.core.images import IMAGE_SUFFIXES, decode_image
 
 SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
 SAMPLE_SIZE = (640, 480)  # width, height
 JPEG_QUALITY = 90
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def _cover(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

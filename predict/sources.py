@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+from service.core.images import IMAGE_SUFFIXES
+
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".ts"})
 GLOB_CHARACTERS = frozenset("*?[")
 
@@ -41,7 +42,7 @@ class Problem:
 
 
 def _known(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+    return path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_EXTENSIONS
 
 
 def _files_of(spec: str, base: Path, problems: list[Problem]) -> list[Path]:

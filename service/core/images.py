@@ -29,6 +29,9 @@ import numpy.typing as npt
 from service.core.errors import InvalidImage, TooManyPixels
 
 SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF"
+# The file names taken for images of those formats where a folder is read (`yolor predict`,
+# `yolor bench serve IMAGES`).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _JPEG_NO_LENGTH = {0x01, *range(0xD0, 0xDA)}  # TEM, RSTn, SOI, EOI
 _REDUCED_JPEG = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
