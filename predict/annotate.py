@@ -28,9 +28,12 @@ def record_track_ids(record: Record) -> npt.NDArray[np.int64] | None:
     return np.array([-1 if d["track_id"] is None else d["track_id"] for d in found], np.int64)
 
 
-def save_annotated_video(path: Path, clip: Path, frames: list[Record], class_names: list[str]) -> Path:
-    """The clip's frames named in `frames` (their `frame` indexes, in order) with their boxes drawn,
-    encoded next to `path` (its suffix made .mp4 or .webm, as the encoder allows); the file written."""
+def save_annotated_video(
+    path: Path, clip: Path, frames: list[Record], class_names: list[str], stride: int
+) -> Path:
+    """The clip's frames named in `frames` (their `frame` indexes, every `stride`-th) with their
+    boxes drawn, encoded next to `path` (its suffix made .mp4 or .webm, as the encoder allows) at
+    the rate the server's annotated answer has; the file written."""
     import av
 
     wanted = {record["frame"]: record for record in frames}
@@ -41,7 +44,6 @@ def save_annotated_video(path: Path, clip: Path, frames: list[Record], class_nam
     with av.open(str(clip)) as container, target.open("wb") as out:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 30)
-        stride = frames[1]["frame"] - frames[0]["frame"] if len(frames) > 1 else 1
         for index, frame in enumerate(container.decode(stream)):
             record = wanted.get(index)
             if record is None:

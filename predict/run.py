@@ -178,7 +178,8 @@ async def _video(source: Source, engine: Engine, options: RunOptions, output: _O
         from predict.annotate import save_annotated_video
 
         target = options.out / "annotated" / source.name
-        await asyncio.to_thread(save_annotated_video, target, source.path, frames, engine.class_names)
+        names, stride = engine.class_names, options.vid_stride
+        await asyncio.to_thread(save_annotated_video, target, source.path, frames, names, stride)
     output.finished(source)
 
 
