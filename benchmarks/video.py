@@ -31,8 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bare import bench_batch, load_backend
 from bench.host import host_info
 from bench.server import spawned_server
-from service.core.preprocess import Preprocessor
+from bench.stats import process_cpu_seconds
+from service.core.images import Decoded
+from service.core.preprocess import Preprocessor, Upload
+from service.core.video import VideoClip, VideoLimits
 from service.host import host_cpu_count
+from service.manifest import load_manifest
 from service.settings import DEMO_MODEL_DIR, Settings
 
 WIDTH, HEIGHT, FPS = 640, 480, 30
@@ -62,32 +66,21 @@ def make_clip(frames: int) -> bytes:
     return out.getvalue()
 
 
-def thread_cpu() -> float:
-    return time.thread_time()
-
-
 def decode_and_letterbox_ms(clip: bytes) -> tuple[float, float, int]:
-    """CPU ms per frame to decode the clip (one decoder thread, as each of the server's clips has
-    FFmpeg's own threads: `thread_type=AUTO`, so process CPU is counted) and to letterbox a frame."""
-    import av
-
-    from bench.stats import process_cpu_seconds
-    from service.manifest import load_manifest
-
+    """CPU ms per frame to decode the clip as the server reads it (`VideoClip`; FFmpeg's own decoder
+    threads, so process CPU is counted) and to letterbox a frame (one thread)."""
+    video = VideoClip(io.BytesIO(clip), VideoLimits(max_frames=1 << 30, max_seconds=1e9, max_pixels=1 << 30))
     start = process_cpu_seconds()
-    with av.open(io.BytesIO(clip)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    try:
+        frames = [frame.image for frame in video.frames()]
+    finally:
+        video.close()
     decode = (process_cpu_seconds() - start) * 1000 / len(frames)
     preprocessor = Preprocessor(load_manifest(DEMO_MODEL_DIR), max_pixels=1 << 30)
-    from service.core.images import Decoded
-    from service.core.preprocess import Upload
-
-    start = thread_cpu()
+    start = time.thread_time()
     for image in frames:
         preprocessor.passes(Upload(Decoded(image, HEIGHT, WIDTH), []), [None])
-    letterbox = (thread_cpu() - start) * 1000 / len(frames)
+    letterbox = (time.thread_time() - start) * 1000 / len(frames)
     return decode, letterbox, len(frames)
 
 
