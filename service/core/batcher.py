@@ -137,8 +137,17 @@ class DynamicBatcher:
         return futures
 
     @contextlib.contextmanager
-    def incoming(self, images: int) -> Iterator[None]:
-        """Announce `images` being prepared for `submit` (a batch waits for them, up to its delay)."""
+    def incoming(self, images: int, *, admit: bool = False) -> Iterator[None]:
+        """Announce `images` being prepared for `submit` (a batch waits for them, up to its delay).
+
+        `admit`: first raise Overloaded unless the queue has room for them beside those waiting and
+        those already being prepared, so that a request the queue will refuse is refused before its
+        images are decoded (a burst is shed for the cost of reading it, not of decoding it)."""
+        if admit and self.queue_size - self.waiting - self._incoming < images:
+            raise Overloaded(
+                f"batch queue full ({self.waiting}/{self.queue_size} images waiting, "
+                f"{self._incoming} being prepared)"
+            )
         self._incoming += images
         try:
             yield

@@ -238,7 +238,7 @@ class Detector:
                 raise
 
         try:
-            with self.batcher.incoming(len(files)):
+            with self.batcher.incoming(len(files), admit=True):
                 done = await asyncio.gather(*(prepare(f) for f in files), return_exceptions=True)
             images = [result for result in done if isinstance(result, tuple)]
             if len(images) < len(done):  # the first bad image, in request order, answers for the request

@@ -209,6 +209,31 @@ async def test_a_full_queue_refuses_whole_requests():
     assert [float(o.output[0]) for o in outputs] == [0, 10, 20, 50]
 
 
+async def test_admission_counts_images_still_being_prepared():
+    """A request the queue cannot take beside those waiting and those being decoded is refused on
+    arrival (before its own decode); without `admit` the announcement reserves nothing."""
+    model = Model(gated=True)
+    batcher = await started(model, max_batch_size=1, queue_size=3)
+    try:
+        running = batcher.submit([item(0)], later())
+        await wait_for_event(model.entered)  # the queue is empty: 3 free slots
+        with batcher.incoming(2, admit=True):  # 2 being decoded: 1 slot left for others
+            with pytest.raises(Overloaded, match="2 being prepared"), batcher.incoming(2, admit=True):
+                pass
+            with batcher.incoming(1, admit=True):  # fits exactly
+                queued = batcher.submit([item(1)], later())
+            with batcher.incoming(5):  # not admitted: announcing alone never refuses
+                pass
+            queued += batcher.submit([item(2), item(3)], later())
+        with pytest.raises(Overloaded), batcher.incoming(1, admit=True):  # 3 waiting: full
+            pass
+    finally:
+        model.release.set()
+    outputs = await results(running + queued)
+    await batcher.stop(TIMEOUT)
+    assert [float(o.output[0]) for o in outputs] == [0, 10, 20, 30]
+
+
 async def test_expired_items_are_dropped_before_inference():
     model = Model(gated=True)
     batcher = await started(model, max_batch_size=1)
