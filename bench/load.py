@@ -63,9 +63,11 @@ async def closed_loop(
     warmup_s: float,
     on_window: Callable[[str], Awaitable[None]] | None = None,
     on_response: Callable[[], None] | None = None,
+    encode: Callable[[bytes], tuple[bytes, str]] = multipart_body,
 ) -> Window:
-    """Run one level against `url` (the detect endpoint); client i sends images i, i + c, i + 2c, ..."""
-    bodies = [multipart_body(j) for j in jpegs]
+    """Run one level against `url` (the detect endpoint); client i sends images i, i + c, i + 2c, ...
+    `encode` makes a request body of each JPEG (default: `/detect`'s multipart upload)."""
+    bodies = [encode(j) for j in jpegs]
     window = Window(concurrency)
     recording = False
     stop = asyncio.Event()

@@ -3,9 +3,9 @@ runs (an accelerator), so every moment it waits for the next batch is lost throu
 
     .venv/bin/python benchmarks/ready_batch.py [--out DIR] [--batch-ms 40] [--rounds 4]
 
-The server is the real one (`create_app`: HTTP, decode pool, batcher, post-processing) on the demo
-model's manifest, with one stand-in backend: each batch sleeps `--batch-ms` (the GIL released, as
-a GPU call releases it) and answers no detections; one batch in flight, as the torch CUDA and
+The server is the real one on the demo model's manifest with one stand-in backend
+(`bench.standin`): each batch sleeps `--batch-ms` (the GIL released, as a GPU call releases it)
+and answers no detections; one batch in flight, as the torch CUDA and
 TensorRT backends run. Its ceiling is max batch / batch time images/s. Closed-loop clients (the
 `yolor bench serve` load, one 640x480 JPEG per request) at 4 x max batch, against the server as it
 serves an accelerator (a lookahead of one batch: the ready batch, post-processing beside the next
@@ -21,65 +21,15 @@ import asyncio
 import json
 import logging
 import statistics
-import sys
-import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from bench.images import sample_jpegs
 from bench.serve import sweep
 from bench.server import spawned_server
+from bench.standin import standin_command
 
 MODEL = Path("service/demo_model")
-
-
-def serve(batch_ms: float, ready_batch: bool) -> None:
-    """Subprocess: the server with the sleeping backend (the one piece of the real server replaced),
-    on YOLOR_HOST:YOLOR_PORT."""
-    import uvicorn
-
-    from service.backends.fake import FakeBackend
-    from service.http.app import GC_THRESHOLDS, create_app
-    from service.settings import Settings
-
-    gaps: list[float] = []
-    last_end = [0.0]
-
-    def infer(batch: np.ndarray) -> np.ndarray:
-        start = time.monotonic()
-        if last_end[0] and len(batch) == max_batch:
-            gaps.append(start - last_end[0])
-        time.sleep(batch_ms / 1000)
-        last_end[0] = time.monotonic()
-        return np.zeros((len(batch), *out_shape), np.float32)
-
-    def factory(settings: Settings, manifest: Any) -> FakeBackend:
-        # An accelerator gets the server's lookahead of one batch (service.core.model); off: none.
-        backend = FakeBackend.for_manifest(manifest, infer, accelerator=ready_batch)
-        out_shape.extend(int(d or 1) for d in backend.output_shape)
-        return backend
-
-    out_shape: list[int] = []
-    max_batch = 8
-
-    import gc
-
-    gc.set_threshold(*GC_THRESHOLDS)
-    settings = Settings(model_dir=MODEL, device="cpu", max_batch_size=max_batch)
-    app = create_app(settings, backend_factory=factory)
-
-    @app.get("/bench/gaps")
-    def read_gaps() -> list[float]:
-        return gaps[len(gaps) // 4 :]  # without the first quarter (warm-up)
-
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
-
-
-def server_command(batch_ms: float, ready_batch: bool) -> list[str]:
-    command = [sys.executable, __file__, "--serve", "--batch-ms", str(batch_ms)]
-    return command if ready_batch else [*command, "--no-ready-batch"]
 
 
 def gaps_ms(url: str) -> float:
@@ -95,7 +45,8 @@ def measure(batch_ms: float, rounds: int, seconds: float, concurrency: int) -> l
     runs = []
     for r in range(rounds):
         for ready in (True, False) if r % 2 == 0 else (False, True):
-            with spawned_server(MODEL, command=server_command(batch_ms, ready)) as (url, _):
+            command = standin_command(MODEL, batch_ms, ready)
+            with spawned_server(MODEL, {"YOLOR_MAX_BATCH_SIZE": "8"}, command=command) as (url, _):
                 (result,) = asyncio.run(sweep(url, jpegs, [concurrency], seconds=seconds, warmup_s=2))
                 runs.append(
                     {
@@ -141,17 +92,12 @@ def report(runs: list[dict[str, Any]], batch_ms: float, concurrency: int) -> str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the subprocess
-    parser.add_argument("--no-ready-batch", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch-ms", type=float, default=40.0, help="backend time per batch (default 40)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per server")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    if args.serve:
-        serve(args.batch_ms, not args.no_ready_batch)
-        return
     logging.basicConfig(level=logging.WARNING)
     runs = measure(args.batch_ms, args.rounds, args.seconds, args.concurrency)
     text = report(runs, args.batch_ms, args.concurrency)

@@ -403,3 +403,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--out", type=Path, default=Path("gpu-out"), help="gpu-bench.json and .md here")
     g.set_defaults(func=_cmd_gpu)
+
+    from cli.bench_peers_command import register as register_peers
+
+    register_peers(bench)

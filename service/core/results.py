@@ -7,14 +7,16 @@ for the streams and files (a video frame's line, a video's summary: `POST /detec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from service.core.video import VideoClip
-from service.core.video_detection import FrameDetections, TrackBook
 from service.processing import Detections
+
+if TYPE_CHECKING:  # the image answers' writers import without PyAV or the batcher (bench/peers)
+    from service.core.video import VideoClip
+    from service.core.video_detection import FrameDetections, TrackBook
 
 
 class Detection(BaseModel):
