@@ -73,19 +73,11 @@ def spawned_peer(
             start_new_session=True,
         )
         try:
-            url = f"http://127.0.0.1:{port}{peer.path or '/detect'}"
-            if peer.body is not None:  # its own route, named by its body module
-                url = f"http://127.0.0.1:{port}{_route(peer)}"
+            url = f"http://127.0.0.1:{port}{peer.path}"
             _wait_ready(url, peer, process, log, probe, ready_timeout_s)
             yield url, process.pid
         finally:
             end_tree(process)
-
-
-def _route(peer: Peer) -> str:
-    import importlib
-
-    return str(importlib.import_module(f"bench.peers.apps.{peer.body}").PATH)
 
 
 def end_tree(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:

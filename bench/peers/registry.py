@@ -57,7 +57,13 @@ PEERS: dict[str, Peer] = {
         Peer("litserve", "LitServe 0.2.19", ("litserve==0.2.19", "python-multipart==0.0.34")),
         Peer("ray_serve", "Ray Serve 2.60.0", ("ray[serve]==2.60.0", "python-multipart==0.0.34")),
         Peer("bentoml", "BentoML 1.4.40", ("bentoml==1.4.40",)),
-        Peer("mlserver", "MLServer 1.7.1", ("mlserver==1.7.1",), path="", body="mlserver_body"),
+        Peer(
+            "mlserver",
+            "MLServer 1.7.1",
+            ("mlserver==1.7.1", "uvloop<0.22"),  # uvloop 0.22+ breaks its workers (SeldonIO/MLServer#2286)
+            path="/v2/models/yolor/infer",
+            body="mlserver_body",
+        ),
     )
 }
-DEFAULT_PEERS = ("litserve", "ray_serve", "bentoml")
+DEFAULT_PEERS = ("litserve", "ray_serve", "bentoml", "mlserver")

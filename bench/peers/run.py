@@ -9,7 +9,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from bench.peers.venvs import peer_python
 from bench.proctree import ProcessTree
 from bench.server import ServerFailed, spawned_server
 from bench.standin import standin_command
+from service.manifest import load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ def serving(server: str, regime: Regime, model_dir: Path) -> Iterator[tuple[str,
     peer = PEERS[server]
     python = peer_python(peer)
     probe = DEMO_SAMPLE.read_bytes()
-    with spawned_peer(peer, python, model_dir, regime.layout(), probe) as (url, pid):
+    layout = replace(regime.layout(), max_batch=load_manifest(model_dir).max_batch)  # ours' largest batch
+    with spawned_peer(peer, python, model_dir, layout, probe) as (url, pid):
         yield url, pid, peer.encode, peer.answers
 
 
