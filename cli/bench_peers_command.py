@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ def _cmd_peers(args: argparse.Namespace) -> int:
     from bench.server import ServerFailed
     from service.settings import DEMO_MODEL_DIR
 
+    signal.signal(signal.SIGTERM, _interrupt)  # a killed run still ends every server it started
     regimes = [REGIMES[k] for k in args.regimes]
     if any(r.model == "p6" for r in regimes) and args.p6_model is None:
         raise CommandError("the cpu-p6 regime needs --p6-model DIR (a yolor_p6 export at 640)")
@@ -75,6 +77,10 @@ def _cmd_peers(args: argparse.Namespace) -> int:
         if args.out:
             _write(args.out, summaries, raw, config)
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _write(out: Path, summaries: list[dict[str, Any]], raw: list[dict[str, Any]], config: Any) -> None:

@@ -104,9 +104,10 @@ def run_regime(
                         reference = got
                     else:
                         compare(reference, got)
+                    seconds, warmup_s = regime.windows(config.seconds, config.warmup_s)
                     run = measure_sync(
                         Run(server, r), url, encode, ProcessTree(pid), regime, jpegs,
-                        seconds=config.seconds, warmup_s=config.warmup_s,
+                        seconds=seconds, warmup_s=warmup_s,
                     )  # fmt: skip
             except (Mismatch, ServerFailed) as e:
                 if server == OURS:
