@@ -80,8 +80,8 @@ class Settings(BaseSettings):
         description="FFmpeg video codec names allowed; empty: any",
     )
     jpeg_reduced_decode: bool = Field(
-        default=False,
-        description="decode JPEGs 2x+ larger than the input at 1/2, 1/4 or 1/8 scale (faster, pixels differ)",
+        default=True,
+        description="decode JPEGs 4x+ larger than the input at 1/2, 1/4 or 1/8 scale, keeping 2x the input",
     )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="comma-separated or JSON list; empty: no auth"

@@ -73,23 +73,37 @@ class ImageInput:
         return self.passes[-1].lb
 
 
+# Reduced decoding keeps the decoded image at least this many times the letterbox on each side, so
+# that the letterbox's own resize still averages over 2 x 2 source pixels or more: its measured
+# accuracy cost (docs/benchmarks.md, "Reduced JPEG decoding").
+REDUCED_DECODE_MARGIN = 2.0
+
+
 class Preprocessor:
     """Decode and letterbox for one model's input, within the server's limits.
 
-    `reduced_decode`: a large JPEG is decoded at reduced scale (`service.core.images.decode`), unless
-    the full image is kept (to draw on) or sliced; the letterbox still maps boxes to the full image.
+    `reduced_decode`: a large JPEG is decoded at reduced scale (`service.core.images.decode`), no
+    smaller than `reduce_margin` x the letterbox, unless the full image is kept (to draw on) or sliced;
+    the letterbox still maps boxes to the full image.
     """
 
     def __init__(
-        self, manifest: ModelManifest, *, max_pixels: int, reduced_decode: bool = False, max_tiles: int = 1
+        self,
+        manifest: ModelManifest,
+        *,
+        max_pixels: int,
+        reduced_decode: bool = False,
+        reduce_margin: float = REDUCED_DECODE_MARGIN,
+        max_tiles: int = 1,
     ) -> None:
         self.manifest, self.max_pixels = manifest, max_pixels
-        self.reduced_decode, self.max_tiles = reduced_decode, max_tiles
+        self.reduced_decode, self.reduce_margin, self.max_tiles = reduced_decode, reduce_margin, max_tiles
 
     def open(self, data: bytes, *, keep_image: bool = False, tile: TileOptions = NO_TILING) -> Upload:
         """Decode one file and plan its windows (`TileOptions.windows`, at most `max_tiles`)."""
         size = self.manifest.input_size
-        fit = size if self.reduced_decode and not keep_image and tile.mode == "off" else None
+        reduce = self.reduced_decode and not keep_image and tile.mode == "off"
+        fit = round(size * self.reduce_margin) if reduce else None
         decoded = decode(data, self.max_pixels, fit=fit)
         windows = tile.windows(decoded.height, decoded.width, input_size=size, max_tiles=self.max_tiles)
         return Upload(decoded, windows)

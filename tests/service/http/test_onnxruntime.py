@@ -77,7 +77,7 @@ async def test_concurrent_requests_share_onnxruntime_batches(onnx_app):
 
 
 async def test_reduced_jpeg_decoding_answers_in_full_image_pixels(tmp_path):
-    """YOLOR_JPEG_REDUCED_DECODE: large JPEGs (here 1/4 and 1/8 of 300-500 px sides for a 64 px
+    """YOLOR_JPEG_REDUCED_DECODE: large JPEGs (here 1/2 and 1/4 of 300-520 px sides for a 64 px
     input) give the full size and, for flat colours that any scale decodes alike, the same boxes."""
     from service.http.app import create_app
 
