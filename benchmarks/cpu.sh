@@ -16,10 +16,8 @@ mkdir -p "$OUT"
 "$BIN/yolor" bench serve --model service/demo_model --device cpu --unbatched \
     --seconds 10 --rounds 3 --round-seconds 6 --out "$OUT/demo"
 "$BIN/yolor" bench torch service/demo_model/checkpoint.pt --batch 1,8 --out "$OUT/torch-demo"
-# ... with reduced JPEG decoding, and what that decoding does to the demo model's mAP.
-YOLOR_JPEG_REDUCED_DECODE=1 "$BIN/yolor" bench serve --model service/demo_model --device cpu \
-    --seconds 10 --rounds 3 --round-seconds 6 --out "$OUT/demo-reduced-decode"
-"$BIN/python" benchmarks/reduced_decode.py --images 300 --out "$OUT/reduced-decode"
+# What reduced JPEG decoding (on by default) does to the demo model's mAP, with and without its margin.
+"$BIN/python" benchmarks/reduced_decode.py --images 300 --out "$OUT/reduced-decode-margin"
 
 # yolor_p6 with random weights, exported at 640 (max batch 4) and 1280 (max batch 2).
 if [ ! -f "$MODELS/p6-1280/model.json" ]; then  # MODELS=DIR reuses an earlier run's exports
@@ -48,4 +46,8 @@ fi
 # Tracking against the `trackers` package's ByteTrack, which runs in its own venv (made on first use:
 # .venv/cache/trackers-venv) because it needs opencv-python (issue 27).
 "$BIN/python" benchmarks/tracking.py --clips 50 --out "$OUT/tracking"
+# Against LitServe, Ray Serve, BentoML and MLServer (each installed on first use into
+# .venv/cache/peers; issue 28): every regime, yolor_p6 at 640 included.
+"$BIN/yolor" bench peers --regimes cpu-demo,accelerator,large-photos,latency,overload,cpu-p6 \
+    --p6-model "$MODELS/p6-640" --rounds 3 --seconds 5 --warmup 2 --out "$OUT/peers"
 echo "results in $OUT"

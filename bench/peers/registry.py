@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.load import multipart_body
-
 APPS = Path(__file__).parent / "apps"
 
 Encode = Callable[[bytes], tuple[bytes, str]]
@@ -36,6 +34,8 @@ class Peer:
     @property
     def encode(self) -> Encode:
         if self.body is None:
+            from bench.load import multipart_body  # aiohttp: not for the command line's parser
+
             return multipart_body
         encode: Encode = importlib.import_module(f"bench.peers.apps.{self.body}").body
         return encode
