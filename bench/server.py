@@ -73,14 +73,14 @@ def _wait_ready(base_url: str, process: subprocess.Popen[bytes], log: IO[bytes],
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServerFailed(f"yolor serve exited with {process.returncode}:\n{_tail(log)}")
+            raise ServerFailed(f"yolor serve exited with {process.returncode}:\n{log_tail(log)}")
         with contextlib.suppress(OSError), urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as answer:
             if answer.status == 200:
                 return
         time.sleep(0.2)
-    raise ServerFailed(f"yolor serve not ready within {timeout_s:g} s:\n{_tail(log)}")
+    raise ServerFailed(f"yolor serve not ready within {timeout_s:g} s:\n{log_tail(log)}")
 
 
-def _tail(log: IO[bytes]) -> str:
+def log_tail(log: IO[bytes]) -> str:
     log.seek(0)
     return log.read().decode(errors="replace")[-4000:]

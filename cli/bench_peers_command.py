@@ -4,7 +4,6 @@ model, load and machine (bench/peers/)."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -29,11 +28,9 @@ def _names(known: list[str]) -> Any:
 
 
 def _cmd_peers(args: argparse.Namespace) -> int:
-    from bench.images import sample_jpegs
     from bench.peers import report
-    from bench.peers.limits import regime_limit
     from bench.peers.regimes import REGIMES
-    from bench.peers.run import PHOTO_SIZES, PeersConfig, run_regime
+    from bench.peers.run import PeersConfig, run_regime
     from bench.server import ServerFailed
     from service.settings import DEMO_MODEL_DIR
 
@@ -48,15 +45,11 @@ def _cmd_peers(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         seconds=args.seconds,
         warmup_s=args.warmup,
+        limits=args.limits,
     )
     summaries, raw = [], []
     for regime in regimes:
         log.info("regime %s: %s", regime.key, regime.title)
-        model_dir = config.model_dir if regime.model == "demo" else config.p6_model
-        assert model_dir is not None
-        limit = (
-            regime_limit(regime, model_dir, sample_jpegs(PHOTO_SIZES[regime.photos])) if args.limits else None
-        )
 
         def progress(run: Any) -> None:
             best = run.best
@@ -69,13 +62,13 @@ def _cmd_peers(args: argparse.Namespace) -> int:
             runs = run_regime(regime, config, progress)
         except ServerFailed as e:
             raise CommandError(str(e)) from None
-        summary = report.regime_summary(runs) | {"limit": limit}
+        summary = report.regime_summary(runs)
         summaries.append(summary)
         raw.append(runs.to_dict())
         sys.stdout.write(report.markdown([summary]) + "\n")
         sys.stdout.flush()
         if args.out:
-            _write(args.out, summaries, raw, config)
+            _write_peers(args.out, summaries, raw, config)
     return 0
 
 
@@ -83,21 +76,21 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _write(out: Path, summaries: list[dict[str, Any]], raw: list[dict[str, Any]], config: Any) -> None:
+def _write_peers(out: Path, summaries: list[dict[str, Any]], raw: list[dict[str, Any]], config: Any) -> None:
+    """peers.json (host, config, summaries, every run), peers.md and peers.png, rewritten after each
+    regime so that a stopped run keeps what it measured."""
     from bench.host import host_info
     from bench.peers import report
+    from cli.bench_command import _write
 
-    out.mkdir(parents=True, exist_ok=True)
     data = {
         "host": host_info(),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in config.__dict__.items()},
         "summaries": summaries,
         "runs": raw,
     }
-    (out / "peers.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-    (out / "peers.md").write_text(report.markdown(summaries))
+    _write(out, "peers", data, report.markdown(summaries))
     report.plot(summaries, out / "peers.png")
-    log.info("wrote %s/peers.json, peers.md and peers.png", out)
 
 
 def register(bench: argparse._SubParsersAction) -> None:

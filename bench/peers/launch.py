@@ -14,10 +14,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from bench.peers.registry import Peer
 from bench.proctree import descendants
-from bench.server import ServerFailed, free_port
+from bench.server import ServerFailed, free_port, log_tail
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,21 +101,16 @@ def _alive(pids: list[int]) -> list[int]:
 
 
 def _wait_ready(
-    url: str, peer: Peer, process: subprocess.Popen[bytes], log: object, probe: bytes, timeout_s: float
+    url: str, peer: Peer, process: subprocess.Popen[bytes], log: IO[bytes], probe: bytes, timeout_s: float
 ) -> None:
     content, content_type = peer.encode(probe)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServerFailed(f"{peer.title} exited with {process.returncode}:\n{_tail(log)}")
+            raise ServerFailed(f"{peer.title} exited with {process.returncode}:\n{log_tail(log)}")
         request = urllib.request.Request(url, content, {"Content-Type": content_type})
         with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=10) as answer:
             if answer.status == 200:
                 return
         time.sleep(0.5)
-    raise ServerFailed(f"{peer.title} not ready within {timeout_s:g} s:\n{_tail(log)}")
-
-
-def _tail(log: object) -> str:
-    log.seek(0)  # type: ignore[attr-defined]
-    return str(log.read().decode(errors="replace")[-4000:])  # type: ignore[attr-defined]
+    raise ServerFailed(f"{peer.title} not ready within {timeout_s:g} s:\n{log_tail(log)}")

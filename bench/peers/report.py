@@ -100,6 +100,7 @@ def regime_summary(runs: RegimeRuns) -> dict[str, Any]:
         "skipped": runs.skipped,
         "ours_over_best_peer_images_per_s": _per_round_ratio(runs, _best_rate, True),
         "ours_over_best_peer_c1_p99": _per_round_ratio(runs, _c1_p99, False),
+        "limit": runs.limit,
     }
 
 

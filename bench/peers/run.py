@@ -40,6 +40,13 @@ class PeersConfig:
     rounds: int = 3
     seconds: float = 6.0
     warmup_s: float = 2.0
+    limits: bool = True  # also measure the machine's limit per regime (bench/peers/limits.py)
+
+    def model_for(self, regime: Regime) -> Path:
+        model_dir = self.model_dir if regime.model == "demo" else self.p6_model
+        if model_dir is None:
+            raise ValueError(f"regime {regime.key} needs a yolor_p6 model directory (--p6-model)")
+        return model_dir
 
 
 @dataclass
@@ -48,6 +55,7 @@ class RegimeRuns:
     servers: list[str]
     runs: list[Run] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # server -> why it was not measured
+    limit: dict[str, Any] | None = None  # the machine's limit for the regime's work
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,15 +90,17 @@ def serving(server: str, regime: Regime, model_dir: Path) -> Iterator[tuple[str,
 def run_regime(
     regime: Regime, config: PeersConfig, on_run: Callable[[Run], None] | None = None
 ) -> RegimeRuns:
-    model_dir = config.model_dir if regime.model == "demo" else config.p6_model
-    if model_dir is None:
-        raise ValueError(f"regime {regime.key} needs a yolor_p6 model directory (--p6-model)")
+    model_dir = config.model_for(regime)
     jpegs = sample_jpegs(PHOTO_SIZES[regime.photos])
     # The same work is checked where every server decodes alike: ours decodes a JPEG 4x+ the input at
     # reduced scale (its default), so 12 MP photos are checked through their 640x480 versions.
     checked = [DEMO_SAMPLE.read_bytes(), *(jpegs if regime.photos == "vga" else sample_jpegs())]
     servers = [OURS, *config.peers]
     result = RegimeRuns(regime, servers)
+    if config.limits:
+        from bench.peers.limits import regime_limit
+
+        result.limit = regime_limit(regime, model_dir, jpegs)
     reference: list[Any] | None = None
     for r in range(config.rounds):
         order = servers[r % len(servers) :] + servers[: r % len(servers)]
