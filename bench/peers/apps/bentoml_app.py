@@ -59,7 +59,13 @@ class _Tensor:
         self.tensor = tensor
 
 
-@bentoml.service(workers=CONFIG.workers, logging=LOGGING)
+# BentoML 1.4.40's front-to-model client (RemoteProxy) replaces its aiohttp session every
+# `runner_connection.max_requests` requests (default 100) by closing the old one, which cuts the
+# requests still in flight on it: 500 "Server disconnected" under concurrent load. Not refreshed here.
+RUNNER_CONNECTION = {"max_requests": 2**31 - 1, "max_age": 1e9}
+
+
+@bentoml.service(workers=CONFIG.workers, logging=LOGGING, runner_connection=RUNNER_CONNECTION)
 class Model:
     def __init__(self) -> None:
         _die_with_arbiter()
