@@ -79,6 +79,24 @@ class Settings(BaseSettings):
         default_factory=lambda: ["h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg"],
         description="FFmpeg video codec names allowed; empty: any",
     )
+    max_streams: int = Field(
+        default=16, ge=0, le=1024, description="live streams open at once (POST /streams)"
+    )
+    stream_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="hosts, *.wildcards and networks streams and their webhooks may connect to; "
+        "* is any host with a public address (private ones only when listed)",
+    )
+    stream_root: Path | None = Field(
+        default=None, description="folder of the files a stream may play; unset: none"
+    )
+    stream_open_timeout_s: float = Field(default=10.0, gt=0, le=300, description="opening a stream's source")
+    stream_read_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="a source silent this long is reopened (with backoff)"
+    )
+    state_dir: Path | None = Field(
+        default=None, description="where stream definitions are kept across restarts; unset: not kept"
+    )
     jpeg_reduced_decode: bool = Field(
         default=True,
         description="decode JPEGs 4x+ larger than the input at 1/2, 1/4 or 1/8 scale, keeping 2x the input",
@@ -114,7 +132,13 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
 
     @field_validator(
-        "api_keys", "admin_keys", "cors_origins", "video_containers", "video_codecs", mode="before"
+        "api_keys",
+        "admin_keys",
+        "cors_origins",
+        "video_containers",
+        "video_codecs",
+        "stream_allowed_hosts",
+        mode="before",
     )
     @classmethod
     def _split_list(cls, value: Any) -> Any:

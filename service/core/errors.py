@@ -81,6 +81,24 @@ class Forbidden(ServiceError):
     status, code = 403, "forbidden"
 
 
+class SourceNotAllowed(ServiceError):
+    """A stream source the server may not open (YOLOR_STREAM_ALLOWED_HOSTS, YOLOR_STREAM_ROOT)."""
+
+    status, code = 403, "source_not_allowed"
+
+
+class TooManyStreams(ServiceError):
+    """YOLOR_MAX_STREAMS streams are open already."""
+
+    status, code = 409, "too_many_streams"
+
+
+class StreamsUnavailable(ServiceError):
+    """Streams need one server process (YOLOR_WORKERS=1): a stream is held by the process that opens it."""
+
+    status, code = 409, "streams_unavailable"
+
+
 class NotFound(ServiceError):
     status, code = 404, "not_found"
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from service.core.errors import InvalidParameter
 from service.core.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, MAX_OVERLAP, MAX_SIZE, MIN_SIZE, TileOptions
 from service.processing import MergeMode
+from service.tracking import TrackerSettings
 
 # The post-processing parameters' bounds, for JSON bodies and query strings alike.
 CONF_BOUNDS: dict[str, Any] = {"ge": 0.0, "le": 1.0, "description": "keep detections with score > conf"}
@@ -148,3 +149,42 @@ def class_list(value: str | Sequence[int | str] | None) -> tuple[int | str, ...]
     for item in items:
         out.extend([item] if isinstance(item, int) else [p.strip() for p in item.split(",") if p.strip()])
     return tuple(out) or None
+
+
+TRACKING = TrackerSettings()  # the defaults the parameters document
+
+
+class TrackingFields(BaseModel):
+    """Multi-object tracking's parameters, as `/detect/video` and streams take them."""
+
+    track: bool = Field(False, description="multi-object tracking (ByteTrack): a track_id per detection")
+    track_high_thresh: float = Field(
+        TRACKING.track_high_thresh, ge=0, le=1, description="tracking: first-association score"
+    )
+    track_low_thresh: float = Field(
+        TRACKING.track_low_thresh, ge=0, le=1, description="tracking: lowest score associated (second pass)"
+    )
+    new_track_thresh: float = Field(
+        TRACKING.new_track_thresh, ge=0, le=1, description="tracking: lowest score that starts a track"
+    )
+    match_thresh: float = Field(
+        TRACKING.match_thresh, ge=0, le=1, description="tracking: largest match cost (1 - IoU x score)"
+    )
+    track_buffer: int = Field(
+        TRACKING.track_buffer, ge=0, le=10_000, description="tracking: frames (at 30 fps) a lost track waits"
+    )
+
+    def tracker_settings(self, frame_rate: float) -> TrackerSettings:
+        """The tracker's settings for a clip processed at `frame_rate` frames/s (InvalidParameter
+        when the thresholds do not fit together)."""
+        try:
+            return TrackerSettings(
+                track_high_thresh=self.track_high_thresh,
+                track_low_thresh=self.track_low_thresh,
+                new_track_thresh=self.new_track_thresh,
+                match_thresh=self.match_thresh,
+                track_buffer=self.track_buffer,
+                frame_rate=frame_rate,
+            )
+        except ValueError as e:
+            raise InvalidParameter(f"tracking: {e}") from None

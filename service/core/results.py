@@ -59,7 +59,7 @@ def detections_json(detections: Detections, names: list[str]) -> list[dict[str, 
     boxes = np.round(detections.boxes.astype(np.float64), 2).tolist()
     scores = np.round(detections.scores.astype(np.float64), 5).tolist()
     return [
-        {"box": b, "score": s, "class_id": c, "class_name": _name(names, c)}
+        {"box": b, "score": s, "class_id": c, "class_name": class_name(names, c)}
         for b, s, c in zip(boxes, scores, detections.class_ids.tolist(), strict=True)
     ]
 
@@ -92,7 +92,7 @@ def video_summary(
             {
                 "track_id": track_id,
                 "class_id": r.class_id,
-                "class_name": _name(names, r.class_id),
+                "class_name": class_name(names, r.class_id),
                 "first_frame": r.first_frame,
                 "last_frame": r.last_frame,
                 "frames": r.frames,
@@ -119,5 +119,5 @@ def video_summary(
     return summary
 
 
-def _name(names: list[str], class_id: int) -> str:
+def class_name(names: list[str], class_id: int) -> str:
     return names[class_id] if 0 <= class_id < len(names) else str(class_id)

@@ -121,7 +121,7 @@ async def detect_frames(
         start, read = time.monotonic(), clip.read
         taken, error = _take(frames, count)
         try:
-            batch = [_Prepared(f, _passes(detector, f, params)) for f in taken]
+            batch = [_Prepared(f, frame_passes(detector, f, params)) for f in taken]
         except ServiceError as e:  # a frame cut into more windows than allowed
             batch, error = [], e
         if batch:
@@ -156,7 +156,7 @@ async def detect_frames(
                     merge = detector.postprocessor.merge
                     detections = (await loop.run_in_executor(detector.pool, merge, parts, params)).detections
                 if tracker is not None:
-                    detections, track_ids = _tracked(tracker, detections, wanted.conf)
+                    detections, track_ids = track_frame(tracker, detections, wanted.conf)
                     if book is not None:
                         book.add(frame.index, track_ids, detections.class_ids)
                 metrics.detections.inc(len(detections))
@@ -179,7 +179,7 @@ async def detect_frames(
             release()
 
 
-def _tracked(
+def track_frame(
     tracker: ByteTracker, detections: Detections, conf: float
 ) -> tuple[Detections, npt.NDArray[np.int64]]:
     """The frame through the tracker, then only the detections scoring above `conf`, with their ids."""
@@ -201,7 +201,7 @@ def _take(frames: Iterator[Frame], count: int) -> tuple[list[Frame], ServiceErro
     return taken, None
 
 
-def _passes(detector: Detector, frame: Frame, params: DetectParams) -> list[Pass]:
+def frame_passes(detector: Detector, frame: Frame, params: DetectParams) -> list[Pass]:
     """The frame's input tensors: a sliced frame's windows (within the per-image limit), then always
     the whole frame."""
     height, width = frame.image.shape[:2]

@@ -32,9 +32,11 @@ from service.core.watchdog import BackendWatchdog
 from service.http.errors import install_error_handlers
 from service.http.middleware import BodySizeLimit, RequestMetrics, UnexpectedErrors
 from service.http.routes import admin, detect, kserve, system, video
+from service.http.routes import streams as streams_routes
 from service.kserve.statistics import StatisticsBook
 from service.logs import configure_logging
 from service.settings import Settings, unknown_variables
+from service.streams.manager import StreamManager
 
 if TYPE_CHECKING:  # grpc is imported only when the gRPC port is opened
     from service.kserve.grpc_server import GrpcServer
@@ -145,6 +147,7 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             await _start(state, factory)
+            await streams.start()  # the streams kept from the last run reopen
             if settings.grpc_port is not None:
                 from service.kserve.grpc_server import GrpcServer
 
@@ -157,6 +160,7 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
                 if uninstall is not None:
                     uninstall()
         finally:
+            await streams.close()
             await _stop(state, app.state.grpc)
 
     app = FastAPI(
@@ -165,6 +169,7 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
         lifespan=lifespan,
     )
     app.state.service = state
+    app.state.streams = streams = StreamManager(settings, state)
     app.state.kserve_statistics = statistics
     app.state.grpc = None  # the gRPC server while its port is open
     install_error_handlers(app, retry_after_s=settings.retry_after_s, on_reject=metrics.reject)
@@ -175,7 +180,10 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
         path_limits={video.VIDEO_PATH: settings.max_video_bytes},
     )
     app.add_middleware(UnexpectedErrors)
-    routers = (system.router, detect.router, video.router, kserve.router, kserve.infer_router, admin.router)
+    routers = (
+        system.router, detect.router, video.router, streams_routes.router, kserve.router, kserve.infer_router,
+        admin.router,
+    )  # fmt: skip
     paths = [route.path for router in routers for route in router.routes]  # type: ignore[attr-defined]
     app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
     if settings.cors_origins:

@@ -7,13 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.core.errors import InvalidParameter
-from service.core.options import TILE_BOUNDS, DetectFields
+from service.core.options import TILE_BOUNDS, DetectFields, TrackingFields
 from service.core.tiling import TILE_WORDS
 from service.manifest import ModelManifest
-from service.tracking import TrackerSettings
-
-TRACKING = TrackerSettings()  # the defaults the query documents
 
 QueryClasses = Annotated[
     list[str] | None, Field(description="class ids or names to keep; repeat or comma-separate")
@@ -27,7 +23,7 @@ class DetectQuery(DetectFields):
     tile: Annotated[str, Field(**TILE_BOUNDS, json_schema_extra={"enum": list(TILE_WORDS)})] = "false"
 
 
-class VideoQuery(DetectQuery):
+class VideoQuery(DetectQuery, TrackingFields):
     """The query string of `POST /detect/video`: /detect's parameters (sliced inference included),
     which frames to run, the annotated answer and tracking."""
 
@@ -36,37 +32,6 @@ class VideoQuery(DetectQuery):
     annotated: bool = Field(
         False, description="answer the processed frames as a video with the boxes drawn (MP4/H.264 or WebM)"
     )
-    track: bool = Field(False, description="multi-object tracking (ByteTrack): a track_id per detection")
-    track_high_thresh: float = Field(
-        TRACKING.track_high_thresh, ge=0, le=1, description="tracking: first-association score"
-    )
-    track_low_thresh: float = Field(
-        TRACKING.track_low_thresh, ge=0, le=1, description="tracking: lowest score associated (second pass)"
-    )
-    new_track_thresh: float = Field(
-        TRACKING.new_track_thresh, ge=0, le=1, description="tracking: lowest score that starts a track"
-    )
-    match_thresh: float = Field(
-        TRACKING.match_thresh, ge=0, le=1, description="tracking: largest match cost (1 - IoU x score)"
-    )
-    track_buffer: int = Field(
-        TRACKING.track_buffer, ge=0, le=10_000, description="tracking: frames (at 30 fps) a lost track waits"
-    )
-
-    def tracker_settings(self, frame_rate: float) -> TrackerSettings:
-        """The tracker's settings for a clip processed at `frame_rate` frames/s (InvalidParameter
-        when the thresholds do not fit together)."""
-        try:
-            return TrackerSettings(
-                track_high_thresh=self.track_high_thresh,
-                track_low_thresh=self.track_low_thresh,
-                new_track_thresh=self.new_track_thresh,
-                match_thresh=self.match_thresh,
-                track_buffer=self.track_buffer,
-                frame_rate=frame_rate,
-            )
-        except ValueError as e:
-            raise InvalidParameter(f"tracking: {e}") from None
 
 
 class JsonDetectRequest(DetectFields):

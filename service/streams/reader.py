@@ -1,0 +1,259 @@
+"""One live source read by one thread: PyAV (FFmpeg) opens it, decodes every frame, and hands the
+frames the stream wants (its fps cap) to a one-frame buffer; the source reopens itself with backoff
+when it stops delivering.
+
+- Buffer policies: a live source (a camera: RTSP, MJPEG, HLS) keeps only the newest frame, a frame
+  replaced before it was taken counts as dropped (`stale`); a file played in real time is never
+  dropped (the reader waits for the frame to be taken: back-pressure).
+- States: starting (first open) -> running -> reconnecting (the source failed, stalled past the read
+  timeout or ended while live; reopened with backoff: 0.5 s doubling to 30 s, reset by a frame) ->
+  running ... A file ends (`ended`) at its end unless it loops. A source that cannot be opened at all
+  `open_attempts` times in a row before it ever ran is `failed`, with the reason; one that has run
+  reconnects until it is stopped.
+- FFmpeg's open and read timeouts are PyAV's (its interrupt callback), so a dead camera never blocks
+  the thread; RTSP goes over TCP; only the protocols a source's scheme needs are allowed (an HLS
+  playlist cannot point FFmpeg at a local file).
+
+PyAV is imported when a source starts: the rest of the server runs without it.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+# FFmpeg protocols a source may use, by its URL's scheme (tls/crypto for the encrypted variants).
+PROTOCOLS = {
+    "rtsp": "rtsp,rtp,srtp,udp,tcp",
+    "rtsps": "rtsp,rtsps,rtp,srtp,udp,tcp,tls",
+    "http": "http,tcp,hls,crypto",
+    "https": "http,https,tcp,tls,hls,crypto",
+    "file": "file",
+}
+
+
+class SourceState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    fps: float | None = None  # at most this many frames per second handed on (None: every frame)
+    live: bool = True  # keep the newest frame; False: a file, paced in real time, never dropped
+    loop: bool = False  # a file starts over at its end
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 10.0  # no packet for this long: the source is reopened
+    open_attempts: int = 3  # before it ever ran: failed after this many opens in a row failed
+    backoff_s: tuple[float, float] = (0.5, 30.0)  # first and longest wait between reopenings
+    max_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    index: int  # frames decoded from this source so far (across reconnects), this one's number
+    captured: float  # time.time() when it was decoded (the end-to-end latency starts here)
+    pts_s: float | None
+    frame: Any  # the decoded av.VideoFrame: converted to RGB by whoever takes it (service.core.video.upright)
+
+
+@dataclass
+class SourceStats:
+    decoded: int = 0
+    handed: int = 0  # past the fps cap, into the buffer
+    skipped: int = 0  # not wanted under the fps cap
+    dropped: Counter[str] = field(default_factory=Counter)  # by reason: stale
+    reconnects: int = 0
+    last_frame_at: float | None = None  # time.monotonic()
+    source_fps: float | None = None  # measured over the frames decoded (exponential average)
+    error: str | None = None  # the last failure, kept after recovery until the next one
+
+
+class FrameBuffer:
+    """One frame between the reader thread and the stream's task. `put` never blocks for a live
+    source (the frame replaces the one waiting: dropped), and waits for `take` for a file; `get`
+    is awaited on the event loop."""
+
+    def __init__(self, live: bool, on_ready: Callable[[], None]) -> None:
+        self.live, self._on_ready = live, on_ready
+        self._frame: SourceFrame | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def put(self, frame: SourceFrame) -> bool:
+        """Whether a frame waiting was replaced (live only). Returns at once when closed."""
+        with self._cond:
+            if not self.live:
+                self._cond.wait_for(lambda: self._frame is None or self._closed)
+            replaced = self._frame is not None and not self._closed
+            self._frame = frame
+        self._on_ready()
+        return replaced
+
+    def take(self) -> SourceFrame | None:
+        with self._cond:
+            frame, self._frame = self._frame, None
+            self._cond.notify_all()
+        return frame
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._on_ready()
+
+
+class SourceReader:
+    """The thread that reads `url` (an absolute file path for a file) into `buffer` until `stop`.
+    `on_change` is called (from the thread) on every state change; `stats` and `state` are read by
+    anyone (single writer)."""
+
+    def __init__(
+        self,
+        url: str,
+        settings: SourceSettings,
+        buffer: FrameBuffer,
+        on_change: Callable[[SourceState], None] = lambda _: None,
+        *,
+        check: Callable[[], None] = lambda: None,
+        name: str = "yolor-source",
+    ) -> None:
+        """`check` runs before every opening (raising refuses it: the host's addresses may have changed)."""
+        self.url, self.settings, self.buffer, self._on_change = url, settings, buffer, on_change
+        self._check = check
+        self.state = SourceState.STARTING
+        self.stats = SourceStats()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop reading (the open or read in progress is interrupted within ~0.1 s)."""
+        self._stop.set()
+        self.buffer.close()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+        self._set(SourceState.STOPPED)
+
+    def _set(self, state: SourceState) -> None:
+        if self.state is not state and self.state is not SourceState.STOPPED:
+            self.state = state
+            self._on_change(state)
+
+    def _run(self) -> None:
+        failed_opens, wait = 0, self.settings.backoff_s[0]
+        while not self._stop.is_set():
+            try:
+                container = self._open()
+            except Exception as e:
+                self.stats.error = f"cannot open the source: {_reason(e)}"
+                failed_opens += 1
+                if self.state is SourceState.STARTING and failed_opens >= self.settings.open_attempts:
+                    self._set(SourceState.FAILED)
+                    return
+            else:
+                failed_opens = 0
+                try:
+                    ended = self._read(container)
+                except Exception as e:
+                    self.stats.error = f"the source stopped: {_reason(e)}"
+                    ended = False
+                finally:
+                    container.close()
+                if self.stats.last_frame_at is not None and self.state is SourceState.RUNNING:
+                    wait = self.settings.backoff_s[0]  # it delivered: start the backoff over
+                if ended and not (self.settings.live or self.settings.loop):
+                    self._set(SourceState.ENDED)
+                    self.buffer.close()
+                    return
+                if ended and not self.settings.live:
+                    continue  # a looping file starts over at once
+                if ended:
+                    self.stats.error = "the source ended"
+            if self._stop.is_set():
+                return
+            if self.state is not SourceState.STARTING:
+                self._set(SourceState.RECONNECTING)
+            self._stop.wait(wait)
+            wait = min(wait * 2, self.settings.backoff_s[1])
+            if self.state is SourceState.RECONNECTING:
+                self.stats.reconnects += 1
+
+    def _open(self) -> Any:
+        import av
+
+        self._check()
+        scheme = urlsplit(self.url).scheme if "://" in self.url else "file"
+        options = {"protocol_whitelist": PROTOCOLS[scheme]}
+        if scheme.startswith("rtsp"):
+            options["rtsp_transport"] = "tcp"
+        return av.open(
+            self.url,
+            options=options,
+            timeout=(self.settings.open_timeout_s, self.settings.read_timeout_s),
+        )
+
+    def _read(self, container: Any) -> bool:
+        """Frames until the source ends (True) or `stop` (False)."""
+        stream = container.streams.video[0] if container.streams.video else None
+        if stream is None:
+            raise ValueError("the source has no video stream")
+        stream.thread_type = "AUTO"
+        paced_from: tuple[float, float] | None = None  # (wall clock, pts) of a file's first frame
+        next_due: float | None = None  # the fps cap: when the next frame is due to be handed on
+        period = 1.0 / self.settings.fps if self.settings.fps else 0.0
+        for frame in container.decode(stream):
+            if self._stop.is_set():
+                return False
+            now = time.monotonic()
+            pts_s = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
+            if not self.settings.live and pts_s is not None:  # real time: wait for the frame's moment
+                if paced_from is None:
+                    paced_from = (now, pts_s)
+                delay = paced_from[0] + (pts_s - paced_from[1]) - now
+                if delay > 0 and self._stop.wait(delay):
+                    return False
+                now = time.monotonic()
+            if frame.width * frame.height > self.settings.max_pixels:
+                raise ValueError(f"frames of {frame.width}x{frame.height} pixels are over the limit")
+            self._count(now)
+            self._set(SourceState.RUNNING)
+            # The cap's clock: a file's own timestamps (it is paced by them), else the arrival time.
+            clock = pts_s if not self.settings.live and pts_s is not None else now
+            if next_due is not None and clock < next_due - period * 1e-3:
+                self.stats.skipped += 1
+                continue
+            # On the grid from the first frame; a source that fell behind by more than a period restarts it.
+            next_due = clock + period if next_due is None or clock - next_due > period else next_due + period
+            captured = SourceFrame(self.stats.decoded - 1, time.time(), pts_s, frame)
+            if self.buffer.put(captured):
+                self.stats.dropped["stale"] += 1
+            self.stats.handed += 1
+        return True
+
+    def _count(self, now: float) -> None:
+        stats = self.stats
+        if stats.last_frame_at is not None:
+            gap = now - stats.last_frame_at
+            if gap > 0:
+                rate = 1.0 / gap
+                stats.source_fps = rate if stats.source_fps is None else 0.9 * stats.source_fps + 0.1 * rate
+        stats.decoded += 1
+        stats.last_frame_at = now
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

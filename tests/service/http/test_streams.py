@@ -1,0 +1,153 @@
+"""Live streams over HTTP, on the demo model behind a real uvicorn: a clip under YOLOR_STREAM_ROOT
+played as a stream, its frames' detections over SSE equal to /detect's on the same decoded frames,
+the stream's status, the admin key, the limits, and definitions kept across a restart."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.http.app import create_app
+from service.settings import DEMO_MODEL_DIR, Settings
+from tests.support.app import serving
+from tests.support.video import decoded_frames, make_clip, sample_frames
+
+pytest.importorskip("av")
+pytestmark = pytest.mark.api
+
+ADMIN = {"X-API-Key": "admin-key-123"}
+
+
+def _app(tmp_path: Path, **settings: Any):
+    return create_app(
+        Settings(
+            model_dir=DEMO_MODEL_DIR,
+            backend="onnxruntime",
+            device="cpu",
+            onnx_intra_op_threads=1,
+            onnx_parallel_runs=1,
+            admin_keys=[ADMIN["X-API-Key"]],
+            stream_root=tmp_path / "clips",
+            state_dir=tmp_path / "state",
+            **settings,
+        )
+    )
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> bytes:
+    data = make_clip(sample_frames(20))  # 2 s at 10 fps
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "cam.mp4").write_bytes(data)
+    return data
+
+
+def _ready(client: httpx.Client) -> None:
+    give_up = time.monotonic() + 60
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < give_up, "never ready"
+        time.sleep(0.05)
+
+
+def _sse(client: httpx.Client, path: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every (event, data) until the server ends the stream."""
+    out, event = [], None
+    with client.stream("GET", path, timeout=30) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                out.append((event, json.loads(line[6:])))
+    return out
+
+
+def test_a_file_stream_answers_what_detect_answers_on_each_frame(tmp_path, clip):
+    decoded = decoded_frames(clip)
+    with serving(_app(tmp_path)) as url, httpx.Client(base_url=url) as client:
+        _ready(client)
+        created = client.post("/streams", json={"source": "cam.mp4", "fps": 30, "conf": 0.3}, headers=ADMIN)
+        assert created.status_code == 201, created.text
+        stream_id = created.json()["id"]
+        messages = _sse(client, f"/streams/{stream_id}/events")
+        frames = [m for kind, m in messages if kind == "frame"]
+        assert len(frames) >= 15  # a file is never dropped; the first frames may precede the listener
+        assert [f["frame"] for f in frames] == sorted(f["frame"] for f in frames)
+        for message in frames[::4]:
+            png = _png(decoded[message["frame"]])
+            want = client.post("/detect", params={"conf": 0.3}, files={"image": ("f.png", png)}).json()
+            want = want["results"][0]["detections"]
+            assert [d["class_id"] for d in message["detections"]] == [d["class_id"] for d in want]
+            for got, ref in zip(message["detections"], want, strict=True):
+                assert got["box"] == pytest.approx(ref["box"], abs=0.02)
+        assert messages[-1] == ("state", {"type": "state", "stream": stream_id, "state": "ended"})
+        status = client.get(f"/streams/{stream_id}").json()
+        assert status["state"] == "ended"
+        assert status["frames"]["decoded"] == 20
+        assert status["frames"]["processed"] == 20
+        assert status["dropped"] == {}
+        assert status["latency_ms"]["p50"] > 0
+
+
+def _png(image) -> bytes:
+    import cv2
+
+    ok, data = cv2.imencode(".png", image[:, :, ::-1])
+    assert ok
+    return data.tobytes()
+
+
+def test_admin_key_limits_and_bad_sources(tmp_path, clip):
+    with serving(_app(tmp_path, max_streams=1)) as url, httpx.Client(base_url=url) as client:
+        _ready(client)
+        assert client.post("/streams", json={"source": "cam.mp4"}).status_code == 401
+        assert (
+            client.post(
+                "/streams", json={"source": "cam.mp4"}, headers={"X-API-Key": "wrong-key-1"}
+            ).status_code
+            == 403
+        )
+        refused = client.post("/streams", json={"source": "../secret.mp4"}, headers=ADMIN)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (403, "source_not_allowed")
+        refused = client.post("/streams", json={"source": "rtsp://127.0.0.1/x"}, headers=ADMIN)
+        assert refused.status_code == 403 and "private or reserved" in refused.json()["error"]["message"]
+        refused = client.post("/streams", json={"source": "cam.mp4", "classes": ["dragon"]}, headers=ADMIN)
+        assert refused.status_code == 422
+        refused = client.post("/streams", json={"source": "cam.mp4", "lines": [
+            {"name": "l", "start": [0, 0.5], "end": [1, 0.5]}]}, headers=ADMIN)  # fmt: skip
+        assert refused.status_code == 422 and "track" in refused.text
+        first = client.post("/streams", json={"source": "cam.mp4", "loop": True}, headers=ADMIN)
+        assert first.status_code == 201
+        second = client.post("/streams", json={"source": "cam.mp4"}, headers=ADMIN)
+        assert (second.status_code, second.json()["error"]["code"]) == (409, "too_many_streams")
+        stream_id = first.json()["id"]
+        assert [s["id"] for s in client.get("/streams").json()["streams"]] == [stream_id]
+        assert client.delete(f"/streams/{stream_id}").status_code == 401
+        assert client.delete(f"/streams/{stream_id}", headers=ADMIN).status_code == 204
+        assert client.get(f"/streams/{stream_id}").status_code == 404
+        assert client.get("/streams").json()["streams"] == []
+
+
+def test_streams_are_kept_across_a_restart(tmp_path, clip):
+    spec = {"source": "cam.mp4", "loop": True, "track": True, "name": "yard",
+            "lines": [{"name": "door", "start": [0, 0.5], "end": [1, 0.5]}]}  # fmt: skip
+    with serving(_app(tmp_path)) as url, httpx.Client(base_url=url) as client:
+        _ready(client)
+        stream_id = client.post("/streams", json=spec, headers=ADMIN).json()["id"]
+    stored = json.loads((tmp_path / "state" / "streams.json").read_text())
+    assert [s["id"] for s in stored["streams"]] == [stream_id]
+    assert (tmp_path / "state" / "streams.json").stat().st_mode & 0o777 == 0o600
+    with serving(_app(tmp_path)) as url, httpx.Client(base_url=url) as client:
+        status = client.get(f"/streams/{stream_id}").json()
+        assert (status["name"], status["source"]) == ("yard", str((tmp_path / "clips" / "cam.mp4").resolve()))
+        give_up = time.monotonic() + 30
+        while client.get(f"/streams/{stream_id}").json()["frames"]["processed"] < 3:
+            assert time.monotonic() < give_up, client.get(f"/streams/{stream_id}").json()
+            time.sleep(0.1)
+        assert client.get(f"/streams/{stream_id}").json()["counts"]["lines"]["door"]["in"] >= 0

@@ -1,0 +1,157 @@
+"""The source reader against real sources: a clip played in real time and never dropped, an HTTP
+MJPEG camera that goes away and comes back (reconnected with backoff), the newest-frame policy, the
+fps cap, and a source that cannot be opened (failed, with the reason)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from service.streams.reader import FrameBuffer, SourceFrame, SourceReader, SourceSettings, SourceState
+from tests.support.mjpeg import MjpegCamera, jpegs
+from tests.support.video import FPS, make_clip, sample_frames
+
+pytest.importorskip("av")
+
+
+def wait_for(condition, what: str, timeout_s: float = 20.0) -> None:
+    give_up = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < give_up, what
+        time.sleep(0.02)
+
+
+class Taker:
+    """Takes the buffer's frames in a thread, as the stream's task does, `delay_s` per frame."""
+
+    def __init__(self, live: bool, delay_s: float = 0.0) -> None:
+        self.frames: list[SourceFrame] = []
+        self._wake = threading.Event()
+        self.buffer = FrameBuffer(live, self._wake.set)
+        self.delay_s = delay_s
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait(0.05)
+            self._wake.clear()
+            frame = self.buffer.take()
+            if frame is not None:
+                self.frames.append(frame)
+                time.sleep(self.delay_s)
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+def test_a_file_plays_in_real_time_and_no_frame_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(make_clip(sample_frames(20)))
+    taker = Taker(live=False, delay_s=0.15)  # slower than the clip's 10 fps: back-pressure, not drops
+    reader = SourceReader(str(path), SourceSettings(live=False), taker.buffer)
+    started = time.monotonic()
+    reader.start()
+    wait_for(lambda: reader.state is SourceState.ENDED and len(taker.frames) == 20, "the clip never ended")
+    taker.stop()
+    assert [f.index for f in taker.frames] == list(range(20))
+    assert [f.pts_s for f in taker.frames] == pytest.approx([i / FPS for i in range(20)])
+    assert time.monotonic() - started >= 19 * 0.15  # paced by the taker, who is slower than real time
+    assert reader.stats.dropped == {} and reader.stats.decoded == 20
+
+
+def test_a_file_is_paced_at_its_frame_rate(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(make_clip(sample_frames(20)))
+    taker = Taker(live=False)
+    reader = SourceReader(str(path), SourceSettings(live=False), taker.buffer)
+    reader.start()
+    wait_for(lambda: reader.state is SourceState.ENDED, "the clip never ended")
+    taker.stop()
+    arrivals = [f.captured - taker.frames[0].captured for f in taker.frames]
+    assert arrivals[-1] == pytest.approx(19 / FPS, abs=0.25)  # 1.9 s of video took ~1.9 s
+
+
+def test_the_fps_cap_hands_on_fewer_frames(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(make_clip(sample_frames(20)))
+    taker = Taker(live=False)
+    reader = SourceReader(str(path), SourceSettings(live=False, fps=2.5), taker.buffer)
+    reader.start()
+    wait_for(lambda: reader.state is SourceState.ENDED, "the clip never ended")
+    taker.stop()
+    assert [f.index for f in taker.frames] == [0, 4, 8, 12, 16]
+    assert reader.stats.skipped == 15
+
+
+def test_a_camera_that_goes_away_is_reconnected() -> None:
+    camera = MjpegCamera(jpegs(sample_frames(4)), fps=20)
+    taker = Taker(live=True)
+    settings = SourceSettings(live=True, read_timeout_s=2.0, open_timeout_s=2.0, backoff_s=(0.2, 1.0))
+    states: list[SourceState] = []
+    reader = SourceReader(camera.url, settings, taker.buffer, states.append)
+    with camera:
+        reader.start()
+        wait_for(lambda: len(taker.frames) >= 10, "no frames from the camera")
+        assert reader.state is SourceState.RUNNING
+        assert taker.frames[0].frame.width == 192
+    wait_for(lambda: reader.state is SourceState.RECONNECTING, "the camera's end went unnoticed")
+    seen = len(taker.frames)
+    time.sleep(1.0)  # away for a while: reopenings fail
+    with camera:
+        wait_for(lambda: len(taker.frames) >= seen + 10, "no frames after the camera came back")
+        assert reader.state is SourceState.RUNNING
+        reader.stop()
+    taker.stop()
+    assert reader.stats.reconnects >= 1
+    assert "the source" in (reader.stats.error or "")
+    running, reconnecting = SourceState.RUNNING, SourceState.RECONNECTING
+    assert [s for i, s in enumerate(states) if i == 0 or s is not states[i - 1]] == [
+        running, reconnecting, running, SourceState.STOPPED
+    ]  # fmt: skip
+    assert reader.state is SourceState.STOPPED
+
+
+def test_a_live_source_keeps_only_the_newest_frame() -> None:
+    camera = MjpegCamera(jpegs(sample_frames(4)), fps=30)
+    taker = Taker(live=True, delay_s=0.2)  # 5 frames/s taken from a 30 fps camera
+    reader = SourceReader(camera.url, SourceSettings(live=True), taker.buffer)
+    with camera:
+        reader.start()
+        wait_for(lambda: len(taker.frames) >= 6, "too few frames")
+        reader.stop()
+    taker.stop()
+    stats = reader.stats
+    assert stats.dropped["stale"] > 0
+    assert stats.handed == len(taker.frames) + stats.dropped["stale"] + (1 if reader.buffer.take() else 0)
+    assert all(b.index - a.index >= 3 for a, b in zip(taker.frames[1:], taker.frames[2:], strict=False))
+    assert stats.source_fps == pytest.approx(30, rel=0.3)
+
+
+def test_a_source_that_cannot_be_opened_fails_with_its_reason(tmp_path: Path) -> None:
+    taker = Taker(live=True)
+    settings = SourceSettings(live=True, open_attempts=2, backoff_s=(0.05, 0.05), open_timeout_s=1)
+    reader = SourceReader("http://127.0.0.1:9/none.mjpg", settings, taker.buffer)
+    reader.start()
+    wait_for(lambda: reader.state is SourceState.FAILED, "never failed")
+    taker.stop()
+    assert reader.stats.error is not None and reader.stats.error.startswith("cannot open the source")
+
+
+def test_a_refused_check_fails_the_source_before_it_opens(tmp_path: Path) -> None:
+    from service.core.errors import SourceNotAllowed
+
+    def refuse() -> None:
+        raise SourceNotAllowed("not today")
+
+    taker = Taker(live=True)
+    settings = SourceSettings(live=True, open_attempts=1)
+    reader = SourceReader("http://127.0.0.1:9/x", settings, taker.buffer, check=refuse)
+    reader.start()
+    wait_for(lambda: reader.state is SourceState.FAILED, "never failed")
+    taker.stop()
+    assert reader.stats.error == "cannot open the source: not today"
