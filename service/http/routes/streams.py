@@ -122,7 +122,10 @@ async def stream_events(
 async def stream_socket(
     websocket: WebSocket, stream_id: str, types: str | None = None, api_key: str | None = None
 ) -> None:
-    """The same messages as /events, one JSON text message each."""
+    """The same messages as /events, one JSON text message each. Refused after the handshake, so
+    that the client reads why: close code 1008 (no or a wrong API key) or 4000 + the HTTP status
+    (4404: no such stream, 4422: unknown message types), the reason the error's message."""
+    await websocket.accept()
     try:
         _check_viewer(websocket, api_key)
         stream = _manager(websocket).get(stream_id)
@@ -130,7 +133,6 @@ async def stream_socket(
     except ServiceError as e:
         await websocket.close(code=1008 if e.status in (401, 403) else 4000 + e.status, reason=str(e)[:120])
         return
-    await websocket.accept()
     with stream.hub.listen(kinds) as listener:
         receiving = asyncio.create_task(_until_closed(websocket))
         try:

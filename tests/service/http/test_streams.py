@@ -151,3 +151,98 @@ def test_streams_are_kept_across_a_restart(tmp_path, clip):
             assert time.monotonic() < give_up, client.get(f"/streams/{stream_id}").json()
             time.sleep(0.1)
         assert client.get(f"/streams/{stream_id}").json()["counts"]["lines"]["door"]["in"] >= 0
+
+
+def crossing_frames(count: int = 30) -> list:
+    """A red rectangle moving down across the middle of a 320x240 frame and a blue circle moving up:
+    one crossing of a horizontal middle line each way (their bottom edges cross it once)."""
+    import cv2
+    import numpy as np
+
+    frames = []
+    for t in range(count):
+        image = np.full((240, 320, 3), (90, 110, 130), np.uint8)
+        top = 20 + 160 * t / (count - 1)
+        cv2.rectangle(image, (60, int(top)), (105, int(top) + 40), (230, 60, 40), -1)
+        cv2.circle(image, (230, int(210 - 180 * t / (count - 1))), 20, (40, 60, 230), -1)
+        frames.append(image)
+    return frames
+
+
+def test_lines_and_zones_are_counted_exactly_on_a_clip_with_known_crossings(tmp_path):
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "crossing.mp4").write_bytes(make_clip(crossing_frames()))
+    spec = {
+        "source": "crossing.mp4", "fps": 30, "track": True,
+        "lines": [{"name": "middle", "start": [0, 0.5], "end": [1, 0.5]}],
+        "zones": [{"name": "lower", "polygon": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]], "classes": ["circle"]}],
+    }  # fmt: skip
+    with serving(_app(tmp_path)) as url, httpx.Client(base_url=url) as client:
+        _ready(client)
+        stream_id = client.post("/streams", json=spec, headers=ADMIN).json()["id"]
+        events = [
+            m for kind, m in _sse(client, f"/streams/{stream_id}/events") if kind not in ("frame", "state")
+        ]
+        status = client.get(f"/streams/{stream_id}").json()
+    assert status["state"] == "ended" and status["frames"]["processed"] == 30
+    middle = status["counts"]["lines"]["middle"]
+    assert (middle["in"], middle["out"]) == (1, 1)
+    assert middle["by_class"] == {
+        "1": {"in": 1, "out": 0},
+        "0": {"in": 0, "out": 1},
+    }  # rectangle down, circle up
+    assert status["counts"]["zones"]["lower"] == {"inside": 0, "entered": 1, "exited": 1}  # circles only
+    crossings = [(e["class_name"], e["direction"]) for e in events if e["type"] == "line.cross"]
+    assert sorted(crossings) == [("circle", "out"), ("rectangle", "in")]
+    exits = [e for e in events if e["type"] == "zone.exit"]
+    assert [(e["class_name"], e["lost"]) for e in exits] == [("circle", False)]
+    assert exits[0]["counts"]["zones"]["lower"]["exited"] == 1
+
+
+def test_websocket_and_mjpeg_views(tmp_path, clip):
+    import cv2
+    import numpy as np
+    from websockets.sync.client import connect
+
+    decoded = decoded_frames(clip)
+    app = _app(tmp_path, api_keys=["viewer-key-1"])
+    with serving(app) as url, httpx.Client(base_url=url) as client:
+        _ready(client)
+        spec = {"source": "cam.mp4", "loop": True, "fps": 30}
+        stream_id = client.post("/streams", json=spec, headers=ADMIN).json()["id"]
+        ws_url = url.replace("http://", "ws://") + f"/streams/{stream_id}/ws"
+        with connect(f"{ws_url}?types=frame&api_key=viewer-key-1") as socket:
+            messages = [json.loads(socket.recv(timeout=10)) for _ in range(5)]
+        assert {m["type"] for m in messages} == {"frame"}
+        frames = [m["frame"] for m in messages]
+        assert frames == sorted(frames) and len(set(frames)) == 5
+        for bad, code in ((f"{ws_url}", 1008), (f"{ws_url}?api_key=nope-nope-1", 1008)):
+            with connect(bad) as socket, pytest.raises(Exception) as closed:
+                socket.recv(timeout=10)
+            assert getattr(closed.value, "rcvd", None) is not None and closed.value.rcvd.code == code
+        gone = url.replace("http://", "ws://") + "/streams/nope/ws?api_key=viewer-key-1"
+        with connect(gone) as socket, pytest.raises(Exception) as closed:
+            socket.recv(timeout=10)
+        assert closed.value.rcvd.code == 4404
+        assert client.get(f"/streams/{stream_id}/mjpeg").status_code == 401
+        parts = []
+        with client.stream(
+            "GET", f"/streams/{stream_id}/mjpeg", params={"api_key": "viewer-key-1"}
+        ) as response:
+            assert response.headers["content-type"].startswith("multipart/x-mixed-replace")
+            data = b""
+            for chunk in response.iter_bytes():
+                data += chunk
+                while (end := data.find(b"\xff\xd9")) >= 0 and len(parts) < 3:
+                    start = data.find(b"\xff\xd8")
+                    parts.append(data[start : end + 2])
+                    data = data[end + 2 :]
+                if len(parts) >= 3:
+                    break
+        for jpeg in parts:
+            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+            assert image.shape == decoded[0].shape
+            diffs = [np.abs(image.astype(int) - f.astype(int)) for f in decoded]
+            nearest = min(diffs, key=lambda d: float(np.median(d)))
+            assert np.median(nearest) <= 10  # one of the clip's frames (through a JPEG at quality 80) ...
+            assert (nearest.max(axis=2) > 120).mean() > 0.002  # ... with its boxes drawn on it
