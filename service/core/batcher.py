@@ -26,6 +26,12 @@ post-processing and a round trip through a busy event loop (docs/benchmarks.md, 
 Their images count against the queue bound, and those abandoned or expired by the time they start
 are not run. On the CPU it gained nothing measurable (the cores are busy through the gap anyway).
 
+Background images (a live stream's frames) queue behind interactive ones: the queue is ordered by
+arrival time, a background image's counted `BACKGROUND_HANDICAP_S` later, so a request overtakes
+the frames queued less than that before it (its latency does not grow with the streams' load) and a
+frame waits at most that much longer than it would have (streams are not starved). Background images
+are also admitted only into half of the queue, the other half kept for requests.
+
 Stopping waits (bounded) for the batches in the worker threads: the caller releases the backend
 only when `stop` says they are idle. `inflight_age` lets a watchdog see a batch stuck in the backend.
 """
@@ -35,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -50,6 +57,8 @@ from service.core.metrics import Metrics
 __all__ = ["BatchOutput", "DynamicBatcher", "Finish", "InferFn"]
 
 log = logging.getLogger(__name__)
+
+BACKGROUND_HANDICAP_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,11 @@ class DynamicBatcher:
             )
         self.max_batch_size, self.max_delay_s, self.workers = max_batch_size, max_delay_s, workers
         self.lookahead = lookahead
-        self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_size)
+        # (arrival, with a background image's handicap; submission order; the image)
+        self._queue: asyncio.PriorityQueue[tuple[float, int, Item]] = asyncio.PriorityQueue(
+            maxsize=queue_size
+        )
+        self._order = itertools.count()
         self._metrics = metrics
         self._runner = BatchRunner(infer, workers=workers, lookahead=lookahead, metrics=metrics)
         self._free = asyncio.Semaphore(workers + lookahead)  # batches formed and not yet answered
@@ -116,10 +129,16 @@ class DynamicBatcher:
         self._accepting = True
 
     def submit(
-        self, tensors: Sequence[np.ndarray], deadline: float, finish: Sequence[Finish] | None = None
+        self,
+        tensors: Sequence[np.ndarray],
+        deadline: float,
+        finish: Sequence[Finish] | None = None,
+        *,
+        background: bool = False,
     ) -> list[asyncio.Future[BatchOutput]]:
         """Queue one request's images (all or none), each with its `finish` if given; raise
-        ShuttingDown or Overloaded (queue full). A future fails with what its `finish` raised."""
+        ShuttingDown or Overloaded (queue full). A future fails with what its `finish` raised.
+        `background`: behind interactive images (a stream's frames)."""
         if not self._accepting:
             raise ShuttingDown("the server is shutting down")
         if self.queue_size - self.waiting < len(tensors):
@@ -127,23 +146,27 @@ class DynamicBatcher:
         if finish is not None and len(finish) != len(tensors):
             raise ValueError(f"{len(finish)} finish functions for {len(tensors)} images")
         loop, now = asyncio.get_running_loop(), time.monotonic()
+        rank = now + BACKGROUND_HANDICAP_S if background else now
         futures = []
         for i, tensor in enumerate(tensors):
             future: asyncio.Future[BatchOutput] = loop.create_future()
-            self._queue.put_nowait(Item(tensor, future, deadline, now, finish[i] if finish else None))
+            item = Item(tensor, future, deadline, now, finish[i] if finish else None)
+            self._queue.put_nowait((rank, next(self._order), item))
             futures.append(future)
         self._metrics.queue_depth.set(self.waiting)
         self._changed.set()
         return futures
 
     @contextlib.contextmanager
-    def incoming(self, images: int, *, admit: bool = False) -> Iterator[None]:
+    def incoming(self, images: int, *, admit: bool = False, background: bool = False) -> Iterator[None]:
         """Announce `images` being prepared for `submit` (a batch waits for them, up to its delay).
 
         `admit`: first raise Overloaded unless the queue has room for them beside those waiting and
         those already being prepared, so that a request the queue will refuse is refused before its
-        images are decoded (a burst is shed for the cost of reading it, not of decoding it)."""
-        if admit and self.queue_size - self.waiting - self._incoming < images:
+        images are decoded (a burst is shed for the cost of reading it, not of decoding it).
+        `background` images are admitted into half of the queue only."""
+        room = self.queue_size // 2 if background else self.queue_size
+        if admit and room - self.waiting - self._incoming < images:
             raise Overloaded(
                 f"batch queue full ({self.waiting}/{self.queue_size} images waiting, "
                 f"{self._incoming} being prepared)"
@@ -186,7 +209,7 @@ class DynamicBatcher:
             answering.cancel()
         await asyncio.gather(*self._batches.values(), return_exceptions=True)
         leftover = [i for b in batches for i in b.items]
-        leftover += [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        leftover += [self._queue.get_nowait()[2] for _ in range(self._queue.qsize())]
         for item in leftover:
             if self._fail(item, ShuttingDown("the server shut down before this image was run")):
                 self._metrics.dropped_images.labels(reason="shutdown").inc()
@@ -247,17 +270,17 @@ class DynamicBatcher:
         nothing more is on its way. While other workers are idle, only this worker's share of what
         is queued now: two images on two idle single-threaded workers run side by side, not one
         after the other in one batch."""
-        items = [await self._queue.get()]
+        items = [(await self._queue.get())[2]]
         idle_others = self.workers - len(self._batches) - 1
         if idle_others > 0:  # share what is queued with the idle workers, and wait for nothing
             share = -(-(1 + self._queue.qsize()) // (idle_others + 1))  # ceil
             while len(items) < min(share, self.max_batch_size) and not self._queue.empty():
-                items.append(self._queue.get_nowait())
+                items.append(self._queue.get_nowait()[2])
             return items
         flush_at = time.monotonic() + self.max_delay_s
         while len(items) < self.max_batch_size:
             if not self._queue.empty():
-                items.append(self._queue.get_nowait())
+                items.append(self._queue.get_nowait()[2])
                 continue
             if self._incoming == 0:  # nothing else on its way
                 break
@@ -265,7 +288,7 @@ class DynamicBatcher:
             if remaining <= 0:
                 break
             try:
-                items.append(await asyncio.wait_for(self._queue.get(), remaining))
+                items.append((await asyncio.wait_for(self._queue.get(), remaining))[2])
             except asyncio.TimeoutError:  # not the builtin before Python 3.11
                 break
         return items

@@ -61,12 +61,19 @@ class Submission:
     batcher skips what was not run), the permits that bound how many batches of a sliced image's
     windows are queued at once (`workers + 1`: other requests' images interleave with it, and its
     tensors are never all in memory), and `failed`, set by the request's first failure so that its
-    other images stop queueing windows."""
+    other images stop queueing windows. `background`: queued behind interactive images (a stream's
+    frames; `DynamicBatcher.submit`)."""
 
     def __init__(
-        self, batcher: DynamicBatcher, finish: Callable[..., Postprocessed], deadline: float
+        self,
+        batcher: DynamicBatcher,
+        finish: Callable[..., Postprocessed],
+        deadline: float,
+        *,
+        background: bool = False,
     ) -> None:
         self._batcher, self._finish, self.deadline = batcher, finish, deadline
+        self.background = background
         self.futures: list[asyncio.Future[BatchOutput]] = []
         self.failed = asyncio.Event()
         self._permits = asyncio.Semaphore(batcher.workers + 1)
@@ -76,7 +83,9 @@ class Submission:
         if not passes:
             return []
         finish = [functools.partial(self._finish, lb=p.lb, offset=p.offset, params=params) for p in passes]
-        batch = self._batcher.submit([p.tensor for p in passes], self.deadline, finish)
+        batch = self._batcher.submit(
+            [p.tensor for p in passes], self.deadline, finish, background=self.background
+        )
         self.futures += batch
         return batch
 

@@ -234,6 +234,49 @@ async def test_admission_counts_images_still_being_prepared():
     assert [float(o.output[0]) for o in outputs] == [0, 10, 20, 30]
 
 
+async def test_background_images_queue_behind_interactive_ones_up_to_their_handicap():
+    """A stream's frames (background) are overtaken by a request's images queued less than
+    BACKGROUND_HANDICAP_S (0.5 s) after them, not by later ones; among equals, arrival order."""
+    model = Model(gated=True)
+    batcher = await started(model, max_batch_size=1)
+    try:
+        running = batcher.submit([item(0)], later(10_000))
+        await wait_for_event(model.entered)  # the backend is busy: everything below queues
+        queued = batcher.submit([item(1)], later(10_000), background=True)  # a frame at t
+        queued += batcher.submit([item(2)], later(10_000), background=True)  # another at t
+        await asyncio.sleep(0.1)
+        queued += batcher.submit([item(3)], later(10_000))  # a request 0.1 s later: ahead of both
+        await asyncio.sleep(0.5)
+        queued += batcher.submit([item(4)], later(10_000))  # 0.6 s later: behind them
+    finally:
+        model.release.set()
+    outputs = await results(running + queued)
+    await batcher.stop(TIMEOUT)
+    order = sorted(outputs, key=lambda o: o.batch_id)
+    assert [float(o.output[0]) for o in order] == [0, 30, 10, 20, 40]
+
+
+async def test_background_images_are_admitted_into_half_of_the_queue():
+    model = Model(gated=True)
+    batcher = await started(model, max_batch_size=1, queue_size=4)
+    try:
+        running = batcher.submit([item(0)], later())
+        await wait_for_event(model.entered)  # the queue is empty: 4 slots, 2 for frames
+        with batcher.incoming(1, admit=True, background=True):
+            queued = batcher.submit([item(1)], later(), background=True)
+        with batcher.incoming(1, admit=True, background=True):
+            queued += batcher.submit([item(2)], later(), background=True)
+        with pytest.raises(Overloaded), batcher.incoming(1, admit=True, background=True):
+            pass  # half the queue holds frames: no more
+        with batcher.incoming(2, admit=True):  # requests still have the other half
+            queued += batcher.submit([item(3), item(4)], later())
+    finally:
+        model.release.set()
+    outputs = await results(running + queued)
+    await batcher.stop(TIMEOUT)
+    assert sorted(float(o.output[0]) for o in outputs) == [0, 10, 20, 30, 40]
+
+
 async def test_expired_items_are_dropped_before_inference():
     model = Model(gated=True)
     batcher = await started(model, max_batch_size=1)
