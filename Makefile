@@ -19,12 +19,18 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Prometheus + promtool for the deployment tests, chromium for the page's browser tests
-# (tests/service/http/test_page.py; Debian packages; kubectl is on the machine image).
+# (tests/service/http/test_page.py), GStreamer's RTSP server for the stream tests (tests/support/rtsp.py;
+# Debian packages; kubectl is on the machine image).
 system-tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus; }
 	@command -v chromium >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	@/usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null && \
+		gst-inspect-1.0 x264enc >/dev/null 2>&1 || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base \
+			gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly; }
 
 test: install system-tools
 	$(BIN)/python -m pytest -q --durations=20

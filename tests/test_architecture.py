@@ -58,14 +58,15 @@ def test_the_check_sees_imports():  # the walker finds what is there, so the tes
 
 
 # Inside service/: the rooms and the arrows between them (docs/architecture.md, "The rooms of service/").
-ROOMS = ("core", "backends", "processing", "tracking", "http", "kserve")
+ROOMS = ("core", "backends", "processing", "tracking", "streams", "http", "kserve")
 ROOM_ALLOWED = {
     "processing": set(),
     "tracking": {"processing"},
     "backends": {"processing"},  # backends/factory.py alone also reads the settings and the manifest
     "core": {"backends", "processing", "tracking"},
+    "streams": {"core", "processing", "tracking"},
     "kserve": {"core", "processing", "backends"},
-    "http": {"core", "kserve", "processing", "backends", "tracking"},
+    "http": {"core", "kserve", "processing", "backends", "tracking", "streams"},
 }
 FRAMEWORKS = {"fastapi", "starlette", "grpc", "uvicorn"}
 NO_FRAMEWORK = (
@@ -73,6 +74,7 @@ NO_FRAMEWORK = (
     "backends",
     "processing",
     "tracking",
+    "streams",
     "kserve/inference.py",
     "kserve/models.py",
     "kserve/tensors.py",

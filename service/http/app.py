@@ -14,10 +14,11 @@ import asyncio
 import gc
 import logging
 import signal
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -126,6 +127,35 @@ def _on_sighup(state: ServiceState) -> Callable[[], None] | None:
     return uninstall
 
 
+def _end_listeners_on_exit(streams: StreamManager) -> Callable[[], None] | None:
+    """SIGTERM / SIGINT: first end the streams' listeners (SSE, MJPEG: endless responses that would
+    hold uvicorn's graceful shutdown for its whole timeout), then the handler that was there
+    (uvicorn's). Main thread only; returns the uninstaller, or None where none was installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return None  # a test's server thread
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        loop.call_soon_threadsafe(streams.end_listeners)
+        prior = previous[signum]
+        if callable(prior):
+            prior(signum, frame)
+        elif prior == signal.SIG_DFL:  # nobody else handles it: what the signal would have done
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, handler)
+
+    def uninstall() -> None:
+        for signum, prior in previous.items():
+            signal.signal(signum, prior)
+
+    return uninstall
+
+
 def create_app(settings: Settings | None = None, *, backend_factory: BackendFactory | None = None) -> FastAPI:
     """The app for `settings` (default: read from `YOLOR_*` env vars). Nothing is loaded until start-up.
 
@@ -153,12 +183,13 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
 
                 app.state.grpc = GrpcServer(state, statistics)
                 await app.state.grpc.start(settings.host, settings.grpc_port)
-            uninstall = _on_sighup(state)
+            uninstallers = [_on_sighup(state), _end_listeners_on_exit(streams)]
             try:
                 yield
             finally:
-                if uninstall is not None:
-                    uninstall()
+                for uninstall in uninstallers:
+                    if uninstall is not None:
+                        uninstall()
         finally:
             await streams.close()
             await _stop(state, app.state.grpc)

@@ -17,6 +17,7 @@ from service.core.errors import NotFound, NotReady, ServiceError, StreamsUnavail
 from service.core.options import DetectParams
 from service.core.state import ServiceState
 from service.settings import Settings
+from service.streams.metrics import StreamMetrics
 from service.streams.reader import SourceSettings
 from service.streams.sources import Source, SourcePolicy
 from service.streams.spec import StreamSpec
@@ -35,6 +36,7 @@ class StreamManager:
         self.policy = policy or SourcePolicy(settings.stream_allowed_hosts, settings.stream_root)
         self.store = StreamStore(settings.state_dir) if settings.state_dir is not None else None
         self.streams: dict[str, Stream] = {}
+        self.metrics = StreamMetrics(state.metrics.registry, lambda: list(self.streams.values()))
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -47,6 +49,12 @@ class StreamManager:
             except ServiceError as e:
                 log.error("streams: not reopening %s (%s): %s", stream_id, spec.source, e)
         self._save()
+
+    def end_listeners(self) -> None:
+        """Shutdown begins: every listener (SSE, WebSocket, MJPEG) gets what it has, then its end; the
+        streams run on until `close`."""
+        for stream in self.streams.values():
+            stream.end_listeners()
 
     async def close(self) -> None:
         """Stop every stream (kept in the store: they reopen at the next start)."""
@@ -81,6 +89,7 @@ class StreamManager:
             del self.streams[stream_id]
             self._save()
         await stream.stop()
+        self.metrics.forget(stream_id)
 
     def _check_classes(self, spec: StreamSpec) -> None:
         """422 now for a class the served model lacks (once it is ready; else at the first frame)."""

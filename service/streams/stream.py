@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,10 +39,18 @@ from service.tracking import ByteTracker
 
 log = logging.getLogger(__name__)
 
+
+class Observer(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
 WINDOW_S = 10.0  # processed fps: frames published over the last this many seconds
 LATENCIES = 512  # end-to-end latencies kept for the status's percentiles
 FINISHED = (SourceState.ENDED, SourceState.FAILED, SourceState.STOPPED)
 DROP_REASONS = {Overloaded: "overloaded", DeadlineExceeded: "timeout", InferenceFailed: "failed"}
+# Every reason a wanted frame is not processed: the reader's (stale: a live source's newer frame
+# took its place) and the stream's (the model not ready, and those above).
+FRAME_DROP_REASONS = ("stale", "not_ready", *DROP_REASONS.values())
 
 
 @dataclasses.dataclass
@@ -77,11 +85,13 @@ class Stream:
         check: Callable[[], None] = lambda: None,
         hub: Hub | None = None,
         webhook: WebhookSender | None = None,
+        latency: Observer | None = None,
     ) -> None:
+        """`latency`: observes each processed frame's capture-to-publication seconds (a histogram)."""
         self.id, self.spec, self.source, self._state = stream_id, spec, source, state
         self.created = time.time()
         self.hub = hub or Hub()
-        self.webhook = webhook
+        self.webhook, self._latency = webhook, latency
         self._ready = asyncio.Event()
         loop = asyncio.get_running_loop()
 
@@ -118,6 +128,10 @@ class Stream:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.webhook is not None:
             await self.webhook.stop()
+        self.end_listeners()
+
+    def end_listeners(self) -> None:
+        """Close the hub (its listeners end, new ones end at once) and release the watchers."""
         self.hub.close()
         self._wake_watchers()
 
@@ -139,8 +153,7 @@ class Stream:
         finally:
             self.hub.publish({"type": "state", "stream": self.id, "state": self.reader.state.value})
             if self.reader.state in FINISHED:
-                self.hub.close()
-                self._wake_watchers()
+                self.end_listeners()
 
     async def _process(self, taken: SourceFrame) -> None:
         try:
@@ -153,6 +166,9 @@ class Stream:
             self.dropped[reason] += 1
             if reason == "failed":
                 log.warning("stream %s: frame %d failed: %s", self.id, taken.index, e)
+        except Exception:  # a bug: this frame is lost and logged, the stream goes on
+            self.dropped["failed"] += 1
+            log.exception("stream %s: frame %d failed", self.id, taken.index)
 
     def _model_for(self, detector: Detector) -> _Model:
         """Parameters, counter and tracker for `detector`'s model (kept while the model is the same)."""
@@ -187,11 +203,10 @@ class Stream:
             frame = Frame(taken.index, taken.pts_s, upright(taken.frame))
             return frame, frame_passes(detector, frame, params)
 
-        with detector.batcher.incoming(1, admit=True):
+        with detector.batcher.incoming(1, admit=True, background=True):  # frames: half the queue at most
             frame, passes = await loop.run_in_executor(detector.pool, prepare)
-        submission = Submission(
-            detector.batcher, detector.postprocessor.finish, time.monotonic() + detector.timeout_s
-        )
+        deadline = time.monotonic() + detector.timeout_s
+        submission = Submission(detector.batcher, detector.postprocessor.finish, deadline, background=True)
         futures = submission.submit(passes, params)
         try:
             outputs = [await f for f in futures]
@@ -229,6 +244,8 @@ class Stream:
         now = time.time()
         latency = now - taken.captured
         self.latencies.append(latency)
+        if self._latency is not None:
+            self._latency.observe(latency)
         self.processed += 1
         self._published.append(time.monotonic())
         height, width = frame.image.shape[:2]
@@ -294,12 +311,22 @@ class Stream:
             self._published.popleft()
         return len(self._published) / WINDOW_S
 
+    @property
+    def counter(self) -> Counter | None:
+        """The lines and zones counted (None: none, or no frame processed yet)."""
+        return self._model.counter if self._model is not None else None
+
+    def last_frame_age(self) -> float | None:
+        """Seconds since the source's last frame (None: none yet)."""
+        last = self.reader.stats.last_frame_at
+        return None if last is None else time.monotonic() - last
+
     def status(self) -> dict[str, Any]:
         stats = self.reader.stats
-        age = None if stats.last_frame_at is None else round(time.monotonic() - stats.last_frame_at, 3)
+        age = self.last_frame_age()
         latencies = np.asarray(self.latencies, dtype=np.float64) * 1000
         percentiles = np.percentile(latencies, [50, 99]).round(2).tolist() if latencies.size else [None, None]
-        counter = self._model.counter if self._model is not None else None
+        counter = self.counter
         return {
             "id": self.id,
             "name": self.spec.name,
@@ -313,7 +340,7 @@ class Stream:
             "frames": {"decoded": stats.decoded, "skipped": stats.skipped, "processed": self.processed},
             "dropped": dict(stats.dropped + self.dropped),
             "reconnects": stats.reconnects,
-            "last_frame_age_s": age,
+            "last_frame_age_s": None if age is None else round(age, 3),
             "latency_ms": {"p50": percentiles[0], "p99": percentiles[1]},
             "events": self.events,
             "counts": counter.counts() if counter is not None else None,

@@ -116,11 +116,14 @@ def test_rate_windows_follow_the_dashboard(dashboard):
 def exported_series() -> dict[str, set[str]]:
     """Each metric of the service's registry -> the series names it exposes (`_created` aside)."""
     from service.core.metrics import Metrics
+    from service.streams.metrics import StreamMetrics
 
+    registry = Metrics().registry
+    StreamMetrics(registry, list)  # the streams' metrics, as the app registers them (no stream: no samples)
     parts = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     return {
         family.name: {family.name + suffix for suffix in parts.get(family.type, ("",))}
-        for family in Metrics().registry.collect()
+        for family in registry.collect()
     }
 
 

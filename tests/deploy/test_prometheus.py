@@ -44,7 +44,9 @@ EXPECTED_ALERTS = {
     "YolorTargetDown": "1m",
     "YolorNotReady": "5m",
     "YolorBackendStalled": "1m",
+    "YolorStreamStopped": "2m",
 }
+ADMIN_KEY = "admin-key-for-streams"
 
 
 def tool(name: str) -> str:
@@ -186,8 +188,13 @@ def test_rule_tests_fail_without_the_for_duration(tmp_path, alert):
 @pytest.fixture
 def service(tmp_path) -> Iterator[str]:
     """`yolor serve` (the bundled demo model) on 127.0.0.1; yields its base URL once ready."""
+    from tests.support.video import make_clip, sample_frames
+
     port = free_port()
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "cam.mp4").write_bytes(make_clip(sample_frames(20)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("YOLOR_")}
+    env |= {"YOLOR_STREAM_ROOT": str(tmp_path / "clips"), "YOLOR_ADMIN_KEYS": ADMIN_KEY}
     command = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = tmp_path / "service.log"
     with started_process(command, log, cwd=REPO, env=env) as process:
@@ -249,7 +256,20 @@ LABEL_FACTS = [
     'yolor_rejected_total{reason="invalid_image"}',
     'yolor_request_duration_seconds_bucket{route="/detect", le="+Inf"}',
     'yolor_model_info{arch!="", backend!="", precision!="", max_batch!=""}',
+    'yolor_stream_frames_total{stage="processed"} > 0',
+    'yolor_stream_state{state="running"} == 1',
 ]
+
+
+def start_stream(base_url: str) -> None:
+    """A clip played in a loop as a stream, tracked, with a line and a zone: every stream series."""
+    spec = {
+        "source": "cam.mp4", "loop": True, "fps": 10, "track": True,
+        "lines": [{"name": "middle", "start": [0, 0.5], "end": [1, 0.5]}],
+        "zones": [{"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]}],
+    }  # fmt: skip
+    response = httpx.post(f"{base_url}/streams", json=spec, headers={"X-API-Key": ADMIN_KEY}, trust_env=False)
+    assert response.status_code == 201, response.text
 
 
 def query(client: httpx.Client, expr: str) -> list[dict[str, Any]]:
@@ -305,6 +325,7 @@ def test_prometheus_answers_every_rule_and_dashboard_query(service, prometheus, 
             return [] if values == ["1"] else [f'up{{job="yolor"}} = {values}']
 
         assert not (problems := problems_after(deadline, not_scraped)), problems
+        start_stream(service)
         images = send_traffic(service)
 
         def traffic_not_scraped() -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -358,4 +359,40 @@ def test_a_video_plays_with_the_boxes_of_the_frame_shown(browser, demo_server, t
             assert track_id == want and text.startswith(f"#{want} " if want else d["class_name"])
         assert any(d["track_id"] is not None for d in frame["detections"])
         expect(page.locator("#table tbody tr")).to_have_count(len(frame["detections"]))
+    assert not errors, errors
+
+
+@pytest.mark.api
+@pytest.mark.slow
+def test_a_live_stream_is_listed_and_shown_with_its_boxes(browser, tmp_path):
+    """A stream (a clip looping under YOLOR_STREAM_ROOT) appears on the page; choosing it shows its
+    annotated MJPEG view and its state, frames/s and counts."""
+    from playwright.sync_api import expect
+
+    from tests.support.video import make_clip, sample_frames
+
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "cam.mp4").write_bytes(make_clip(sample_frames(20)))
+    admin = "stream-admin-key"
+    settings = {"stream_root": str(tmp_path / "clips"), "admin_keys": admin}
+    with server(DEMO_MODEL_DIR, tmp_path / "server.log", **settings) as url:
+        spec = {"source": "cam.mp4", "loop": True, "name": "yard", "track": True,
+                "lines": [{"name": "door", "start": [0, 0.5], "end": [1, 0.5]}]}  # fmt: skip
+        created = httpx.post(f"{url}/streams", json=spec, headers={"X-API-Key": admin})
+        assert created.status_code == 201, created.text
+        page, errors = open_page(browser, url)
+        button = page.get_by_role("button", name=re.compile("^yard: running"))
+        expect(button).to_be_visible()
+        button.click()
+        expect(button).to_have_attribute("aria-pressed", "true")
+        page.wait_for_function("() => document.getElementById('streamImage').naturalWidth > 0")
+        size = page.locator("#streamImage").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+        assert size == [192, 256]  # the clip's frames
+        expect(page.locator("#streamStatus")).to_contain_text("running")
+        expect(page.locator("#streamStatus")).to_contain_text("door: ")
+        assert (
+            httpx.delete(f"{url}/streams/{created.json()['id']}", headers={"X-API-Key": admin}).status_code
+            == 204
+        )
+        expect(page.locator("#streams")).to_be_hidden()  # gone from the list at the next poll
     assert not errors, errors

@@ -184,6 +184,7 @@ def test_lines_and_zones_are_counted_exactly_on_a_clip_with_known_crossings(tmp_
             m for kind, m in _sse(client, f"/streams/{stream_id}/events") if kind not in ("frame", "state")
         ]
         status = client.get(f"/streams/{stream_id}").json()
+        metrics = client.get("/metrics").text
     assert status["state"] == "ended" and status["frames"]["processed"] == 30
     middle = status["counts"]["lines"]["middle"]
     assert (middle["in"], middle["out"]) == (1, 1)
@@ -197,6 +198,19 @@ def test_lines_and_zones_are_counted_exactly_on_a_clip_with_known_crossings(tmp_
     exits = [e for e in events if e["type"] == "zone.exit"]
     assert [(e["class_name"], e["lost"]) for e in exits] == [("circle", False)]
     assert exits[0]["counts"]["zones"]["lower"]["exited"] == 1
+    s = f'stream="{stream_id}"'
+    for series, value in (
+        (f'yolor_stream_line_crossings_total{{{s},line="middle",direction="in"}}', 1.0),
+        (f'yolor_stream_line_crossings_total{{{s},line="middle",direction="out"}}', 1.0),
+        (f'yolor_stream_zone_entries_total{{{s},zone="lower"}}', 1.0),
+        (f'yolor_stream_zone_occupancy{{{s},zone="lower"}}', 0.0),
+        (f'yolor_stream_frames_total{{{s},stage="processed"}}', 30.0),
+        (f'yolor_stream_frames_total{{{s},stage="decoded"}}', 30.0),
+        (f'yolor_stream_state{{{s},state="ended"}}', 1.0),
+        (f'yolor_stream_dropped_frames_total{{{s},reason="stale"}}', 0.0),
+        (f"yolor_stream_latency_seconds_count{{{s}}}", 30.0),
+    ):
+        assert f"{series} {value}" in metrics, series
 
 
 def test_websocket_and_mjpeg_views(tmp_path, clip):
@@ -246,3 +260,113 @@ def test_websocket_and_mjpeg_views(tmp_path, clip):
             nearest = min(diffs, key=lambda d: float(np.median(d)))
             assert np.median(nearest) <= 10  # one of the clip's frames (through a JPEG at quality 80) ...
             assert (nearest.max(axis=2) > 120).mean() > 0.002  # ... with its boxes drawn on it
+
+
+def test_eight_cameras_at_once_and_a_slow_webhook_never_slows_detection(tmp_path, clip):
+    """Eight MJPEG cameras at 10 fps (5 processed each), and a clip whose every crossing goes to a
+    webhook that takes 1 s per event: all run in real time, nothing dropped."""
+    from bench.cameras import MjpegCamera, jpegs
+    from tests.service.streams.test_webhook import receiver
+
+    (tmp_path / "clips" / "crossing.mp4").write_bytes(make_clip(crossing_frames()))
+    frames = jpegs(sample_frames(4))
+    cameras = [MjpegCamera(frames, fps=10) for _ in range(8)]
+    for camera in cameras:
+        camera.start()
+    try:
+        with (
+            receiver() as (hook, received),
+            serving(_app(tmp_path, stream_allowed_hosts=["127.0.0.1"])) as url,
+        ):
+            received.delay_s = 1.0
+            client = httpx.Client(base_url=url)
+            _ready(client)
+            ids = [
+                client.post("/streams", json={"source": c.url, "fps": 5}, headers=ADMIN).json()["id"]
+                for c in cameras
+            ]
+            spec = {
+                "source": "crossing.mp4", "fps": 30, "track": True,
+                "lines": [{"name": "middle", "start": [0, 0.5], "end": [1, 0.5]}],
+                "zones": [{"name": "all", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]]}],
+                "webhook": {"url": hook, "secret": "0123456789abcdef"},
+            }  # fmt: skip
+            clip_id = client.post("/streams", json=spec, headers=ADMIN).json()["id"]
+            started = time.monotonic()
+            give_up = started + 30
+            while client.get(f"/streams/{clip_id}").json()["state"] != "ended":
+                assert time.monotonic() < give_up
+                time.sleep(0.1)
+            took = time.monotonic() - started
+            before = [client.get(f"/streams/{i}").json() for i in ids]
+            time.sleep(2)
+            statuses = [client.get(f"/streams/{i}").json() for i in ids]
+            ended = client.get(f"/streams/{clip_id}").json()
+            client.close()
+    finally:
+        for camera in cameras:
+            camera.stop()
+    assert took < 3.0 + 1.5  # a 3 s clip played in real time, not held up by the webhook's 1 s per event
+    assert ended["frames"]["processed"] == 30 and ended["dropped"] == {}
+    assert (ended["counts"]["lines"]["middle"]["in"], ended["counts"]["lines"]["middle"]["out"]) == (1, 1)
+    assert ended["webhook"]["sent"] + len(received.received) >= 1  # delivery goes on, at its own pace
+    for first, status in zip(before, statuses, strict=True):
+        assert status["state"] == "running", status
+        processed = status["frames"]["processed"] - first["frames"]["processed"]
+        assert processed >= 8, status  # 5 per second asked, over 2 s
+        assert status["dropped"].get("overloaded", 0) == 0 and status["dropped"].get("failed", 0) == 0
+
+
+def test_sigterm_ends_the_listeners_and_the_server_exits_promptly(tmp_path, clip):
+    """`yolor serve` with a stream and an SSE listener and an MJPEG watcher: SIGTERM ends both
+    responses at once, closes the stream, and the process exits well before uvicorn's graceful
+    timeout (request timeout + 5 s) would have let it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from bench.server import free_port
+    from tests.support.processes import wait_until_ok
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLOR_")}
+    env |= {"YOLOR_STREAM_ROOT": str(tmp_path / "clips"), "YOLOR_ADMIN_KEYS": ADMIN["X-API-Key"]}
+    log = tmp_path / "server.log"
+    command = [sys.executable, "-m", "cli", "serve", "--port", str(port)]
+    with log.open("wb") as out:
+        root = Path(__file__).resolve().parents[3]
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ok(f"{url}/readyz", process, log, timeout_s=60)
+        spec = {"source": "cam.mp4", "loop": True}
+        stream_id = httpx.post(f"{url}/streams", json=spec, headers=ADMIN).json()["id"]
+        ended: dict[str, float] = {}
+
+        def read(path: str) -> None:
+            with httpx.stream("GET", f"{url}{path}", timeout=60) as response:
+                for _ in response.iter_bytes():
+                    pass
+            ended[path] = time.monotonic()
+
+        readers = [
+            threading.Thread(target=read, args=(f"/streams/{stream_id}/{p}",)) for p in ("events", "mjpeg")
+        ]
+        for reader in readers:
+            reader.start()
+        time.sleep(2)  # both listening, frames flowing
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+        exited = time.monotonic() - sent
+        for reader in readers:
+            reader.join(5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert exited < 10, log.read_text()  # not the 35 s of uvicorn's graceful timeout
+    assert set(ended) == {f"/streams/{stream_id}/events", f"/streams/{stream_id}/mjpeg"}
+    assert all(t - sent < 5 for t in ended.values())
+    assert "Traceback" not in log.read_text()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.cameras import MjpegCamera, jpegs
 from service.streams.reader import FrameBuffer, SourceFrame, SourceReader, SourceSettings, SourceState
-from tests.support.mjpeg import MjpegCamera, jpegs
 from tests.support.video import FPS, make_clip, sample_frames
 
 pytest.importorskip("av")
@@ -155,3 +155,67 @@ def test_a_refused_check_fails_the_source_before_it_opens(tmp_path: Path) -> Non
     wait_for(lambda: reader.state is SourceState.FAILED, "never failed")
     taker.stop()
     assert reader.stats.error == "cannot open the source: not today"
+
+
+def test_an_rtsp_camera_that_reboots_is_reconnected() -> None:
+    from bench.server import free_port
+    from tests.support.rtsp import RtspCamera, available
+
+    if (why := available()) is not None:
+        pytest.skip(why)
+    camera = RtspCamera(free_port())
+    taker = Taker(live=True)
+    settings = SourceSettings(live=True, read_timeout_s=2.0, open_timeout_s=3.0, backoff_s=(0.2, 1.0))
+    reader = SourceReader(camera.url, settings, taker.buffer)
+    with camera:
+        reader.start()
+        wait_for(lambda: len(taker.frames) >= 10, "no frames from the RTSP camera", timeout_s=30)
+        assert reader.state is SourceState.RUNNING
+        assert (taker.frames[0].frame.width, taker.frames[0].frame.height) == (320, 240)
+    wait_for(lambda: reader.state is SourceState.RECONNECTING, "the camera's loss went unnoticed")
+    seen = len(taker.frames)
+    with camera:  # back, on the same port
+        wait_for(lambda: len(taker.frames) >= seen + 10, "no frames after the camera came back", timeout_s=30)
+        assert reader.state is SourceState.RUNNING
+        reader.stop()
+    taker.stop()
+    assert reader.stats.reconnects >= 1
+    assert reader.stats.source_fps == pytest.approx(10, rel=0.3)
+
+
+def test_an_hls_playlist_over_http_is_read(tmp_path: Path) -> None:
+    """An HLS stream (a playlist and its MPEG-TS segments, written by FFmpeg's own HLS muxer) served
+    over HTTP: every frame read in order."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import av
+
+    frames = sample_frames(20)
+    with av.open(str(tmp_path / "index.m3u8"), "w", format="hls", options={"hls_time": "1"}) as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 192, 256, "yuv420p"
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert len(list(tmp_path.glob("*.ts"))) >= 2
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    taker = Taker(live=False)  # never dropped, to count every frame
+    url = f"http://127.0.0.1:{server.server_address[1]}/index.m3u8"
+    reader = SourceReader(url, SourceSettings(live=False), taker.buffer)
+    try:
+        reader.start()
+        wait_for(lambda: reader.state is SourceState.ENDED, "the playlist never ended")
+    finally:
+        taker.stop()
+        server.shutdown()
+        server.server_close()
+    assert [f.index for f in taker.frames] == list(range(20))

@@ -1,6 +1,6 @@
-"""An HTTP MJPEG camera for the tests: `multipart/x-mixed-replace` JPEG frames at a fixed rate, as IP
-cameras serve them, from a thread; stopped and started again on the same port to play a camera
-that goes away and comes back."""
+"""HTTP MJPEG cameras for the stream tests and benchmarks: `multipart/x-mixed-replace` JPEG frames at a
+fixed rate, as IP cameras serve them, from a thread; stopped and started again on the same port to
+play a camera that goes away and comes back."""
 
 from __future__ import annotations
 
