@@ -116,8 +116,10 @@ class StreamManager:
             max_pixels=self.settings.max_image_pixels,
         )
         webhook = WebhookSender(spec.webhook, self.policy.check_host) if spec.webhook is not None else None
+        latency = self.metrics.latency.labels(stream_id)
+        check = self._host_check(source)
         stream = Stream(
-            stream_id, spec, source, self.state, settings, check=self._host_check(source), webhook=webhook
+            stream_id, spec, source, self.state, settings, check=check, webhook=webhook, latency=latency
         )
         stream.start()
         self.streams[stream_id] = stream

@@ -19,10 +19,10 @@ PyAV is imported when a source starts: the rest of the server runs without it.
 
 from __future__ import annotations
 
+import collections
 import enum
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +36,9 @@ PROTOCOLS = {
     "https": "http,https,tcp,tls,hls,crypto",
     "file": "file",
 }
+
+
+FPS_WINDOW_S = 5.0
 
 
 class SourceState(enum.Enum):
@@ -72,10 +75,10 @@ class SourceStats:
     decoded: int = 0
     handed: int = 0  # past the fps cap, into the buffer
     skipped: int = 0  # not wanted under the fps cap
-    dropped: Counter[str] = field(default_factory=Counter)  # by reason: stale
+    dropped: collections.Counter[str] = field(default_factory=collections.Counter)  # by reason: stale
     reconnects: int = 0
     last_frame_at: float | None = None  # time.monotonic()
-    source_fps: float | None = None  # measured over the frames decoded (exponential average)
+    source_fps: float | None = None  # frames decoded per second over the last FPS_WINDOW_S
     error: str | None = None  # the last failure, kept after recovery until the next one
 
 
@@ -133,6 +136,7 @@ class SourceReader:
         self._check = check
         self.state = SourceState.STARTING
         self.stats = SourceStats()
+        self._times: collections.deque[float] = collections.deque()  # the last frames' timestamps
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -199,6 +203,8 @@ class SourceReader:
         options = {"protocol_whitelist": PROTOCOLS[scheme]}
         if scheme.startswith("rtsp"):
             options["rtsp_transport"] = "tcp"
+        if self.settings.live:  # probe a camera for 1 s, not FFmpeg's 5: a faster start, a smaller burst
+            options["analyzeduration"] = "1000000"
         return av.open(
             self.url,
             options=options,
@@ -228,7 +234,7 @@ class SourceReader:
                 now = time.monotonic()
             if frame.width * frame.height > self.settings.max_pixels:
                 raise ValueError(f"frames of {frame.width}x{frame.height} pixels are over the limit")
-            self._count(now)
+            self._count(now, pts_s)
             self._set(SourceState.RUNNING)
             # The cap's clock: a file's own timestamps (it is paced by them), else the arrival time.
             clock = pts_s if not self.settings.live and pts_s is not None else now
@@ -243,13 +249,19 @@ class SourceReader:
             self.stats.handed += 1
         return True
 
-    def _count(self, now: float) -> None:
-        stats = self.stats
-        if stats.last_frame_at is not None:
-            gap = now - stats.last_frame_at
-            if gap > 0:
-                rate = 1.0 / gap
-                stats.source_fps = rate if stats.source_fps is None else 0.9 * stats.source_fps + 0.1 * rate
+    def _count(self, now: float, pts_s: float | None) -> None:
+        """One more frame decoded. The source's rate: the frames of its last FPS_WINDOW_S by their
+        timestamps (by arrival when they have none), so that a burst (the frames FFmpeg reads while it
+        probes a stream it opens, delivered at once) does not count as a faster source."""
+        stats, times = self.stats, self._times
+        clock = pts_s if pts_s is not None else now
+        if times and clock < times[-1]:  # timestamps restarted (a reconnection): a new window
+            times.clear()
+        times.append(clock)
+        while clock - times[0] > FPS_WINDOW_S:
+            times.popleft()
+        span = clock - times[0]
+        stats.source_fps = (len(times) - 1) / span if len(times) >= 3 and span > 0 else stats.source_fps
         stats.decoded += 1
         stats.last_frame_at = now
 

@@ -82,6 +82,8 @@ class RtspCamera:
         if process is not None:
             process.kill()
             process.wait(10)
+            if process.stdout is not None:
+                process.stdout.close()
 
     def __enter__(self) -> RtspCamera:
         self.start()
