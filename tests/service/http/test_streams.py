@@ -134,6 +134,7 @@ def test_admin_key_limits_and_bad_sources(tmp_path, clip):
         assert client.get("/streams").json()["streams"] == []
 
 
+@pytest.mark.slow  # real time, real servers
 def test_streams_are_kept_across_a_restart(tmp_path, clip):
     spec = {"source": "cam.mp4", "loop": True, "track": True, "name": "yard",
             "lines": [{"name": "door", "start": [0, 0.5], "end": [1, 0.5]}]}  # fmt: skip
@@ -169,6 +170,7 @@ def crossing_frames(count: int = 30) -> list:
     return frames
 
 
+@pytest.mark.slow  # real time, real servers
 def test_lines_and_zones_are_counted_exactly_on_a_clip_with_known_crossings(tmp_path):
     (tmp_path / "clips").mkdir()
     (tmp_path / "clips" / "crossing.mp4").write_bytes(make_clip(crossing_frames()))
@@ -268,6 +270,7 @@ def test_websocket_and_mjpeg_views(tmp_path, clip):
             assert (nearest.max(axis=2) > 120).mean() > 0.002  # ... with its boxes drawn on it
 
 
+@pytest.mark.slow  # real time, real servers
 def test_eight_cameras_at_once_and_a_slow_webhook_never_slows_detection(tmp_path, clip):
     """Eight MJPEG cameras at 10 fps (5 processed each), and a clip whose every crossing goes to a
     webhook that takes 1 s per event: all run in real time, nothing dropped."""
@@ -323,6 +326,7 @@ def test_eight_cameras_at_once_and_a_slow_webhook_never_slows_detection(tmp_path
         assert status["dropped"].get("overloaded", 0) == 0 and status["dropped"].get("failed", 0) == 0
 
 
+@pytest.mark.slow  # real time, real servers
 def test_sigterm_ends_the_listeners_and_the_server_exits_promptly(tmp_path, clip):
     """`yolor serve` with a stream and an SSE listener and an MJPEG watcher: SIGTERM ends both
     responses at once, closes the stream, and the process exits well before uvicorn's graceful

@@ -49,6 +49,7 @@ class Taker:
         self._stop = True
 
 
+@pytest.mark.slow  # real time, real servers
 def test_a_file_plays_in_real_time_and_no_frame_is_dropped(tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     path.write_bytes(make_clip(sample_frames(20)))
@@ -88,6 +89,7 @@ def test_the_fps_cap_hands_on_fewer_frames(tmp_path: Path) -> None:
     assert reader.stats.skipped == 15
 
 
+@pytest.mark.slow  # real time, real servers
 def test_a_camera_that_goes_away_is_reconnected() -> None:
     camera = MjpegCamera(jpegs(sample_frames(4)), fps=20)
     taker = Taker(live=True)
@@ -157,6 +159,7 @@ def test_a_refused_check_fails_the_source_before_it_opens(tmp_path: Path) -> Non
     assert reader.stats.error == "cannot open the source: not today"
 
 
+@pytest.mark.slow  # real time, real servers
 def test_an_rtsp_camera_that_reboots_is_reconnected() -> None:
     from bench.server import free_port
     from tests.support.rtsp import RtspCamera, available
