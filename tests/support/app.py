@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from service.backends import FakeBackend
 from service.http.app import create_app
 from service.manifest import ModelManifest
-from service.settings import Settings
+from service.settings import DEMO_MODEL_DIR, Settings
 from tests.support.model_files import TOP_K, write_model_dir
 
 WAIT_S = 5.0  # upper bound for anything a test waits on; nothing should come near it
@@ -144,6 +144,20 @@ def serving(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(WAIT_S * 3)
+
+
+def demo_app(**settings: Any) -> FastAPI:
+    """The real app on ONNX Runtime (one thread) over the bundled demo model."""
+    return create_app(
+        Settings(
+            model_dir=DEMO_MODEL_DIR,
+            backend="onnxruntime",
+            device="cpu",
+            onnx_intra_op_threads=1,
+            onnx_parallel_runs=1,
+            **settings,
+        )
+    )
 
 
 def tiny_onnx_app(model_dir: Path, **settings: Any) -> FastAPI:

@@ -12,9 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.http.app import create_app
-from service.settings import DEMO_MODEL_DIR, Settings
-from tests.support.app import serving
+from tests.support.app import demo_app, serving
 from tests.support.video import decoded_frames, make_clip, sample_frames
 
 pytest.importorskip("av")
@@ -24,19 +22,8 @@ ADMIN = {"X-API-Key": "admin-key-123"}
 
 
 def _app(tmp_path: Path, **settings: Any):
-    return create_app(
-        Settings(
-            model_dir=DEMO_MODEL_DIR,
-            backend="onnxruntime",
-            device="cpu",
-            onnx_intra_op_threads=1,
-            onnx_parallel_runs=1,
-            admin_keys=[ADMIN["X-API-Key"]],
-            stream_root=tmp_path / "clips",
-            state_dir=tmp_path / "state",
-            **settings,
-        )
-    )
+    settings = {"stream_root": tmp_path / "clips", "state_dir": tmp_path / "state", **settings}
+    return demo_app(admin_keys=[ADMIN["X-API-Key"]], **settings)
 
 
 @pytest.fixture

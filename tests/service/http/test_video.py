@@ -11,9 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.http.app import create_app
-from service.settings import DEMO_MODEL_DIR, Settings
-from tests.support.app import assert_error, encode, running
+from tests.support.app import assert_error, demo_app, encode, running
 from tests.support.video import FRAMES, decoded_frames, make_clip, sample_frames
 
 av = pytest.importorskip("av")
@@ -22,16 +20,7 @@ pytestmark = [pytest.mark.api, pytest.mark.anyio]
 
 
 def _app(tmp_path: Path, **settings: Any):
-    return create_app(
-        Settings(
-            model_dir=DEMO_MODEL_DIR,
-            backend="onnxruntime",
-            device="cpu",
-            onnx_intra_op_threads=1,
-            onnx_parallel_runs=1,
-            **settings,
-        )
-    )
+    return demo_app(**settings)
 
 
 def _lines(response) -> list[dict[str, Any]]:
