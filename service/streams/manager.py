@@ -8,6 +8,7 @@ A stream is held by the process that opened it, so streams need one server proce
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -40,12 +41,13 @@ class StreamManager:
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
-        """Reopen the streams kept in the store (one whose source is no longer allowed is dropped, logged)."""
+        """Reopen the streams kept in the store: retried until their sources open (never failed); one
+        whose file is no longer allowed is dropped, logged."""
         if self.store is None or self.settings.workers > 1:
             return
         for stream_id, spec in self.store.load().items():
             try:
-                await self._open(stream_id, spec)
+                await self._open(stream_id, spec, restored=True)
             except ServiceError as e:
                 log.error("streams: not reopening %s (%s): %s", stream_id, spec.source, e)
         self._save()
@@ -100,10 +102,13 @@ class StreamManager:
         DetectParams.of(spec.options(), names)
         spec.counting(names)
 
-    async def _open(self, stream_id: str, spec: StreamSpec) -> Stream:
+    async def _open(self, stream_id: str, spec: StreamSpec, *, restored: bool = False) -> Stream:
+        """`restored` (kept from the last run): its source is retried until it opens, never failed."""
         loop = asyncio.get_running_loop()
-        source = await loop.run_in_executor(None, self.policy.check, spec.source)  # resolves the host
-        if spec.webhook is not None:
+        source = await loop.run_in_executor(  # resolves the host (not yet for a restored stream)
+            None, functools.partial(self.policy.check, spec.source, resolve=not restored)
+        )
+        if spec.webhook is not None and not restored:  # (checked again before each delivery)
             await loop.run_in_executor(
                 None, self.policy.check_host, urlsplit(spec.webhook.url).hostname or ""
             )
@@ -114,6 +119,7 @@ class StreamManager:
             open_timeout_s=self.settings.stream_open_timeout_s,
             read_timeout_s=self.settings.stream_read_timeout_s,
             max_pixels=self.settings.max_image_pixels,
+            open_attempts=0 if restored else SourceSettings.open_attempts,
         )
         webhook = WebhookSender(spec.webhook, self.policy.check_host) if spec.webhook is not None else None
         latency = self.metrics.latency.labels(stream_id)

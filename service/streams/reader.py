@@ -8,8 +8,9 @@ when it stops delivering.
 - States: starting (first open) -> running -> reconnecting (the source failed, stalled past the read
   timeout or ended while live; reopened with backoff: 0.5 s doubling to 30 s, reset by a frame) ->
   running ... A file ends (`ended`) at its end unless it loops. A source that cannot be opened at all
-  `open_attempts` times in a row before it ever ran is `failed`, with the reason; one that has run
-  reconnects until it is stopped.
+  `open_attempts` times in a row before it ever ran is `failed`, with the reason (a new stream: the
+  client learns its source is wrong); one that has run, or with `open_attempts` 0 (a stream reopened
+  at start-up, whose camera may be rebooting too), reconnects until it is stopped.
 - FFmpeg's open and read timeouts are PyAV's (its interrupt callback), so a dead camera never blocks
   the thread; RTSP goes over TCP; only the protocols a source's scheme needs are allowed (an HLS
   playlist cannot point FFmpeg at a local file).
@@ -57,7 +58,7 @@ class SourceSettings:
     loop: bool = False  # a file starts over at its end
     open_timeout_s: float = 10.0
     read_timeout_s: float = 10.0  # no packet for this long: the source is reopened
-    open_attempts: int = 3  # before it ever ran: failed after this many opens in a row failed
+    open_attempts: int = 3  # before it ever ran: failed after this many opens in a row failed (0: never)
     backoff_s: tuple[float, float] = (0.5, 30.0)  # first and longest wait between reopenings
     max_pixels: int = 40_000_000
 
@@ -164,7 +165,8 @@ class SourceReader:
             except Exception as e:
                 self.stats.error = f"cannot open the source: {_reason(e)}"
                 failed_opens += 1
-                if self.state is SourceState.STARTING and failed_opens >= self.settings.open_attempts:
+                attempts = self.settings.open_attempts
+                if self.state is SourceState.STARTING and attempts and failed_opens >= attempts:
                     self._set(SourceState.FAILED)
                     return
             else:

@@ -74,12 +74,15 @@ class SourcePolicy:
             except ValueError:
                 self.names.append(entry.lower())
 
-    def check(self, text: str) -> Source:
+    def check(self, text: str, *, resolve: bool = True) -> Source:
+        """`resolve` False: the host's addresses are left to the check before each opening (a stream
+        reopened at start-up is kept while its camera's name does not resolve yet)."""
         parts = urlsplit(text)
         if parts.scheme in NETWORK_SCHEMES:
             if not parts.hostname:
                 raise InvalidParameter(f"the source {text!r} has no host")
-            self.check_host(parts.hostname)
+            if resolve:
+                self.check_host(parts.hostname)
             return Source(text, live=True, host=parts.hostname)
         if parts.scheme == "file":
             return self._file(parts.path)
