@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from service.processing import Detections
@@ -64,13 +65,21 @@ def detections_json(detections: Detections, names: list[str]) -> list[dict[str, 
     ]
 
 
+def tracked_detections_json(
+    detections: Detections, track_ids: npt.NDArray[np.int64] | None, names: list[str]
+) -> list[dict[str, Any]]:
+    """`detections_json`, with tracking each detection's `track_id` (null: not on a confirmed track)."""
+    items = detections_json(detections, names)
+    if track_ids is not None:
+        for item, track_id in zip(items, track_ids.tolist(), strict=True):
+            item["track_id"] = track_id if track_id >= 0 else None
+    return items
+
+
 def frame_json(frame: FrameDetections, names: list[str]) -> dict[str, Any]:
     """One NDJSON line of `POST /detect/video`."""
     pts = None if frame.pts_s is None else round(frame.pts_s, 6)
-    detections = detections_json(frame.detections, names)
-    if frame.track_ids is not None:  # tracking: each detection's id (null: not on a confirmed track)
-        for detection, track_id in zip(detections, frame.track_ids.tolist(), strict=True):
-            detection["track_id"] = track_id if track_id >= 0 else None
+    detections = tracked_detections_json(frame.detections, frame.track_ids, names)
     return {
         "frame": frame.frame,
         "pts_s": pts,

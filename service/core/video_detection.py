@@ -100,7 +100,7 @@ async def detect_frames(
     ShuttingDown, DeadlineExceeded and InferenceFailed."""
     wanted, tiled = params, params.tile.mode != "off"
     if tracker is not None:
-        params = dataclasses.replace(params, conf=min(params.conf, tracker.settings.track_low_thresh))
+        params = tracking_params(params, tracker)
     loop = asyncio.get_running_loop()
     frames = clip.frames(stride, max_frames)
     # A sliced frame is a group of passes of its own (its windows and the whole frame).
@@ -150,11 +150,7 @@ async def detect_frames(
                 metrics.video_frames.labels(state="processed").inc()
                 height, width = frame.image.shape[:2]
                 kept = frame.image if keep_images else None
-                detections, track_ids = outputs[0].output.detections, None
-                if len(outputs) > 1:  # a sliced frame: its windows' and the whole frame's detections merged
-                    parts = [o.output.detections for o in outputs]
-                    merge = detector.postprocessor.merge
-                    detections = (await loop.run_in_executor(detector.pool, merge, parts, params)).detections
+                detections, track_ids = await merged_detections(detector, outputs, params), None
                 if tracker is not None:
                     detections, track_ids = track_frame(tracker, detections, wanted.conf)
                     if book is not None:
@@ -177,6 +173,27 @@ async def detect_frames(
             job.add_done_callback(lambda _: release())
         else:
             release()
+
+
+def tracking_params(params: DetectParams, tracker: ByteTracker) -> DetectParams:
+    """`params` down to the tracker's `track_low_thresh`: its second association needs the low-score
+    boxes (the request's `conf` applies after it, in `track_frame`)."""
+    return dataclasses.replace(params, conf=min(params.conf, tracker.settings.track_low_thresh))
+
+
+async def merged_detections(
+    detector: Detector, outputs: list[BatchOutput], params: DetectParams
+) -> Detections:
+    """A frame's detections from its passes' outputs: a sliced frame's windows and whole frame merged
+    (in the decode pool), else its one output's."""
+    if len(outputs) == 1:
+        only: Detections = outputs[0].output.detections
+        return only
+    parts = [o.output.detections for o in outputs]
+    merged = await asyncio.get_running_loop().run_in_executor(
+        detector.pool, detector.postprocessor.merge, parts, params
+    )
+    return merged.detections
 
 
 def track_frame(

@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from service.core.auth import presented_key
 from service.core.errors import Forbidden
@@ -35,7 +36,7 @@ BearerDep = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 HOW = "send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 
 
-def _presented(request: Request) -> str | None:
+def _presented(request: HTTPConnection) -> str | None:
     return presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
 
 
@@ -45,10 +46,13 @@ async def require_api_key(request: Request, state: StateDep, _key: ApiKeyDep, _b
         state.api_keys.check(_presented(request), how=HOW)
 
 
-async def check_api_key(request: Request, state: ServiceState) -> None:
-    """`require_api_key` for a `DirectRoute` (no dependencies)."""
+async def check_api_key(
+    request: HTTPConnection, state: ServiceState, *, query_key: str | None = None, how: str = HOW
+) -> None:
+    """`require_api_key` for a route without dependencies (a `DirectRoute`, a WebSocket); `query_key`:
+    the key a client that cannot send headers put in the query string (the headers' wins)."""
     if state.api_keys.enabled:
-        state.api_keys.check(_presented(request), how=HOW)
+        state.api_keys.check(_presented(request) or query_key, how=how)
 
 
 API_KEY_SECURITY: list[dict[str, list[str]]] = [

@@ -88,7 +88,7 @@ class StreamCollector(Collector):
             frames.add_metric([s, "decoded"], stats.decoded)
             frames.add_metric([s, "skipped"], stats.skipped)
             frames.add_metric([s, "processed"], stream.processed)
-            drops = stats.dropped + stream.dropped
+            drops = stream.drops()
             for reason in FRAME_DROP_REASONS:
                 dropped.add_metric([s, reason], drops[reason])
             reconnects.add_metric([s], stats.reconnects)

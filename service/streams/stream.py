@@ -24,10 +24,10 @@ import numpy as np
 from service.core.detector import Detector, Submission
 from service.core.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError
 from service.core.options import DetectParams
-from service.core.results import class_name, detections_json
+from service.core.results import class_name, tracked_detections_json
 from service.core.state import ServiceState
 from service.core.video import Frame, upright
-from service.core.video_detection import frame_passes, track_frame
+from service.core.video_detection import frame_passes, merged_detections, track_frame, tracking_params
 from service.processing import Detections
 from service.streams.counting import Counter, CountEvent
 from service.streams.hub import Hub, Message
@@ -192,11 +192,7 @@ class Stream:
 
     async def _detect(self, detector: Detector, taken: SourceFrame) -> None:
         model = self._model_for(detector)
-        params = model.params
-        if self._tracker is not None:  # the tracker's second association needs the low-score boxes
-            params = dataclasses.replace(
-                params, conf=min(params.conf, self._tracker.settings.track_low_thresh)
-            )
+        params = tracking_params(model.params, self._tracker) if self._tracker is not None else model.params
         loop = asyncio.get_running_loop()
 
         def prepare() -> tuple[Frame, list[Any]]:
@@ -213,11 +209,7 @@ class Stream:
         finally:
             for f in futures:
                 f.cancel()
-        detections = outputs[0].output.detections
-        if len(outputs) > 1:  # sliced: the windows' and the whole frame's detections merged
-            parts = [o.output.detections for o in outputs]
-            merged = await loop.run_in_executor(detector.pool, detector.postprocessor.merge, parts, params)
-            detections = merged.detections
+        detections = await merged_detections(detector, outputs, params)
         height, width = frame.image.shape[:2]
         track_ids = None
         if self._tracker is not None:
@@ -249,10 +241,7 @@ class Stream:
         self.processed += 1
         self._published.append(time.monotonic())
         height, width = frame.image.shape[:2]
-        items = detections_json(detections, names)
-        if track_ids is not None:
-            for item, track_id in zip(items, track_ids.tolist(), strict=True):
-                item["track_id"] = track_id if track_id >= 0 else None
+        items = tracked_detections_json(detections, track_ids, names)
         if self._watchers:
             self._view = View(frame.index, frame.image, detections, track_ids, names)
             self._wake_watchers()
@@ -316,6 +305,10 @@ class Stream:
         """The lines and zones counted (None: none, or no frame processed yet)."""
         return self._model.counter if self._model is not None else None
 
+    def drops(self) -> collections.Counter[str]:
+        """Frames wanted but not processed, by reason: the reader's (stale) and this task's."""
+        return self.reader.stats.dropped + self.dropped
+
     def last_frame_age(self) -> float | None:
         """Seconds since the source's last frame (None: none yet)."""
         last = self.reader.stats.last_frame_at
@@ -338,7 +331,7 @@ class Stream:
             "source_fps": None if stats.source_fps is None else round(stats.source_fps, 2),
             "processed_fps": round(self.processed_fps(), 2),
             "frames": {"decoded": stats.decoded, "skipped": stats.skipped, "processed": self.processed},
-            "dropped": dict(stats.dropped + self.dropped),
+            "dropped": dict(self.drops()),
             "reconnects": stats.reconnects,
             "last_frame_age_s": None if age is None else round(age, 3),
             "latency_ms": {"p50": percentiles[0], "p99": percentiles[1]},

@@ -17,10 +17,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 
-from service.core.auth import presented_key
 from service.core.errors import InvalidParameter, ServiceError
 from service.core.state import ServiceState
-from service.http.deps import HOW, require_admin_key
+from service.http.deps import HOW, check_api_key, require_admin_key
 from service.http.schemas import ErrorBody
 from service.processing.drawing import draw_detections, encode_jpeg
 from service.streams.hub import Message
@@ -43,12 +42,11 @@ def _manager(request: Request | WebSocket) -> StreamManager:
     return manager
 
 
-def _check_viewer(request: Request | WebSocket, api_key: str | None) -> None:
+async def _check_viewer(request: Request | WebSocket, api_key: str | None) -> None:
     """An API key from the headers or the query string (when keys are configured)."""
-    state: ServiceState = request.app.state.service
-    if state.api_keys.enabled:
-        presented = presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
-        state.api_keys.check(presented or api_key, how=f"{HOW}, or ?api_key=<key>")
+    await check_api_key(
+        request, request.app.state.service, query_key=api_key, how=f"{HOW}, or ?api_key=<key>"
+    )
 
 
 def _types(text: str | None) -> frozenset[str] | None:
@@ -70,14 +68,14 @@ async def create_stream(request: Request, spec: StreamSpec) -> dict[str, Any]:
 
 @router.get("", responses=ERRORS)
 async def list_streams(request: Request, api_key: str | None = Key) -> dict[str, Any]:
-    _check_viewer(request, api_key)
+    await _check_viewer(request, api_key)
     return {"streams": [s.status() for s in _manager(request).streams.values()]}
 
 
 @router.get("/{stream_id}", responses=ERRORS)
 async def get_stream(request: Request, stream_id: str, api_key: str | None = Key) -> dict[str, Any]:
     """State (starting, running, reconnecting, ended, failed), rates, drops, latency, counts."""
-    _check_viewer(request, api_key)
+    await _check_viewer(request, api_key)
     return _manager(request).get(stream_id).status()
 
 
@@ -97,7 +95,7 @@ async def stream_events(
 ) -> StreamingResponse:
     """Server-Sent Events: `event:` the message type, `data:` its JSON; a listener that falls behind
     loses its oldest messages (the next one says how many: `lost`)."""
-    _check_viewer(request, api_key)
+    await _check_viewer(request, api_key)
     stream = _manager(request).get(stream_id)
     kinds = _types(types)
 
@@ -127,7 +125,7 @@ async def stream_socket(
     (4404: no such stream, 4422: unknown message types), the reason the error's message."""
     await websocket.accept()
     try:
-        _check_viewer(websocket, api_key)
+        await _check_viewer(websocket, api_key)
         stream = _manager(websocket).get(stream_id)
         kinds = _types(types)
     except ServiceError as e:
@@ -172,7 +170,7 @@ BOUNDARY = "yolorframe"
 )
 async def stream_mjpeg(request: Request, stream_id: str, api_key: str | None = Key) -> StreamingResponse:
     """The processed frames with their boxes drawn, as they come: `multipart/x-mixed-replace` JPEGs."""
-    _check_viewer(request, api_key)
+    await _check_viewer(request, api_key)
     stream = _manager(request).get(stream_id)
     loop = asyncio.get_running_loop()
     state: ServiceState = request.app.state.service
