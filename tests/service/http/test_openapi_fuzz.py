@@ -66,8 +66,10 @@ def api_schema(tmp_path_factory):
 def realistic(case) -> None:
     """What the schema cannot say, made true: the generated files (multipart parts, base64 strings in
     JSON) become a real PNG (a video part a real clip), at most the server's per-request limit of
-    them; `classes` is left out (which ids and names exist is the model's, not the schema's), and
-    so are the tracker's thresholds (they must be ordered, low <= high <= new)."""
+    them, while a value a negative case put in a file's place (an array, a number) stays what it is,
+    so the case is still one the server must refuse; `classes` is left out (which ids and names
+    exist is the model's, not the schema's), and so are the tracker's thresholds (they must be
+    ordered, low <= high <= new)."""
     if isinstance(case.query, dict):
         case.query.pop("classes", None)
         for threshold in TRACKER_THRESHOLDS:  # they must be ordered, which no schema can say
@@ -80,8 +82,9 @@ def realistic(case) -> None:
     file = base64.b64encode(PNG).decode() if case.media_type == "application/json" else PNG
     if isinstance(case.body.get("image"), str | bytes):
         case.body["image"] = file
-    if isinstance(value := case.body.get("images"), list):
-        case.body["images"] = [file] * len(value[: MAX_IMAGES - ("image" in case.body)])
+    if isinstance(value := case.body.get("images"), list):  # each file part; a negative case's non-file stays
+        kept = value[: MAX_IMAGES - ("image" in case.body)]
+        case.body["images"] = [file if isinstance(v, str | bytes) else v for v in kept]
 
 
 # Nor the streams: a valid POST /streams opens a source the server connects to, and the others
