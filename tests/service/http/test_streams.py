@@ -260,7 +260,8 @@ def test_websocket_and_mjpeg_views(tmp_path, clip):
 @pytest.mark.slow  # real time, real servers
 def test_eight_cameras_at_once_and_a_slow_webhook_never_slows_detection(tmp_path, clip):
     """Eight MJPEG cameras at 10 fps (5 processed each), and a clip whose every crossing goes to a
-    webhook that takes 1 s per event: all run in real time, nothing dropped."""
+    webhook that answers nothing until the clip has ended: the clip is detected to its end regardless,
+    the cameras keep their pace, nothing is dropped, and delivery goes on once the receiver answers."""
     from bench.cameras import MjpegCamera, jpegs
     from tests.service.streams.test_webhook import receiver
 
@@ -274,7 +275,7 @@ def test_eight_cameras_at_once_and_a_slow_webhook_never_slows_detection(tmp_path
             receiver() as (hook, received),
             serving(_app(tmp_path, stream_allowed_hosts=["127.0.0.1"])) as url,
         ):
-            received.delay_s = 1.0
+            received.gate.clear()
             client = httpx.Client(base_url=url)
             _ready(client)
             ids = [
@@ -288,12 +289,12 @@ def test_eight_cameras_at_once_and_a_slow_webhook_never_slows_detection(tmp_path
                 "webhook": {"url": hook, "secret": "0123456789abcdef"},
             }  # fmt: skip
             clip_id = client.post("/streams", json=spec, headers=ADMIN).json()["id"]
-            started = time.monotonic()
-            give_up = started + 30
+            give_up = time.monotonic() + 30
             while client.get(f"/streams/{clip_id}").json()["state"] != "ended":
                 assert time.monotonic() < give_up
                 time.sleep(0.1)
-            took = time.monotonic() - started
+            answered_before_the_end = len(received.received)
+            received.gate.set()
             before = [client.get(f"/streams/{i}").json() for i in ids]
             time.sleep(2)
             statuses = [client.get(f"/streams/{i}").json() for i in ids]
@@ -302,10 +303,10 @@ def test_eight_cameras_at_once_and_a_slow_webhook_never_slows_detection(tmp_path
     finally:
         for camera in cameras:
             camera.stop()
-    assert took < 3.0 + 1.5  # a 3 s clip played in real time, not held up by the webhook's 1 s per event
     assert ended["frames"]["processed"] == 30 and ended["dropped"] == {}
     assert (ended["counts"]["lines"]["middle"]["in"], ended["counts"]["lines"]["middle"]["out"]) == (1, 1)
-    assert ended["webhook"]["sent"] + len(received.received) >= 1  # delivery goes on, at its own pace
+    assert answered_before_the_end == 0  # detection never waited for the receiver ...
+    assert ended["webhook"]["sent"] + len(received.received) >= 1  # ... and delivery goes on, at its own pace
     for first, status in zip(before, statuses, strict=True):
         assert status["state"] == "running", status
         processed = status["frames"]["processed"] - first["frames"]["processed"]

@@ -28,6 +28,8 @@ class Receiver:
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.statuses: list[int] = []  # answered in turn; then 200
         self.delay_s = 0.0
+        self.gate = threading.Event()  # cleared: every request is held (up to a minute) until it is set
+        self.gate.set()
 
 
 @contextmanager
@@ -41,6 +43,7 @@ def receiver() -> Iterator[tuple[str, Receiver]]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             time.sleep(state.delay_s)
+            state.gate.wait(60)
             state.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
             status = state.statuses.pop(0) if state.statuses else 200
             self.send_response(status)
@@ -52,6 +55,7 @@ def receiver() -> Iterator[tuple[str, Receiver]]:
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/hook", state
     finally:
+        state.gate.set()
         server.shutdown()
         server.server_close()
 
