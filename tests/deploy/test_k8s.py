@@ -1,5 +1,6 @@
-"""Kubernetes manifests (`deploy/k8s`): each overlay renders with kustomize, validates against the
-Kubernetes API schemas, and its objects agree with each other and with the server they run.
+"""Kubernetes manifests (`deploy/k8s`): each overlay, and the cameras' StatefulSet (`streams`), renders
+with kustomize, validates against the Kubernetes API schemas, and its objects agree with each other
+and with the server they run.
 
 Needs `kubectl` (kustomize built in) on PATH and `kubernetes-validate` (+ PyYAML) in this Python;
 without them the tests fail, they do not skip. No cluster is contacted.
@@ -7,7 +8,10 @@ without them the tests fail, they do not skip. No cluster is contacted.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import ipaddress
+import json
 import os
 import re
 import shutil
@@ -16,11 +20,18 @@ import sys
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("cpu", "gpu")
+# Live cameras: a StatefulSet with a volume and a list of cameras per pod, beside the overlays.
+STREAMS = "streams"
+# Every kustomization rendered here (test id -> directory under deploy/k8s) and its server's image tag.
+KUSTOMIZATIONS = {"cpu": "overlays/cpu", "gpu": "overlays/gpu", STREAMS: STREAMS}
+RELEASE_TAGS = {"cpu": "cpu", "gpu": "gpu", STREAMS: "cpu"}
 # preStop `sleep` is beta (on by default) from 1.30; 1.28 rejects the field, 1.29 gates it off.
 OLDEST_KUBERNETES = "1.30"
 IMAGES = {"yolor-serving:cpu", "yolor-serving:gpu", "yolor-serving:tools"}
@@ -48,13 +59,14 @@ def _kubectl() -> str:
 
 @cache
 def rendered(overlay: str) -> str:
+    """`overlay`: a key of KUSTOMIZATIONS."""
     done = subprocess.run(
-        [_kubectl(), "kustomize", str(K8S / "overlays" / overlay)],
+        [_kubectl(), "kustomize", str(K8S / KUSTOMIZATIONS[overlay])],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert done.returncode == 0, f"kubectl kustomize overlays/{overlay} failed:\n{done.stderr}"
+    assert done.returncode == 0, f"kubectl kustomize {KUSTOMIZATIONS[overlay]} failed:\n{done.stderr}"
     return done.stdout
 
 
@@ -68,8 +80,15 @@ def one(objs: list[Obj], kind: str, name: str | None = None) -> Obj:
     return found[0]
 
 
+def workload(objs: list[Obj]) -> Obj:
+    """The one Deployment or StatefulSet rendered."""
+    found = [o for o in objs if o["kind"] in ("Deployment", "StatefulSet")]
+    assert len(found) == 1, f"expected one workload, rendered {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
 def pod_spec(objs: list[Obj]) -> Obj:
-    return one(objs, "Deployment", "yolor")["spec"]["template"]["spec"]
+    return workload(objs)["spec"]["template"]["spec"]
 
 
 def server(objs: list[Obj]) -> Obj:
@@ -82,22 +101,64 @@ def expand(text: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), text)
 
 
-def container_env(objs: list[Obj], container: Obj) -> dict[str, str]:
-    """The environment the kubelet gives `container`: envFrom ConfigMaps, then env in order."""
+def secret_data(secret: Obj) -> dict[str, bytes]:
+    data = {key: base64.b64decode(value) for key, value in secret.get("data", {}).items()}
+    return data | {key: value.encode() for key, value in secret.get("stringData", {}).items()}
+
+
+def container_env(
+    objs: list[Obj],
+    container: Obj,
+    *,
+    fields: dict[str, str] | None = None,
+    secrets: dict[str, dict[str, str]] | None = None,
+) -> dict[str, str]:
+    """The environment the kubelet gives `container`: envFrom ConfigMaps, then env in order.
+
+    `fields`: the pod's downward-API values by fieldPath; `secrets`: Secrets created outside the
+    kustomization (name -> data). An optional secretKeyRef to neither stays unset, as in the kubelet.
+    """
     maps = {o["metadata"]["name"]: o.get("data", {}) for o in objs if o["kind"] == "ConfigMap"}
+    stored = {
+        o["metadata"]["name"]: {k: v.decode() for k, v in secret_data(o).items()}
+        for o in objs
+        if o["kind"] == "Secret"
+    } | (secrets or {})
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         name = source["configMapRef"]["name"]
         assert name in maps, f"{container['name']} reads ConfigMap {name}, which is not rendered"
         env.update(maps[name])
     for var in container.get("env", []):
+        source = var.get("valueFrom", {})
         if "value" in var:
             env[var["name"]] = expand(var["value"], env)
-        else:
-            ref = var["valueFrom"]["configMapKeyRef"]
+        elif "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
             assert ref["key"] in maps.get(ref["name"], {}), f"{var['name']}: no {ref['key']} in {ref['name']}"
             env[var["name"]] = maps[ref["name"]][ref["key"]]
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            if ref["key"] in stored.get(ref["name"], {}):
+                env[var["name"]] = stored[ref["name"]][ref["key"]]
+            else:
+                assert ref.get("optional"), f"{var['name']}: no {ref['key']} in Secret {ref['name']}"
+        else:
+            path = source["fieldRef"]["fieldPath"]
+            assert fields is not None and path in fields, f"{var['name']}: pod field {path} not given"
+            env[var["name"]] = fields[path]
     return env
+
+
+def server_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Settings() from exactly the YOLOR_* variables in `env` (raises on invalid values)."""
+    from service.settings import Settings
+
+    for name in [n for n in os.environ if n.startswith("YOLOR_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
 
 
 def mounted_volume(container: Obj, path: str) -> str | None:
@@ -181,7 +242,7 @@ def server_metric_types() -> dict[str, str]:
 # --- rendering and schema validation -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", KUSTOMIZATIONS)
 def test_overlay_validates_against_the_kubernetes_schemas(overlay: str, tmp_path: Path) -> None:
     if importlib.util.find_spec("kubernetes_validate") is None:
         pytest.fail("kubernetes-validate is not installed in this Python: pip install kubernetes-validate")
@@ -210,34 +271,30 @@ def test_overlay_validates_against_the_kubernetes_schemas(overlay: str, tmp_path
     assert len(skipped) == len(crds) * len(versions), report
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", KUSTOMIZATIONS)
 def test_images_are_the_release_images(overlay: str) -> None:
     spec = pod_spec(objects(overlay))
     images = {c["image"] for c in spec["containers"] + spec.get("initContainers", [])}
     assert images <= IMAGES, f"placeholder or unknown images left: {images - IMAGES}"
-    assert server(objects(overlay))["image"] == f"yolor-serving:{overlay}"
+    assert server(objects(overlay))["image"] == f"yolor-serving:{RELEASE_TAGS[overlay]}"
 
 
 # --- the pod ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", KUSTOMIZATIONS)
 def test_server_environment_is_valid_settings(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.settings import Settings, unknown_variables
+    from service.settings import unknown_variables
 
     objs = objects(overlay)
     env = container_env(objs, server(objs))
     assert unknown_variables(env) == [], "YOLOR_* variables that name no setting"
-    for name in [n for n in os.environ if n.startswith("YOLOR_")]:
-        monkeypatch.delenv(name)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    settings = Settings()  # raises on values out of bounds or inconsistent
+    settings = server_settings(env, monkeypatch)  # raises on values out of bounds or inconsistent
     assert settings.workers == 1, "one process per pod: each worker would load its own model and batcher"
     assert settings.port == server(objs)["ports"][0]["containerPort"]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", KUSTOMIZATIONS)
 def test_probes_use_the_named_port(overlay: str) -> None:
     container = server(objects(overlay))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -251,7 +308,7 @@ def test_probes_use_the_named_port(overlay: str) -> None:
         assert (get["path"], get["port"]) == (path, "http"), probe
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", KUSTOMIZATIONS)
 def test_grace_period_covers_prestop_and_drain(overlay: str) -> None:
     objs = objects(overlay)
     container = server(objs)
@@ -261,7 +318,7 @@ def test_grace_period_covers_prestop_and_drain(overlay: str) -> None:
     assert pod_spec(objs)["terminationGracePeriodSeconds"] > pre_stop + timeout_s + DRAIN_MARGIN_S
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", KUSTOMIZATIONS)
 def test_pod_runs_unprivileged(overlay: str) -> None:
     objs = objects(overlay)
     spec = pod_spec(objs)
@@ -421,3 +478,186 @@ def test_the_nvidia_runtime_component_only_sets_the_runtime_class(tmp_path: Path
     assert pod_spec(with_runtime).pop("runtimeClassName") == "nvidia"
     assert with_runtime == objects("gpu")
     assert "nvidia-runtime" not in (K8S / "overlays" / "cpu" / "kustomization.yaml").read_text()
+
+
+# --- the cameras' StatefulSet (deploy/k8s/streams) -------------------------------------------------
+
+CAMERAS = K8S / STREAMS / "cameras"
+# Created by hand, outside the kustomization (its header says how): YOLOR_ADMIN_KEYS.
+ADMIN_SECRET = {"yolor-streams-admin": {"admin-keys": "example-admin-key-1"}}
+
+
+def statefulset(objs: list[Obj]) -> Obj:
+    return one(objs, "StatefulSet", "yolor-streams")
+
+
+def claim_templates(objs: list[Obj]) -> set[str]:
+    return {t["metadata"]["name"] for t in statefulset(objs)["spec"].get("volumeClaimTemplates", [])}
+
+
+def cameras_init(objs: list[Obj]) -> Obj:
+    (init,) = [c for c in pod_spec(objs).get("initContainers", []) if c["name"] == "cameras"]
+    return init
+
+
+def cameras_mount(objs: list[Obj]) -> tuple[Obj, Obj]:
+    """The init container's mount of the cameras Secret, and that Secret."""
+    volumes = {v["name"]: v for v in pod_spec(objs)["volumes"]}
+    (mount,) = [m for m in cameras_init(objs)["volumeMounts"] if "secret" in volumes.get(m["name"], {})]
+    return mount, one(objs, "Secret", volumes[mount["name"]]["secret"]["secretName"])
+
+
+def test_streams_pods_keep_their_streams_on_their_own_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    objs = objects(STREAMS)
+    container, init = server(objs), cameras_init(objs)
+    assert "YOLOR_ADMIN_KEYS" not in container_env(objs, container), "a key in plain config"
+    env = container_env(objs, container, secrets=ADMIN_SECRET)
+    settings = server_settings(env, monkeypatch)
+    assert env["YOLOR_WORKERS"] == "1" and settings.workers == 1, "more workers refuse streams"
+    assert [k.get_secret_value() for k in settings.admin_keys] == ["example-admin-key-1"]
+    assert settings.state_dir is not None
+    # One PersistentVolumeClaim per pod, mounted where the server keeps streams.json and the init
+    # container writes it; not a pod volume (an emptyDir would forget the streams with the pod).
+    volume = mounted_volume(container, str(settings.state_dir / "streams.json"))
+    assert volume is not None and volume in claim_templates(objs)
+    assert volume not in {v["name"] for v in pod_spec(objs)["volumes"]}
+    init_env = container_env(objs, init, fields={"metadata.name": "yolor-streams-0"})
+    assert init_env["YOLOR_STATE_DIR"] == str(settings.state_dir)
+    assert mounted_volume(init, init_env["YOLOR_STATE_DIR"]) == volume
+
+
+def test_streams_objects_pick_the_streams_pods_and_no_others() -> None:
+    objs = objects(STREAMS)
+    sts = statefulset(objs)["spec"]
+    labels = sts["template"]["metadata"]["labels"]
+    port_names = {p["name"] for p in server(objs)["ports"]}
+    assert selects(sts["selector"], labels)
+    service = one(objs, "Service", sts["serviceName"])
+    assert service["spec"]["clusterIP"] == "None", "a StatefulSet's serviceName: headless, a name per pod"
+    assert selects({"matchLabels": service["spec"]["selector"]}, labels)
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+    for constraint in pod_spec(objs).get("topologySpreadConstraints", []):
+        assert selects(constraint["labelSelector"], labels)
+    monitor = one(objs, "PodMonitor")
+    assert selects(monitor["spec"]["selector"], labels)
+    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= port_names
+    # In a namespace shared with an overlay, its Service, budget, monitor and spreading leave them be.
+    for overlay in OVERLAYS:
+        others = objects(overlay)
+        assert not selects({"matchLabels": one(others, "Service", "yolor")["spec"]["selector"]}, labels)
+        assert not selects(one(others, "PodDisruptionBudget")["spec"]["selector"], labels)
+        assert not selects(one(others, "PodMonitor")["spec"]["selector"], labels)
+        assert not selects(pod_spec(others)["topologySpreadConstraints"][0]["labelSelector"], labels)
+
+
+def test_camera_files_are_stream_lists_one_per_pod(tmp_path: Path) -> None:
+    from service.streams.store import StreamStore
+
+    objs = objects(STREAMS)
+    sts = statefulset(objs)
+    replicas = sts["spec"]["replicas"]
+    files = sorted(CAMERAS.glob("*.json"))
+    assert files, f"no camera files in {CAMERAS}"
+    ids: list[str] = []
+    for file in files:
+        ordinal = re.fullmatch(rf"{re.escape(sts['metadata']['name'])}-(\d+)\.json", file.name)
+        assert ordinal and int(ordinal[1]) < replicas, f"{file.name} is no pod of {replicas} replicas"
+        entries = json.loads(file.read_text())["streams"]
+        state = tmp_path / file.stem
+        state.mkdir()
+        shutil.copy(file, state / "streams.json")
+        # The server's own loader: an unreadable file is moved aside, an invalid entry skipped.
+        specs = StreamStore(state).load()
+        assert (state / "streams.json").exists(), f"{file.name} does not parse as a streams file"
+        assert list(specs) == [str(e["id"]) for e in entries], f"{file.name}: entries skipped"
+        assert all(spec.track and spec.source.startswith("rtsp://") for spec in specs.values())
+        ids += specs
+    assert len(ids) == len(set(ids)), f"stream ids repeat across pods: {ids}"
+    # Every file is in the Secret the pods mount (a file not listed in kustomization.yaml is not).
+    _, secret = cameras_mount(objs)
+    assert secret_data(secret) == {file.name: file.read_bytes() for file in files}
+
+
+def test_cameras_and_webhooks_are_within_the_allowed_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.streams.sources import SourcePolicy
+    from service.streams.spec import StreamSpec
+
+    objs = objects(STREAMS)
+    settings = server_settings(container_env(objs, server(objs)), monkeypatch)
+    assert "*" not in settings.stream_allowed_hosts, "`*` reaches no camera on a private network"
+
+    def resolve(host: str) -> list[str]:  # no DNS here: a name stands for a reserved address
+        try:
+            return [str(ipaddress.ip_address(host))]
+        except ValueError:
+            return ["192.0.2.1"]
+
+    policy = SourcePolicy(settings.stream_allowed_hosts, None, resolver=resolve)
+    for file in sorted(CAMERAS.glob("*.json")):
+        for entry in json.loads(file.read_text())["streams"]:
+            spec = StreamSpec.model_validate(entry["spec"])
+            policy.check(spec.source)  # SourceNotAllowed otherwise, as the server at POST /streams
+            if spec.webhook is not None:
+                policy.check_host(urlsplit(spec.webhook.url).hostname or "")
+
+
+def test_cameras_init_container_writes_its_pods_file_or_nothing(tmp_path: Path) -> None:
+    """The init container's command as rendered, run here: the Secret's mount is a folder holding its
+    files, the pod's volume a folder of its own; `python3` is this Python (the image's has the
+    package too)."""
+    objs = objects(STREAMS)
+    init = cameras_init(objs)
+    mount, secret = cameras_mount(objs)
+    assert mount.get("readOnly") is True
+    assert mount["name"] not in {m["name"] for m in server(objs)["volumeMounts"]}, "only the init needs it"
+    cameras = tmp_path / "cameras"
+    cameras.mkdir()
+    for key, value in secret_data(secret).items():
+        (cameras / key).write_bytes(value)
+    argv = [*init["command"], *init.get("args", [])]
+    assert argv[0] == "python3" and mount["mountPath"] in argv, argv
+    argv = [sys.executable, *(str(cameras) if arg == mount["mountPath"] else arg for arg in argv[1:])]
+    volume = mounted_volume(server(objs), container_env(objs, server(objs))["YOLOR_STATE_DIR"])
+    assert volume in claim_templates(objs)
+    outside = {k: v for k, v in os.environ.items() if not k.startswith("YOLOR_") and k != "POD_NAME"}
+
+    def run(pod: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+        env = container_env(objs, init, fields={"metadata.name": pod})
+        assert mounted_volume(init, env["YOLOR_STATE_DIR"]) == volume, "not the server's state volume"
+        state = tmp_path / "state" / pod
+        state.mkdir(parents=True, exist_ok=True)
+        env["YOLOR_STATE_DIR"] = str(state)
+        command = [expand(arg, env) for arg in argv]
+        done = subprocess.run(
+            command, env=outside | env, cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        return done, state / "streams.json"
+
+    # A pod with a file: its streams.json becomes that file, owner-only, whatever it held before.
+    assert secret_data(secret)
+    for key, value in secret_data(secret).items():
+        pod = key.removesuffix(".json")
+        before = tmp_path / "state" / pod / "streams.json"
+        before.parent.mkdir(parents=True)
+        before.write_text('{"format": "yolor-serving/streams/1", "streams": []}')
+        before.chmod(0o644)
+        done, written = run(pod)
+        assert done.returncode == 0, done.stderr
+        assert written.read_bytes() == value
+        assert written.stat().st_mode & 0o777 == 0o600
+        assert [p.name for p in written.parent.iterdir()] == ["streams.json"], "a temporary file left"
+    # A pod without one keeps what it has (streams created through the API), or nothing.
+    spare = f"{statefulset(objs)['metadata']['name']}-{statefulset(objs)['spec']['replicas']}"
+    assert not (cameras / f"{spare}.json").exists()
+    done, written = run(spare)
+    assert done.returncode == 0, done.stderr
+    assert list(written.parent.iterdir()) == []
+    written.write_text("created through the API")
+    done, _ = run(spare)
+    assert done.returncode == 0, done.stderr
+    assert written.read_text() == "created through the API"
+    # A broken file stops the pod before the server starts, and its streams.json stays.
+    (cameras / f"{spare}.json").write_text('{"format": "yolor-serving/streams/1", "streams": [{"id": "x"}]}')
+    done, _ = run(spare)
+    assert done.returncode != 0
+    assert written.read_text() == "created through the API"
