@@ -2,7 +2,7 @@
 behind docs/benchmarks.md ("Live streams").
 
     .venv/bin/python benchmarks/streams.py [--model DIR] [--streams 1,2,4,8,12,16] [--camera-fps 15]
-        [--seconds 20] [--out DIR]
+        [--seconds 20] [--beside N] [--out DIR]
 
 Starts `yolor serve` for the model and one HTTP MJPEG camera per stream (scikit-image's sample
 photos at 640x480, JPEG quality 90, `--camera-fps` frames/s each, from threads of this process).
@@ -11,7 +11,7 @@ over `--seconds` reads every stream's status before and after (frames processed 
 reason) and collects each processed frame's capture-to-publication latency from one SSE listener
 per stream. A count is sustained when every stream processes >= 99% of its 5 frames/s and under 1%
 of the frames it wanted are dropped. `/detect`'s latency (one client at a time, the sample photos)
-is measured with no stream, then beside the most streams sustained.
+is measured with no stream, then beside the most streams sustained (or `--beside` streams).
 """
 
 from __future__ import annotations
@@ -133,12 +133,13 @@ async def detect_latency(base: str, jpegs: list[bytes], seconds: float) -> dict[
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     photos = sample_jpegs()
     counts = [int(c) for c in args.streams.split(",")]
+    cameras_needed = max([*counts, args.beside or 0])
     cameras = [MjpegCamera(photos[i % len(photos):] + photos[: i % len(photos)], fps=args.camera_fps)
-               for i in range(max(counts))]  # fmt: skip
+               for i in range(cameras_needed)]  # fmt: skip
     for camera in cameras:
         camera.start()
     env = {"YOLOR_ADMIN_KEYS": ADMIN["X-API-Key"], "YOLOR_STREAM_ALLOWED_HOSTS": "127.0.0.1",
-           "YOLOR_MAX_STREAMS": str(max(counts))}  # fmt: skip
+           "YOLOR_MAX_STREAMS": str(cameras_needed)}  # fmt: skip
     try:
         with spawned_server(args.model, overrides=env) as (base, _):
             quiet = await detect_latency(base, photos, args.seconds)
@@ -149,7 +150,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(result, flush=True)
                 levels.append(result)
             sustained = [r["streams"] for r in levels if r["sustained"]]
-            most = max(sustained) if sustained else None
+            most = args.beside or (max(sustained) if sustained else None)
             loaded = None
             if most is not None:
                 loaded_task = asyncio.create_task(level(base, cameras, most, args.seconds + 8))
@@ -171,6 +172,7 @@ def main() -> None:
     parser.add_argument("--streams", default="1,2,4,8,12,16")
     parser.add_argument("--camera-fps", type=float, default=15.0)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--beside", type=int, default=None, help="streams beside /detect's measurement")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     result = asyncio.run(run(args))

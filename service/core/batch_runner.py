@@ -38,6 +38,7 @@ class Item:
     deadline: float  # time.monotonic() seconds
     queued_at: float
     finish: Finish | None
+    background: bool = False  # a stream's frame: queued behind interactive images
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,11 @@ Background images (a live stream's frames) queue behind interactive ones: the qu
 arrival time, a background image's counted `BACKGROUND_HANDICAP_S` later, so a request overtakes
 the frames queued less than that before it (its latency does not grow with the streams' load) and a
 frame waits at most that much longer than it would have (streams are not starved). Background images
-are also admitted only into half of the queue, the other half kept for requests.
+are also admitted only into half of the queue, the other half kept for requests. With
+`background_alone` (a CPU backend, where a batch costs what its images do) each background image
+runs in a batch of its own: a request's batch holds only requests' images, and a request waits for
+at most one frame's run per busy worker; on an accelerator, where a batch costs about what one image
+does, frames fill batches like any image.
 
 Stopping waits (bounded) for the batches in the worker threads: the caller releases the backend
 only when `stop` says they are idle. `inflight_age` lets a watchdog see a batch stuck in the backend.
@@ -61,6 +65,21 @@ log = logging.getLogger(__name__)
 BACKGROUND_HANDICAP_S = 0.5
 
 
+class _Queue(asyncio.PriorityQueue[tuple[float, int, Item]]):
+    """Images by rank (arrival time, a background image's handicapped), then submission order."""
+
+    def head(self) -> Item:
+        """The image `get` returns next (the queue is not empty)."""
+        heap: list[tuple[float, int, Item]] = self._queue  # type: ignore[attr-defined]  # as `_get` reads it
+        return heap[0][2]
+
+    def take_nowait(self) -> Item:
+        return self.get_nowait()[2]
+
+    async def take(self) -> Item:
+        return (await self.get())[2]
+
+
 @dataclass(frozen=True)
 class BatchOutput:
     """One image's share of a batch: `finish(row)` (the row itself without `finish`, the caller's to
@@ -87,17 +106,15 @@ class DynamicBatcher:
         metrics: Metrics,
         workers: int = 1,
         lookahead: int = 0,
+        background_alone: bool = False,
     ) -> None:
         if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0 or workers < 1 or lookahead < 0:
             raise ValueError(
                 "need max_batch_size >= 1, queue_size >= 1, max_delay_s >= 0, workers >= 1, lookahead >= 0"
             )
         self.max_batch_size, self.max_delay_s, self.workers = max_batch_size, max_delay_s, workers
-        self.lookahead = lookahead
-        # (arrival, with a background image's handicap; submission order; the image)
-        self._queue: asyncio.PriorityQueue[tuple[float, int, Item]] = asyncio.PriorityQueue(
-            maxsize=queue_size
-        )
+        self.lookahead, self.background_alone = lookahead, background_alone
+        self._queue = _Queue(maxsize=queue_size)
         self._order = itertools.count()
         self._metrics = metrics
         self._runner = BatchRunner(infer, workers=workers, lookahead=lookahead, metrics=metrics)
@@ -150,7 +167,7 @@ class DynamicBatcher:
         futures = []
         for i, tensor in enumerate(tensors):
             future: asyncio.Future[BatchOutput] = loop.create_future()
-            item = Item(tensor, future, deadline, now, finish[i] if finish else None)
+            item = Item(tensor, future, deadline, now, finish[i] if finish else None, background)
             self._queue.put_nowait((rank, next(self._order), item))
             futures.append(future)
         self._metrics.queue_depth.set(self.waiting)
@@ -209,7 +226,7 @@ class DynamicBatcher:
             answering.cancel()
         await asyncio.gather(*self._batches.values(), return_exceptions=True)
         leftover = [i for b in batches for i in b.items]
-        leftover += [self._queue.get_nowait()[2] for _ in range(self._queue.qsize())]
+        leftover += [self._queue.take_nowait() for _ in range(self._queue.qsize())]
         for item in leftover:
             if self._fail(item, ShuttingDown("the server shut down before this image was run")):
                 self._metrics.dropped_images.labels(reason="shutdown").inc()
@@ -267,20 +284,28 @@ class DynamicBatcher:
 
     async def _collect(self) -> list[Item]:
         """The first item, then whatever arrives until the batch is full, `max_delay_s` has passed or
-        nothing more is on its way. While other workers are idle, only this worker's share of what
-        is queued now: two images on two idle single-threaded workers run side by side, not one
-        after the other in one batch."""
-        items = [(await self._queue.get())[2]]
+        nothing more is on its way (with `background_alone`, until the next image would put a
+        background image beside another image: the batch goes, as nothing is ranked before it). While other
+        workers are idle, only this worker's share of what is queued now: two images on two idle
+        single-threaded workers run side by side, not one after the other in one batch."""
+        items = [await self._queue.take()]
+
+        def fits() -> bool:  # the queue's next image may join
+            alone = self.background_alone and (items[0].background or self._queue.head().background)
+            return not alone
+
         idle_others = self.workers - len(self._batches) - 1
         if idle_others > 0:  # share what is queued with the idle workers, and wait for nothing
             share = -(-(1 + self._queue.qsize()) // (idle_others + 1))  # ceil
-            while len(items) < min(share, self.max_batch_size) and not self._queue.empty():
-                items.append(self._queue.get_nowait()[2])
+            while len(items) < min(share, self.max_batch_size) and not self._queue.empty() and fits():
+                items.append(self._queue.take_nowait())
             return items
         flush_at = time.monotonic() + self.max_delay_s
         while len(items) < self.max_batch_size:
             if not self._queue.empty():
-                items.append(self._queue.get_nowait()[2])
+                if not fits():
+                    break
+                items.append(self._queue.take_nowait())
                 continue
             if self._incoming == 0:  # nothing else on its way
                 break
@@ -288,10 +313,16 @@ class DynamicBatcher:
             if remaining <= 0:
                 break
             try:
-                items.append((await asyncio.wait_for(self._queue.get(), remaining))[2])
+                await asyncio.wait_for(self._wait_for_an_image(), remaining)
             except asyncio.TimeoutError:  # not the builtin before Python 3.11
                 break
         return items
+
+    async def _wait_for_an_image(self) -> None:
+        """Until the queue holds an image (not taking it: it may not fit the batch)."""
+        while self._queue.empty():
+            self._changed.clear()
+            await self._changed.wait()
 
     def _drop_stale(self, items: list[Item]) -> list[Item]:
         """Items still worth running: not abandoned by their caller and not past their deadline."""

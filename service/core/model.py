@@ -151,6 +151,7 @@ async def load_model(
         metrics=metrics,
         workers=backend.concurrency,
         lookahead=1 if backend.accelerator else 0,  # the ready batch: GPUs only
+        background_alone=not backend.accelerator,  # stream frames one at a time, beside no request
     )
     await batcher.start()
     detector = Detector(

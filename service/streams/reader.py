@@ -1,6 +1,7 @@
-"""One live source read by one thread: PyAV (FFmpeg) opens it, decodes every frame, and hands the
+"""One live source read by one thread: PyAV (FFmpeg) opens it, decodes its frames, and hands the
 frames the stream wants (its fps cap) to a one-frame buffer; the source reopens itself with backoff
-when it stops delivering.
+when it stops delivering. A camera's frame the cap does not want is not even decoded when its codec
+codes every frame on its own (MJPEG); other codecs' frames depend on earlier ones: all are decoded.
 
 - Buffer policies: a live source (a camera: RTSP, MJPEG, HLS) keeps only the newest frame, a frame
   replaced before it was taken counts as dropped (`stale`); a file played in real time is never
@@ -73,7 +74,7 @@ class SourceFrame:
 
 @dataclass
 class SourceStats:
-    decoded: int = 0
+    decoded: int = 0  # frames read from the source (decoded, unless skipped before decoding)
     handed: int = 0  # past the fps cap, into the buffer
     skipped: int = 0  # not wanted under the fps cap
     dropped: collections.Counter[str] = field(default_factory=collections.Counter)  # by reason: stale
@@ -219,36 +220,45 @@ class SourceReader:
         if stream is None:
             raise ValueError("the source has no video stream")
         stream.thread_type = "AUTO"
+        live = self.settings.live
+        cap = _Cap(self.settings.fps)
+        # A camera whose every frame is coded on its own (MJPEG): a frame the cap does not want is
+        # skipped before it is decoded, its packet's arrival being the cap's clock.
+        by_packet = live and self.settings.fps is not None and bool(stream.codec_context.codec.intra_only)
         paced_from: tuple[float, float] | None = None  # (wall clock, pts) of a file's first frame
-        next_due: float | None = None  # the fps cap: when the next frame is due to be handed on
-        period = 1.0 / self.settings.fps if self.settings.fps else 0.0
-        for frame in container.decode(stream):
+        for packet in container.demux(stream):
             if self._stop.is_set():
                 return False
-            now = time.monotonic()
-            pts_s = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
-            if not self.settings.live and pts_s is not None:  # real time: wait for the frame's moment
-                if paced_from is None:
-                    paced_from = (now, pts_s)
-                delay = paced_from[0] + (pts_s - paced_from[1]) - now
-                if delay > 0 and self._stop.wait(delay):
+            if by_packet and packet.size:
+                now = time.monotonic()
+                if not cap.wanted(now):
+                    self._count(now, _seconds(packet.pts, packet.time_base))
+                    self.stats.skipped += 1
+                    continue
+            for frame in packet.decode():
+                if self._stop.is_set():
                     return False
                 now = time.monotonic()
-            if frame.width * frame.height > self.settings.max_pixels:
-                raise ValueError(f"frames of {frame.width}x{frame.height} pixels are over the limit")
-            self._count(now, pts_s)
-            self._set(SourceState.RUNNING)
-            # The cap's clock: a file's own timestamps (it is paced by them), else the arrival time.
-            clock = pts_s if not self.settings.live and pts_s is not None else now
-            if next_due is not None and clock < next_due - period * 1e-3:
-                self.stats.skipped += 1
-                continue
-            # On the grid from the first frame; a source that fell behind by more than a period restarts it.
-            next_due = clock + period if next_due is None or clock - next_due > period else next_due + period
-            captured = SourceFrame(self.stats.decoded - 1, time.time(), pts_s, frame)
-            if self.buffer.put(captured):
-                self.stats.dropped["stale"] += 1
-            self.stats.handed += 1
+                pts_s = _seconds(frame.pts, frame.time_base)
+                if not live and pts_s is not None:  # real time: wait for the frame's moment
+                    if paced_from is None:
+                        paced_from = (now, pts_s)
+                    delay = paced_from[0] + (pts_s - paced_from[1]) - now
+                    if delay > 0 and self._stop.wait(delay):
+                        return False
+                    now = time.monotonic()
+                if frame.width * frame.height > self.settings.max_pixels:
+                    raise ValueError(f"frames of {frame.width}x{frame.height} pixels are over the limit")
+                self._count(now, pts_s)
+                self._set(SourceState.RUNNING)
+                # The cap's clock: a file's own timestamps (it is paced by them), else the arrival time.
+                if not by_packet and not cap.wanted(pts_s if not live and pts_s is not None else now):
+                    self.stats.skipped += 1
+                    continue
+                captured = SourceFrame(self.stats.decoded - 1, time.time(), pts_s, frame)
+                if self.buffer.put(captured):
+                    self.stats.dropped["stale"] += 1
+                self.stats.handed += 1
         return True
 
     def _count(self, now: float, pts_s: float | None) -> None:
@@ -266,6 +276,26 @@ class SourceReader:
         stats.source_fps = (len(times) - 1) / span if len(times) >= 3 and span > 0 else stats.source_fps
         stats.decoded += 1
         stats.last_frame_at = now
+
+
+class _Cap:
+    """The fps cap: frames wanted on a grid of 1/fps from the first one; a source that fell behind
+    by more than a period restarts the grid."""
+
+    def __init__(self, fps: float | None) -> None:
+        self.period = 1.0 / fps if fps else 0.0
+        self.next_due: float | None = None
+
+    def wanted(self, clock: float) -> bool:
+        due = self.next_due
+        if due is not None and clock < due - self.period * 1e-3:
+            return False
+        self.next_due = clock + self.period if due is None or clock - due > self.period else due + self.period
+        return True
+
+
+def _seconds(pts: int | None, time_base: Any) -> float | None:
+    return float(pts * time_base) if pts is not None and time_base else None
 
 
 def _reason(e: BaseException) -> str:

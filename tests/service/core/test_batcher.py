@@ -43,7 +43,14 @@ class Model:
 
 
 async def started(
-    model, *, max_batch_size=4, max_delay_s=0.02, queue_size=64, accelerator=False, metrics=None
+    model,
+    *,
+    max_batch_size=4,
+    max_delay_s=0.02,
+    queue_size=64,
+    accelerator=False,
+    metrics=None,
+    background_alone=False,
 ) -> DynamicBatcher:
     """`accelerator`: as the server sets it up for a GPU backend, with one batch of lookahead."""
     batcher = DynamicBatcher(
@@ -53,6 +60,7 @@ async def started(
         queue_size=queue_size,
         metrics=metrics or Metrics(),
         lookahead=1 if accelerator else 0,
+        background_alone=background_alone,
     )
     await batcher.start()
     return batcher
@@ -254,6 +262,33 @@ async def test_background_images_queue_behind_interactive_ones_up_to_their_handi
     await batcher.stop(TIMEOUT)
     order = sorted(outputs, key=lambda o: o.batch_id)
     assert [float(o.output[0]) for o in order] == [0, 30, 10, 20, 40]
+
+
+@pytest.mark.parametrize("alone", [True, False])
+async def test_background_images_run_alone_on_the_cpu_and_fill_batches_on_an_accelerator(alone):
+    """`background_alone` (a CPU backend): a request's batch takes no frame and each frame is a batch
+    of its own; without it frames fill a request's batch up to its size, in queue order."""
+    model = Model(gated=True)
+    batcher = await started(model, max_batch_size=4, background_alone=alone)
+    try:
+        running = batcher.submit([item(0)], later(10_000))
+        await wait_for_event(model.entered)  # the backend is busy: everything below queues
+        queued = batcher.submit([item(1)], later(10_000), background=True)
+        queued += batcher.submit([item(2)], later(10_000), background=True)
+        queued += batcher.submit([item(3), item(4)], later(10_000))  # a request: ahead of the frames
+        queued += batcher.submit([item(5)], later(10_000), background=True)
+    finally:
+        model.release.set()
+    outputs = await results(running + queued)
+    await batcher.stop(TIMEOUT)
+    batches: dict[int, list[float]] = {}
+    for output in outputs:
+        batches.setdefault(output.batch_id, []).append(float(output.output[0]))
+    by_turn = [sorted(batches[i]) for i in sorted(batches)]
+    if alone:
+        assert by_turn == [[0], [30, 40], [10], [20], [50]]
+    else:
+        assert by_turn == [[0], [10, 20, 30, 40], [50]]
 
 
 async def test_background_images_are_admitted_into_half_of_the_queue():

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import httpx
 import pytest
 
@@ -55,11 +56,18 @@ def _sse(client: httpx.Client, path: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def test_a_file_stream_answers_what_detect_answers_on_each_frame(tmp_path, clip):
+@pytest.mark.parametrize("tiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["whole", "tiled"])
+def test_a_file_stream_answers_what_detect_answers_on_each_frame(tmp_path, clip, tiled):
+    """Also sliced (`tile`): frames 3x the model input, cut into windows, merged as /detect merges."""
+    if tiled:
+        clip = make_clip([cv2.resize(f, None, fx=3, fy=3) for f in sample_frames(20)])
+        (tmp_path / "clips" / "cam.mp4").write_bytes(clip)
     decoded = decoded_frames(clip)
+    options = {"conf": 0.3, **({"tile": "true", "tile_size": 320} if tiled else {})}
+    spec = {"source": "cam.mp4", "fps": 30, **options, **({"tile": True} if tiled else {})}
     with serving(_app(tmp_path)) as url, httpx.Client(base_url=url) as client:
         _ready(client)
-        created = client.post("/streams", json={"source": "cam.mp4", "fps": 30, "conf": 0.3}, headers=ADMIN)
+        created = client.post("/streams", json=spec, headers=ADMIN)
         assert created.status_code == 201, created.text
         stream_id = created.json()["id"]
         messages = _sse(client, f"/streams/{stream_id}/events")
@@ -68,8 +76,11 @@ def test_a_file_stream_answers_what_detect_answers_on_each_frame(tmp_path, clip)
         assert [f["frame"] for f in frames] == sorted(f["frame"] for f in frames)
         for message in frames[::4]:
             png = _png(decoded[message["frame"]])
-            want = client.post("/detect", params={"conf": 0.3}, files={"image": ("f.png", png)}).json()
+            want = client.post("/detect", params=options, files={"image": ("f.png", png)}).json()
+            if tiled:
+                assert want["results"][0]["tiles"] >= 4  # really sliced
             want = want["results"][0]["detections"]
+            assert want, "nothing to compare"
             assert [d["class_id"] for d in message["detections"]] == [d["class_id"] for d in want]
             for got, ref in zip(message["detections"], want, strict=True):
                 assert got["box"] == pytest.approx(ref["box"], abs=0.02)
@@ -83,8 +94,6 @@ def test_a_file_stream_answers_what_detect_answers_on_each_frame(tmp_path, clip)
 
 
 def _png(image) -> bytes:
-    import cv2
-
     ok, data = cv2.imencode(".png", image[:, :, ::-1])
     assert ok
     return data.tobytes()

@@ -1,12 +1,15 @@
 """The source reader against real sources: a clip played in real time and never dropped, an HTTP
 MJPEG camera that goes away and comes back (reconnected with backoff), the newest-frame policy, the
-fps cap, and a source that cannot be opened (failed, with the reason)."""
+fps cap (an MJPEG camera's unwanted frames never decoded), and a source that cannot be opened
+(failed, with the reason)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -87,6 +90,40 @@ def test_the_fps_cap_hands_on_fewer_frames(tmp_path: Path) -> None:
     taker.stop()
     assert [f.index for f in taker.frames] == [0, 4, 8, 12, 16]
     assert reader.stats.skipped == 15
+
+
+class FakeCamera:
+    """A container whose video packets arrive `interval_s` apart and count their decodings."""
+
+    def __init__(self, packets: int, interval_s: float, intra_only: bool) -> None:
+        self.packets, self.interval_s, self.decoded = packets, interval_s, 0
+        codec = SimpleNamespace(codec=SimpleNamespace(intra_only=intra_only))
+        self.streams = SimpleNamespace(video=[SimpleNamespace(thread_type=None, codec_context=codec)])
+
+    def demux(self, stream):
+        for i in range(self.packets):
+            time.sleep(self.interval_s)
+            yield SimpleNamespace(
+                size=1000, pts=i, time_base=Fraction(1, 50), decode=lambda i=i: self.decode(i)
+            )
+        yield SimpleNamespace(size=0, pts=None, time_base=None, decode=lambda: [])  # the flush
+
+    def decode(self, i: int) -> list[SimpleNamespace]:
+        self.decoded += 1
+        return [SimpleNamespace(pts=i, time_base=Fraction(1, 50), width=64, height=48)]
+
+
+@pytest.mark.parametrize("intra_only", [True, False])
+def test_frames_the_cap_does_not_want_are_decoded_only_when_later_frames_need_them(intra_only):
+    camera = FakeCamera(packets=40, interval_s=0.02, intra_only=intra_only)  # 50 frames/s for 0.8 s
+    taker = Taker(live=True)
+    reader = SourceReader("http://camera/", SourceSettings(live=True, fps=10), taker.buffer)
+    assert reader._read(camera) is True
+    taker.stop()
+    stats = reader.stats
+    assert stats.decoded == 40 and stats.skipped == 40 - stats.handed
+    assert 5 <= stats.handed <= 12  # about 10 frames/s of the 0.8 s
+    assert camera.decoded == (stats.handed if intra_only else 40)
 
 
 @pytest.mark.slow  # real time, real servers

@@ -1,6 +1,7 @@
 """Webhook delivery against a real HTTP receiver: signed bodies a receiver can verify, retries on
 5xx with backoff, no retry on another 4xx, the host checked before every attempt, and a slow
-receiver that never slows the stream (offers return at once; the oldest events give way)."""
+receiver that never slows the stream (offers return at once; the oldest events give way), and an
+HTTPS receiver whose certificate is checked."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import asyncio
 import hashlib
 import hmac
 import json
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +37,8 @@ class Receiver:
 
 
 @contextmanager
-def receiver() -> Iterator[tuple[str, Receiver]]:
+def receiver(tls: ssl.SSLContext | None = None) -> Iterator[tuple[str, Receiver]]:
+    """A receiver on 127.0.0.1; over HTTPS with `tls` (a server context)."""
     state = Receiver()
 
     class Handler(BaseHTTPRequestHandler):
@@ -51,9 +56,11 @@ def receiver() -> Iterator[tuple[str, Receiver]]:
             self.end_headers()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", state
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}/hook", state
     finally:
         state.gate.set()
         server.shutdown()
@@ -152,3 +159,48 @@ async def test_a_slow_receiver_never_blocks_the_offers() -> None:
     assert offered_s < 0.05  # 100 offers while one POST takes 0.3 s
     assert sender.stats.dropped == 96  # the oldest gave way to the newest (no await between the offers)
     assert [json.loads(b)["frame"] for _, b in state.received][:3] == [96, 97, 98]
+
+
+def _certificates(directory: Path) -> tuple[Path, ssl.SSLContext]:
+    """A private CA (its certificate's path) and a server context with a certificate it signed for
+    127.0.0.1, made by the openssl tool."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA",
+            "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+            "-out", "server.csr")  # fmt: skip
+    (directory / "san.ext").write_text("subjectAltName = IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "1", "-extfile", "san.ext", "-out", "server.pem")  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "server.pem", directory / "server.key")
+    return directory / "ca.pem", context
+
+
+@pytest.mark.anyio
+async def test_an_https_receiver_is_trusted_through_ssl_cert_file_and_refused_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver with a certificate from a private CA: refused (the certificate is checked), then
+    delivered to once SSL_CERT_FILE names the CA, signed as over HTTP."""
+    ca, context = _certificates(tmp_path)
+    with receiver(context) as (url, state):
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        refused = WebhookSender(WebhookSpec(url=url, secret=SECRET), lambda host: None, attempts=1)
+        refused.start()
+        refused.offer(event(0))
+        await until(lambda: refused.stats.failed == 1)
+        await refused.stop()
+        assert state.received == [] and "CERTIFICATE_VERIFY_FAILED" in (refused.stats.last_error or "")
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        trusting = WebhookSender(WebhookSpec(url=url, secret=SECRET), lambda host: None, attempts=1)
+        trusting.start()
+        trusting.offer(event(1))
+        await until(lambda: trusting.stats.sent == 1)
+        await trusting.stop()
+    assert [json.loads(b)["frame"] for _, b in state.received] == [1]
+    assert verify(*state.received[0])
