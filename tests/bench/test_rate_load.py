@@ -64,6 +64,7 @@ def test_the_open_loop_counts_errors_by_status():
     assert window.sent == 20 and window.ok + window.errors["500"] == 20 and window.ok == 10
 
 
+@pytest.mark.slow  # a burst against a real server, then its recovery
 def test_a_burst_counts_answered_shed_and_failed_and_the_recovery():
     """The server takes 10 requests at a time: the rest of the burst are refused (503), except
     every 7th which hangs past the client's timeout. After the burst it answers at once again."""

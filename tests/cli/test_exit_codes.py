@@ -209,6 +209,7 @@ def test_a_bug_in_any_command_propagates(case, monkeypatch, tmp_path):
         main(argv)
 
 
+@pytest.mark.slow  # a fresh interpreter importing the CLI
 def test_a_bug_exits_1_with_its_traceback():
     code = (
         "import yolor.archs.specs as specs\n"

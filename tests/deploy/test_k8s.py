@@ -601,6 +601,7 @@ def test_cameras_and_webhooks_are_within_the_allowed_hosts(monkeypatch: pytest.M
                 policy.check_host(urlsplit(spec.webhook.url).hostname or "")
 
 
+@pytest.mark.slow  # runs the init container's Python (imports the service) per pod
 def test_cameras_init_container_writes_its_pods_file_or_nothing(tmp_path: Path) -> None:
     """The init container's command as rendered, run here: the Secret's mount is a folder holding its
     files, the pod's volume a folder of its own; `python3` is this Python (the image's has the

@@ -74,6 +74,7 @@ async def test_max_frames_and_stride_pick_the_frames(tmp_path, clip):
         assert "yolor_video_requests_total 1.0" in metrics
 
 
+@pytest.mark.slow  # several real clips refused over HTTP
 async def test_refusals_before_the_stream(tmp_path, clip):
     app = _app(tmp_path, max_video_bytes=len(clip) - 1, video_codecs=["vp9"])
     async with running(app) as client:
