@@ -16,6 +16,7 @@ from service.core.preprocess import preprocess
 from service.manifest import ManifestError, ModelManifest, load_manifest
 from service.processing import head_layout, select_detections
 from service.settings import DEMO_MODEL_DIR, Settings
+from tests.support.export_memo import memoized_to_onnx
 from train.data.datasets import load_dataset
 from train.data.synth import SynthOptions, write_dataset
 
@@ -71,6 +72,14 @@ def test_calibration_files_from_a_folder_and_from_a_dataset(tmp_path):
     (folder / "0-broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
     with pytest.raises(ValueError, match=r"0-broken\.jpg: not a decodable image"):
         load_calibration(folder, 10, 32, 114)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_trace_per_graph():
+    """Every test here exports the demo checkpoint through the whole pipeline; the ONNX trace of the
+    same graph (torch.onnx, deterministic: ~14 s each) is made once and copied for the others."""
+    with pytest.MonkeyPatch.context() as patch, memoized_to_onnx(patch):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.pipeline import ExportOptions, run_export
 from service.manifest import load_manifest
 from service.processing import (
     decode_raw_predictions,
@@ -16,7 +15,6 @@ from service.processing import (
 )
 from service.settings import Settings
 from tests.support.app import encode, files, running
-from tests.support.nets import tiny_checkpoint
 
 pytestmark = [pytest.mark.api, pytest.mark.slow, pytest.mark.anyio]
 ort = pytest.importorskip("onnxruntime")
@@ -28,17 +26,10 @@ def photos() -> list[np.ndarray]:
     return [data.coffee(), data.chelsea()[:, :300], np.ascontiguousarray(data.rocket()[::2, ::3])]
 
 
-@pytest.fixture(
-    scope="module",
-    params=[("yolor-e6", "topk"), ("yolor-e6", "raw"), ("yolor-ssss-dwt", "topk"), ("yolor-ssss-s2d", "raw")],
-    ids="-".join,
-)
-def model_dir(request, tmp_path_factory):
-    arch, head = request.param
-    tmp = tmp_path_factory.mktemp(f"served-{arch}-{head}")
-    checkpoint = tiny_checkpoint(arch, tmp / "net.pt")
-    run_export(ExportOptions(checkpoint=checkpoint, out_dir=tmp / "model", head=head, top_k=200))
-    return tmp / "model"
+@pytest.fixture(params=["topk", "raw"])
+def model_dir(request, exported):
+    """Each tiny net of tests/conftest.py as exported there (both heads): no export of its own."""
+    return exported[request.param]
 
 
 def by_hand(model_dir, image: np.ndarray, conf: float, iou: float) -> list[tuple[list[float], float, int]]:
