@@ -23,6 +23,7 @@ USER_ERRORS = frozenset(
         "yolor.checkpoint.CheckpointError",  # a file yolor cannot load, or one that does not fit the arch
         "yolor.archs.specs.UnknownArch",
         "service.manifest.ManifestError",  # a model folder without a usable model.json / artifacts
+        "service.core.repository.RepositoryError",  # a model repository, or a model asked of it, unusable
         "service.backends.base.BackendError",  # a backend that cannot load or run here
         "service.backends.tensorrt_build.TensorRTUnavailable",
         "export.pipeline.ExportError",

@@ -21,6 +21,7 @@ def _settings_env(args: argparse.Namespace) -> dict[str, str]:
     """YOLOR_* variables for the options given on the command line (None: not given)."""
     given = {
         "YOLOR_MODEL_DIR": args.model,
+        "YOLOR_MODEL_REPOSITORY": args.model_repository,
         "YOLOR_HOST": args.host,
         "YOLOR_PORT": args.port,
         "YOLOR_BACKEND": args.backend,
@@ -33,6 +34,7 @@ def _settings_env(args: argparse.Namespace) -> dict[str, str]:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from service.core.repository import startup
     from service.manifest import MANIFEST_NAME, load_manifest
     from service.settings import Settings
 
@@ -41,10 +43,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         settings = Settings()
     except ValidationError as e:
         raise CommandError(f"invalid settings: {settings_problems(e)}") from None
-    model_dir = Path(settings.model_dir)
-    if not (model_dir / MANIFEST_NAME).is_file():
-        raise CommandError(f"no model at {model_dir} (no {MANIFEST_NAME}): run `yolor export` first")
-    load_manifest(model_dir)  # ManifestError now, not a server that never gets ready
+    models, _, _ = startup(settings)  # RepositoryError now, not a server that never gets ready
+    for model in models:
+        if not (Path(model.path) / MANIFEST_NAME).is_file():
+            raise CommandError(f"no model at {model.path} (no {MANIFEST_NAME}): run `yolor export` first")
+        load_manifest(model.path)  # ManifestError now, likewise
 
     import uvicorn
 
@@ -71,6 +74,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "its YOLOR_* environment variable; options given here win.",
     )
     p.add_argument("--model", type=Path, default=None, help="model directory (default: service/demo_model)")
+    p.add_argument(
+        "--model-repository",
+        type=Path,
+        default=None,
+        help="a folder of models (<name>/<version>/model.json), served instead of --model",
+    )
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="runtime (default auto)")

@@ -43,6 +43,19 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="YOLOR_", frozen=True, extra="forbid")
 
     model_dir: Path = Field(default=DEMO_MODEL_DIR, description="directory with model.json and artifacts")
+    model_repository: Path | None = Field(
+        default=None,
+        description="a folder of models, <name>/<version>/model.json or <name>/model.json; "
+        "when set, served instead of model_dir",
+    )
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="the repository's models loaded at start-up; empty: all"
+    )
+    default_model: str | None = Field(
+        default=None,
+        description="the model of requests that name none; default: the first of models, else the "
+        "repository's first by name",
+    )
     backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
     device: str = Field(
         default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda, cuda:N"
@@ -138,6 +151,7 @@ class Settings(BaseSettings):
         "video_containers",
         "video_codecs",
         "stream_allowed_hosts",
+        "models",
         mode="before",
     )
     @classmethod
@@ -172,6 +186,10 @@ class Settings(BaseSettings):
             raise ValueError(f"queue_size ({self.queue_size}) < max_batch_size ({self.max_batch_size})")
         if self.max_delay_ms / 1000 >= self.request_timeout_s:
             raise ValueError("max_delay_ms must be well below request_timeout_s")
+        if (self.models or self.default_model) and self.model_repository is None:
+            raise ValueError("models and default_model choose from model_repository: set it too")
+        if self.default_model and self.models and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of models {self.models}")
         if self.backend in ("tensorrt", "torch") and self.device == "cpu":
             raise ValueError(f"backend {self.backend!r} needs a CUDA device, not device='cpu'")
         return self

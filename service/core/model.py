@@ -40,6 +40,8 @@ class LoadedModel:
     batcher: DynamicBatcher
     detector: Detector
     max_batch: int
+    name: str = "yolor"  # what requests call it (service.core.model_set)
+    version: int = 1
     users: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _closing: asyncio.Future[bool] | None = None
@@ -134,9 +136,12 @@ async def load_model(
     *,
     metrics: Metrics,
     pool: Executor,
+    name: str | None = None,
+    version: int = 1,
 ) -> LoadedModel:
     """The model in `model_dir` with a backend checked against its manifest and a started batcher
-    (not warmed up). Raises ManifestError, BackendError (and what the factory raises)."""
+    (not warmed up), called `name` (default: YOLOR_V2_MODEL_NAME) at `version`. Raises
+    ManifestError, BackendError (and what the factory raises)."""
     manifest = load_manifest(model_dir)
     for_model = (
         settings if model_dir == settings.model_dir else settings.model_copy(update={"model_dir": model_dir})
@@ -166,4 +171,5 @@ async def load_model(
         max_tiles=settings.max_tiles_per_image,
         timeout_s=settings.request_timeout_s,
     )
-    return LoadedModel(model_dir, manifest, backend, batcher, detector, max_batch)
+    name = settings.v2_model_name if name is None else name
+    return LoadedModel(model_dir, manifest, backend, batcher, detector, max_batch, name, version)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 
 from service.core.errors import InvalidParameter
+from service.core.repository import MODEL_NAME
 from service.core.tiling import DEFAULT_MERGE, DEFAULT_OVERLAP, MAX_OVERLAP, MAX_SIZE, MIN_SIZE, TileOptions
 from service.processing import MergeMode
 from service.tracking import TrackerSettings
@@ -152,6 +153,15 @@ def class_list(value: str | Sequence[int | str] | None) -> tuple[int | str, ...]
 
 
 TRACKING = TrackerSettings()  # the defaults the parameters document
+
+
+class ModelChoice(BaseModel):
+    """Which loaded model answers (service.core.model_set): a request's `model` and `version`."""
+
+    model: str | None = Field(
+        None, pattern=MODEL_NAME, description="a loaded model's name (default: the default model)"
+    )
+    version: int | None = Field(None, ge=1, description="the model's version (default: its newest loaded)")
 
 
 class TrackingFields(BaseModel):

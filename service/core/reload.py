@@ -116,7 +116,13 @@ class Reloader:
         assert state.pool is not None  # set at start-up, before any model
         try:
             return await load_model(
-                state.settings, target, self._factory, metrics=state.metrics, pool=state.pool
+                state.settings,
+                target,
+                self._factory,
+                metrics=state.metrics,
+                pool=state.pool,
+                name=old.name,
+                version=old.version,
             )
         except Exception as e:
             raise self._failed(target, old, f"{type(e).__name__}: {e}") from e

@@ -14,6 +14,7 @@ from service.core.detector import Detector
 from service.core.errors import NotReady, ShuttingDown
 from service.core.metrics import Metrics
 from service.core.model import LoadedModel
+from service.core.model_set import ModelSet
 from service.core.watchdog import BackendWatchdog
 from service.manifest import ModelManifest
 from service.settings import Settings
@@ -79,7 +80,7 @@ class ServiceState:
     metrics: Metrics
     api_keys: ApiKeys
     admin_keys: ApiKeys = field(default_factory=lambda: ApiKeys([]))
-    model: LoadedModel | None = None  # the model new requests get; replaced whole by a reload
+    models: ModelSet = field(default_factory=ModelSet)  # what requests get; a reload replaces one whole
     retiring: set[LoadedModel] = field(default_factory=set)  # replaced, finishing their requests
     pool: ThreadPoolExecutor | None = None
     warmup_task: asyncio.Task[None] | None = None
@@ -90,6 +91,11 @@ class ServiceState:
 
     def __post_init__(self) -> None:
         self.readiness = Readiness(self.metrics.ready)
+
+    @property
+    def model(self) -> LoadedModel | None:
+        """The default model (its newest version), None before one is loaded."""
+        return self.models.find()
 
     @property
     def manifest(self) -> ModelManifest | None:
@@ -103,10 +109,14 @@ class ServiceState:
     def detector(self) -> Detector | None:
         return self.model.detector if self.model is not None else None
 
-    def serve(self, model: LoadedModel) -> None:
-        """Make `model` the one new requests take (one assignment: no await between readers), and
-        say so in `yolor_model_info`."""
-        self.model = model
+    def serve(self, model: LoadedModel) -> LoadedModel | None:
+        """Make `model` the one new requests for its name and version take (one assignment: no
+        await between readers), and say so in `yolor_model_info`; returns the model it replaces."""
+        previous = self.models.put(model)
+        if self.models.default is None:
+            self.models.default = model.name
+        if model is not self.model:  # yolor_model_info: the default model's (labels per model: to come)
+            return previous
         self.metrics.set_model(
             arch=model.manifest.arch,
             backend=model.backend.name,
@@ -114,14 +124,15 @@ class ServiceState:
             max_batch=model.max_batch,
             model_dir=str(model.model_dir),
         )
+        return previous
 
     def inflight_age(self) -> float:
         """Seconds the oldest batch now in any loaded model's backend has been running (0.0: none)."""
-        models = [*self.retiring, *([self.model] if self.model is not None else [])]
-        return max((m.batcher.inflight_age() for m in models), default=0.0)
+        return max((m.batcher.inflight_age() for m in [*self.retiring, *self.models]), default=0.0)
 
-    def current(self) -> LoadedModel:
-        """The model a request takes (`with state.current().use() as detector`); 503 unless ready."""
+    def current(self, name: str | None = None, version: int | None = None) -> LoadedModel:
+        """The model a request takes (`with state.current().use() as detector`): `name` (default:
+        the default model) at `version` (default: its newest); 503 unless ready, 404 (UnknownModel)
+        when no such model is loaded."""
         self.readiness.check()
-        assert self.model is not None  # ready
-        return self.model
+        return self.models.get(name, version)

@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.backends.factory import BackendFactory, create_backend
+from service.core import repository
 from service.core.auth import ApiKeys
 from service.core.metrics import Metrics
 from service.core.model import LoadedModel, load_model
@@ -49,10 +50,22 @@ async def _start(state: ServiceState, backend_factory: BackendFactory) -> None:
     settings = state.settings
     state.readiness.starting("loading the backend")
     state.pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="yolor-pre")
-    model = await load_model(
-        settings, settings.model_dir, backend_factory, metrics=state.metrics, pool=state.pool
-    )
-    state.serve(model)
+    wanted, default, problems = repository.startup(settings)
+    for folder, reason in problems.items():
+        log.warning("model repository: %s is not a usable model: %s", folder, reason)
+    state.models.default = default
+    for want in wanted:
+        state.serve(
+            await load_model(
+                settings,
+                want.path,
+                backend_factory,
+                metrics=state.metrics,
+                pool=state.pool,
+                name=want.name,
+                version=want.version,
+            )
+        )
     state.watchdog = BackendWatchdog(
         state.inflight_age,
         state.metrics,
@@ -64,21 +77,29 @@ async def _start(state: ServiceState, backend_factory: BackendFactory) -> None:
     state.reloader = Reloader(state, backend_factory)
     if settings.warmup:
         state.readiness.starting("warming up")
-        state.warmup_task = asyncio.create_task(_warm_up(state, model), name="yolor-warmup")
+        state.warmup_task = asyncio.create_task(_warm_up(state, list(state.models)), name="yolor-warmup")
     else:
         state.readiness.warmed()
 
 
-async def _warm_up(state: ServiceState, model: LoadedModel) -> None:
+async def _warm_up(state: ServiceState, models: list[LoadedModel]) -> None:
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    try:
-        await model.warm_up(decode_threads=state.settings.preprocess_workers, stop=state.stop_warmup)
-    except Exception as e:
-        log.exception("warm-up failed; the server stays not ready")
-        state.readiness.starting(f"warm-up failed: {e}")
-        return
-    log.info("warmed up batch sizes 1..%d in %.2f s; ready", model.max_batch, loop.time() - started)
+    for model in models:
+        started = loop.time()
+        try:
+            await model.warm_up(decode_threads=state.settings.preprocess_workers, stop=state.stop_warmup)
+        except Exception as e:
+            log.exception("warm-up of %s failed; the server stays not ready", model.name)
+            state.readiness.starting(f"warm-up of {model.name} version {model.version} failed: {e}")
+            return
+        log.info(
+            "%s version %d: warmed up batch sizes 1..%d in %.2f s",
+            model.name,
+            model.version,
+            model.max_batch,
+            loop.time() - started,
+        )
+    log.info("ready")
     state.readiness.warmed()
 
 
@@ -93,7 +114,7 @@ async def _stop(state: ServiceState, grpc: GrpcServer | None) -> None:
     if state.watchdog is not None:
         await state.watchdog.stop()
     # The serving model and any a reload is retiring: each finishes its requests, then is closed.
-    models = [*state.retiring, *([state.model] if state.model is not None else [])]
+    models = [*state.retiring, *state.models]
     released = await asyncio.gather(*(m.retire(settings.request_timeout_s) for m in models))
     if state.pool is not None:
         state.pool.shutdown(wait=False, cancel_futures=True)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.core.options import TILE_BOUNDS, DetectFields, TrackingFields
+from service.core.options import TILE_BOUNDS, DetectFields, ModelChoice, TrackingFields
 from service.core.tiling import TILE_WORDS
 from service.manifest import ModelManifest
 
@@ -16,7 +16,7 @@ QueryClasses = Annotated[
 ]
 
 
-class DetectQuery(DetectFields):
+class DetectQuery(DetectFields, ModelChoice):
     """The query string of `POST /detect` and `/detect/annotated` (`service.http.direct.read_query`)."""
 
     classes: QueryClasses = None
@@ -34,7 +34,7 @@ class VideoQuery(DetectQuery, TrackingFields):
     )
 
 
-class JsonDetectRequest(DetectFields):
+class JsonDetectRequest(DetectFields, ModelChoice):
     """`POST /detect/json`: base64 images (a `data:` URL prefix is accepted) and the same parameters."""
 
     model_config = ConfigDict(extra="forbid")

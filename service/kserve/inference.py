@@ -12,6 +12,7 @@ from service.core.batcher import DynamicBatcher
 from service.core.detector import Detector, Disconnected
 from service.core.errors import InvalidTensor, NotReady, ServiceError, UnknownModel
 from service.core.options import DetectParams
+from service.core.repository import IMAGE_SUFFIX
 from service.core.state import ServiceState
 from service.kserve import models
 from service.kserve.statistics import StatisticsBook
@@ -22,7 +23,7 @@ from service.settings import Settings
 def model_kind(state: ServiceState, name: str, version: str | None) -> models.Kind:
     """Which of our two models `name` (and `version`) names; UnknownModel if neither."""
     base = state.settings.v2_model_name
-    kinds: dict[str, models.Kind] = {base: "tensor", base + models.IMAGE_SUFFIX: "image"}
+    kinds: dict[str, models.Kind] = {base: "tensor", base + IMAGE_SUFFIX: "image"}
     if name not in kinds or version not in (None, "", models.VERSION):
         what = f"'{name}'" + (f" version {version}" if version else "")
         raise UnknownModel(f"Request for unknown model: {what} is not found")
@@ -139,5 +140,5 @@ def statistics_json(
 ) -> dict[str, Any]:
     """Triton's statistics body: every model (name None) or one (UnknownModel if not ours)."""
     base = state.settings.v2_model_name
-    names = [base, base + models.IMAGE_SUFFIX] if name is None else [served(state, name, version).name]
+    names = [base, base + IMAGE_SUFFIX] if name is None else [served(state, name, version).name]
     return {"model_stats": [book.of(n).to_json(n, models.VERSION) for n in names]}

@@ -30,7 +30,6 @@ VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "yolor-serving"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
-IMAGE_SUFFIX = "_image"
 IMAGE_OUTPUTS = {"boxes": ("FP32", [-1, -1, 4]), "scores": ("FP32", [-1, -1])}
 IMAGE_OUTPUTS |= {"class_ids": ("INT32", [-1, -1]), "count": ("INT32", [-1])}
 

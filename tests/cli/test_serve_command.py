@@ -68,6 +68,26 @@ def test_missing_model_is_a_clear_error(tmp_path, uvicorn_calls):
     assert uvicorn_calls == []
 
 
+def test_a_model_repository_is_checked_before_the_server_starts(tmp_path, uvicorn_calls):
+    from cli.errors import is_user_error
+    from service.core.repository import RepositoryError
+    from service.manifest import ManifestError
+
+    write_model_dir(tmp_path / "cars" / "1")
+    args = parse("--model-repository", str(tmp_path))
+    assert args.func(args) == 0 and os.environ["YOLOR_MODEL_REPOSITORY"] == str(tmp_path)
+    os.environ["YOLOR_MODELS"] = "cars,boats"
+    with pytest.raises(RepositoryError, match="'boats' is not a model") as refused:
+        args.func(args)
+    assert is_user_error(refused.value)  # exit status 2, one line
+    del os.environ["YOLOR_MODELS"]
+    (tmp_path / "cars" / "2").mkdir()
+    (tmp_path / "cars" / "2" / "model.json").write_text("{}")  # the newest version, served: broken
+    with pytest.raises(ManifestError):
+        args.func(args)
+    assert len(uvicorn_calls) == 1
+
+
 def test_default_model_is_the_bundled_demo(uvicorn_calls):
     """With no --model, `yolor serve` serves service/demo_model, which ships with the repository."""
     from service.manifest import load_manifest

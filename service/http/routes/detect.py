@@ -34,7 +34,7 @@ from service.http.schemas import DetectQuery, ErrorBody, JsonDetectRequest
 from service.processing.drawing import draw_detections, encode_jpeg
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 401, 403, 413, 415, 422, 500, 503, 504)
+    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 413, 415, 422, 500, 503, 504)
 }
 # The detect routes read their own request (service.http.direct: the hot path, no dependencies).
 router = APIRouter(tags=["detect"], responses=ERRORS, route_class=DirectRoute)
@@ -100,7 +100,7 @@ async def _detect(
     request's time and deadline start once its body is in."""
     started = time.monotonic()
     state: ServiceState = request.app.state.service
-    with state.current().use() as detector:
+    with state.current(query.model, query.version).use() as detector:
         disconnected = await client_disconnected(request)
         outcome = await detector.detect(
             files,

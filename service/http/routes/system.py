@@ -5,12 +5,16 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from service.core.errors import NotFound, NotReady
 from service.core.metrics import CONTENT_TYPE_LATEST
+from service.core.model import LoadedModel
+from service.core.options import ModelChoice
+from service.core.state import ServiceState
 from service.http.deps import StateDep, require_api_key
 from service.http.schemas import ErrorBody, ModelInfo, Status
 
@@ -57,13 +61,12 @@ async def metrics(state: StateDep) -> Response:
     "/model",
     response_model=ModelInfo,
     dependencies=[Depends(require_api_key)],
-    responses={**AUTH_ERRORS, 503: {"model": ErrorBody}},
+    responses={**AUTH_ERRORS, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
-async def model(state: StateDep) -> ModelInfo:
-    """The model manifest plus how it is served (backend, precision, device, batching)."""
-    if state.model is None:
-        raise NotReady(f"not ready: {state.readiness.why_not}")
-    loaded = state.model
+async def model(state: StateDep, choice: Annotated[ModelChoice, Query()]) -> ModelInfo:
+    """A loaded model's manifest plus how it is served (backend, precision, device, batching): the
+    default model unless `model` (and `version`) name another."""
+    loaded = _loaded(state, choice)
     return ModelInfo(
         **loaded.manifest.model_dump(),
         backend=loaded.backend.name,
@@ -73,6 +76,13 @@ async def model(state: StateDep) -> ModelInfo:
         max_delay_ms=loaded.batcher.max_delay_s * 1000,
         sample_image=SAMPLE_PATH if _sample_file(loaded.model_dir) else None,
     )
+
+
+def _loaded(state: ServiceState, choice: ModelChoice) -> LoadedModel:
+    """The model `choice` names (503 before any is loaded, 404 when it names none loaded)."""
+    if state.model is None:
+        raise NotReady(f"not ready: {state.readiness.why_not}")
+    return state.models.get(choice.model, choice.version)
 
 
 def _sample_file(model_dir: Path) -> Path | None:
@@ -90,11 +100,11 @@ def _sample_file(model_dir: Path) -> Path | None:
         404: {"model": ErrorBody},
     },
 )
-async def model_sample(state: StateDep) -> FileResponse:
+async def model_sample(state: StateDep, choice: Annotated[ModelChoice, Query()]) -> FileResponse:
     """A JPEG the served model detects things in (`sample.jpg` in the model folder); 404 when it has none.
 
     `GET /model` says whether there is one (`sample_image`)."""
-    path = _sample_file(state.model.model_dir) if state.model is not None else None
+    path = _sample_file(_loaded(state, choice).model_dir)
     if path is None:
         raise NotFound("the served model has no sample image")
     return FileResponse(path, media_type="image/jpeg")

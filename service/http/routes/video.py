@@ -47,7 +47,7 @@ NDJSON = "application/x-ndjson"
 
 router = APIRouter(
     tags=["detect"],
-    responses={s: {"model": ErrorBody} for s in (400, 401, 403, 413, 415, 422, 503)},
+    responses={s: {"model": ErrorBody} for s in (400, 401, 403, 404, 413, 415, 422, 503)},
     route_class=DirectRoute,
 )
 
@@ -96,7 +96,7 @@ async def detect_video(request: Request) -> Response:
     async with contextlib.AsyncExitStack() as stack:
         # The upload's file is the clip's once it opens (closed by it, after its last decoding).
         try:
-            detector = stack.enter_context(state.current().use())
+            detector = stack.enter_context(state.current(query.model, query.version).use())
             params = DetectParams.of(query.options(), detector.manifest.class_names)
         except BaseException:
             upload.file.close()

@@ -1,0 +1,124 @@
+"""Several models in one server (a model repository): each request answered by the model and version
+it names, the default model for one that names none, 404 with the list for one not loaded.
+
+Fake backends whose one box scores 0.5 + input_size / 1000 tell the models apart in every answer."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from service.backends import FakeBackend
+from service.core.repository import RepositoryError, startup
+from service.http.app import create_app
+from service.manifest import ModelManifest
+from service.settings import Settings
+from tests.support.app import assert_error, encode, files, running, solid
+from tests.support.model_files import TOP_K, write_model_dir
+
+pytestmark = [pytest.mark.api, pytest.mark.anyio]
+
+SIZES = {("big", 1): 128, ("small", 1): 64, ("small", 2): 96}
+
+
+def score(input_size: int) -> float:
+    return 0.5 + input_size / 1000
+
+
+def repository(root: Path, *, all_versions: bool = False) -> Path:
+    write_model_dir(root / "big", input_size=SIZES["big", 1])  # bare: version 1
+    for version in (1, 2):
+        write_model_dir(root / "small" / str(version), input_size=SIZES["small", version])
+    if all_versions:
+        (root / "small" / "config.json").write_text(json.dumps({"version_policy": {"all": {}}}))
+    return root
+
+
+def repository_app(root: Path, **settings: Any):
+    def factory(s: Settings, manifest: ModelManifest) -> FakeBackend:
+        def fn(batch: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(batch), TOP_K, 6), np.float32)
+            out[:, 0] = [8, 8, 40, 40, score(manifest.input_size), 0]
+            return out
+
+        return FakeBackend.for_manifest(manifest, fn)
+
+    return create_app(Settings(model_repository=root, **settings), backend_factory=factory)
+
+
+IMAGE = encode(solid(48, 64, (90, 20, 200)))
+
+
+async def answered_by(client, params: dict[str, Any] | None = None) -> float:
+    response = await client.post("/detect", params=params or {}, files=files(IMAGE))
+    assert response.status_code == 200, response.text
+    (detection,) = response.json()["results"][0]["detections"]
+    return float(detection["score"])
+
+
+async def test_each_request_gets_the_model_and_version_it_names(tmp_path: Path) -> None:
+    app = repository_app(repository(tmp_path, all_versions=True))
+    async with running(app) as client:
+        assert await answered_by(client) == pytest.approx(score(128))  # default: the first by name
+        assert await answered_by(client, {"model": "small"}) == pytest.approx(score(96))  # newest
+        assert await answered_by(client, {"model": "small", "version": 1}) == pytest.approx(score(64))
+        assert await answered_by(client, {"model": "big", "version": 1}) == pytest.approx(score(128))
+        body = {"images": [base64.b64encode(IMAGE).decode()], "model": "small", "version": 1}
+        response = await client.post("/detect/json", json=body)
+        assert response.json()["results"][0]["detections"][0]["score"] == pytest.approx(score(64))
+        info = (await client.get("/model", params={"model": "small", "version": 1})).json()
+        assert info["input_size"] == 64
+        assert (await client.get("/model")).json()["input_size"] == 128
+        message = assert_error(
+            await client.post("/detect", params={"model": "nope"}, files=files(IMAGE)), 404, "unknown_model"
+        )
+        assert "big (1)" in message and "small (2, 1)" in message
+        message = assert_error(
+            await client.post("/detect", params={"model": "big", "version": 2}, files=files(IMAGE)),
+            404,
+            "unknown_model",
+        )
+        assert "versions of 'big': 1" in message
+        assert_error(await client.get("/model", params={"model": "nope"}), 404, "unknown_model")
+        assert_error(
+            await client.post("/detect", params={"version": 0}, files=files(IMAGE)), 422, "invalid_request"
+        )
+
+
+async def test_the_version_policy_and_the_models_setting_choose_what_is_loaded(tmp_path: Path) -> None:
+    root = repository(tmp_path)  # small: latest only
+    app = repository_app(root, models=["small"])
+    async with running(app) as client:
+        assert [(m.name, m.version) for m in app.state.service.models] == [("small", 2)]
+        assert await answered_by(client) == pytest.approx(score(96))  # the only model: the default
+        response = await client.post("/detect", params={"model": "small", "version": 1}, files=files(IMAGE))
+        assert_error(response, 404, "unknown_model")  # present in the folder, not served by its policy
+        assert_error(
+            await client.post("/detect", params={"model": "big"}, files=files(IMAGE)), 404, "unknown_model"
+        )
+
+
+def test_what_start_up_loads_and_its_refusals(tmp_path: Path) -> None:
+    root = repository(tmp_path / "repo", all_versions=True)
+    models, default, problems = startup(Settings(model_repository=root))
+    assert [(m.name, m.version) for m in models] == [("big", 1), ("small", 2), ("small", 1)]
+    assert default == "big" and problems == {}
+    models, default, _ = startup(Settings(model_repository=root, models=["small"], default_model="small"))
+    assert [(m.name, m.version) for m in models] == [("small", 2), ("small", 1)] and default == "small"
+    alone, default, _ = startup(Settings(model_dir=root / "big", v2_model_name="cars"))
+    assert [(m.name, m.version, m.path) for m in alone] == [("cars", 1, root / "big")] and default == "cars"
+    with pytest.raises(RepositoryError, match="'nope' is not a model"):
+        startup(Settings(model_repository=root, models=["nope"]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RepositoryError, match="no model in"):
+        startup(Settings(model_repository=tmp_path / "empty"))
+    with pytest.raises(ValidationError, match="choose from model_repository"):
+        Settings(models=["small"])
+    with pytest.raises(ValidationError, match="is not one of models"):
+        Settings(model_repository=root, models=["small"], default_model="big")
