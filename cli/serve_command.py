@@ -45,7 +45,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(f"invalid settings: {settings_problems(e)}") from None
     models, _, _ = startup(settings)  # RepositoryError now, not a server that never gets ready
     for model in models:
-        if not (Path(model.path) / MANIFEST_NAME).is_file():
+        if not (model.path / MANIFEST_NAME).is_file():
             raise CommandError(f"no model at {model.path} (no {MANIFEST_NAME}): run `yolor export` first")
         load_manifest(model.path)  # ManifestError now, likewise
 

@@ -26,9 +26,6 @@ class ModelSet:
             versions = self._models[name]
             yield from (versions[v] for v in sorted(versions, reverse=True))
 
-    def __len__(self) -> int:
-        return sum(len(versions) for versions in self._models.values())
-
     def names(self) -> list[str]:
         return sorted(self._models)
 
@@ -36,21 +33,10 @@ class ModelSet:
         """The versions of `name` held, newest first ([] when none)."""
         return sorted(self._models.get(name, {}), reverse=True)
 
-    def put(self, model: LoadedModel) -> LoadedModel | None:
-        """Hold `model` under its name and version (one assignment: a request takes either); the
-        model it replaces, if any, is returned (the caller retires it)."""
-        versions = self._models.setdefault(model.name, {})
-        previous = versions.get(model.version)
-        versions[model.version] = model
-        return previous
-
-    def remove(self, model: LoadedModel) -> None:
-        """Stop holding `model` (requests that took it finish on it)."""
-        versions = self._models.get(model.name, {})
-        if versions.get(model.version) is model:
-            del versions[model.version]
-        if not versions:
-            self._models.pop(model.name, None)
+    def put(self, model: LoadedModel) -> None:
+        """Hold `model` under its name and version, in place of the one held there (one assignment: a
+        request takes either; the caller retires the one replaced)."""
+        self._models.setdefault(model.name, {})[model.version] = model
 
     def find(self, name: str | None = None, version: int | None = None) -> LoadedModel | None:
         name = self.default if name is None else name

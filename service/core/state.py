@@ -109,14 +109,15 @@ class ServiceState:
     def detector(self) -> Detector | None:
         return self.model.detector if self.model is not None else None
 
-    def serve(self, model: LoadedModel) -> LoadedModel | None:
+    def serve(self, model: LoadedModel) -> None:
         """Make `model` the one new requests for its name and version take (one assignment: no
-        await between readers), and say so in `yolor_model_info`; returns the model it replaces."""
-        previous = self.models.put(model)
+        await between readers), and say so in `yolor_model_info` (the default model's only: labels
+        per model are to come)."""
+        self.models.put(model)
         if self.models.default is None:
             self.models.default = model.name
-        if model is not self.model:  # yolor_model_info: the default model's (labels per model: to come)
-            return previous
+        if model is not self.model:
+            return
         self.metrics.set_model(
             arch=model.manifest.arch,
             backend=model.backend.name,
@@ -124,7 +125,6 @@ class ServiceState:
             max_batch=model.max_batch,
             model_dir=str(model.model_dir),
         )
-        return previous
 
     def inflight_age(self) -> float:
         """Seconds the oldest batch now in any loaded model's backend has been running (0.0: none)."""

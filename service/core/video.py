@@ -107,7 +107,7 @@ class VideoClip:
             raise UnsupportedVideo(f"codec {codec!r} is not allowed (allowed: {allowed})")
         width, height = int(stream.codec_context.width), int(stream.codec_context.height)
         self._check_size(width, height)
-        duration = _seconds(stream.duration, stream.time_base)
+        duration = seconds(stream.duration, stream.time_base)
         if duration is None and container.duration is not None:
             duration = container.duration / 1_000_000  # AV_TIME_BASE
         if duration is not None and duration > self.limits.max_seconds:
@@ -144,7 +144,7 @@ class VideoClip:
                 self.read += 1
                 if self.read > self.limits.max_frames:
                     raise VideoTooLong(f"the clip has more than {self.limits.max_frames} frames")
-                pts_s = _seconds(frame.pts, frame.time_base)
+                pts_s = seconds(frame.pts, frame.time_base)
                 if pts_s is not None and pts_s > self.limits.max_seconds:
                     raise VideoTooLong(f"the clip runs past {self.limits.max_seconds:g} s")
                 if index % stride:
@@ -174,7 +174,8 @@ def upright(frame: Any) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
-def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
+def seconds(value: int | None, time_base: Fraction | None) -> float | None:
+    """A PyAV timestamp (pts, duration) in seconds; None when the stream has none."""
     if value is None or time_base is None:
         return None
     return float(value * time_base)

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from service.core.video import seconds
+
 # FFmpeg protocols a source may use, by its URL's scheme (tls/crypto for the encrypted variants).
 PROTOCOLS = {
     "rtsp": "rtsp,rtp,srtp,udp,tcp",
@@ -232,14 +234,14 @@ class SourceReader:
             if by_packet and packet.size:
                 now = time.monotonic()
                 if not cap.wanted(now):
-                    self._count(now, _seconds(packet.pts, packet.time_base))
+                    self._count(now, seconds(packet.pts, packet.time_base))
                     self.stats.skipped += 1
                     continue
             for frame in packet.decode():
                 if self._stop.is_set():
                     return False
                 now = time.monotonic()
-                pts_s = _seconds(frame.pts, frame.time_base)
+                pts_s = seconds(frame.pts, frame.time_base)
                 if not live and pts_s is not None:  # real time: wait for the frame's moment
                     if paced_from is None:
                         paced_from = (now, pts_s)
@@ -292,10 +294,6 @@ class _Cap:
             return False
         self.next_due = clock + self.period if due is None or clock - due > self.period else due + self.period
         return True
-
-
-def _seconds(pts: int | None, time_base: Any) -> float | None:
-    return float(pts * time_base) if pts is not None and time_base else None
 
 
 def _reason(e: BaseException) -> str:
