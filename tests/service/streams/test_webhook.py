@@ -158,7 +158,8 @@ async def test_a_slow_receiver_never_blocks_the_offers() -> None:
         await sender.stop()
     assert offered_s < 0.05  # 100 offers while one POST takes 0.3 s
     assert sender.stats.dropped == 96  # the oldest gave way to the newest (no await between the offers)
-    assert [json.loads(b)["frame"] for _, b in state.received][:3] == [96, 97, 98]
+    # the first three only: stop() may cut a fourth POST short, and its body then arrives empty
+    assert [json.loads(b)["frame"] for _, b in state.received[:3]] == [96, 97, 98]
 
 
 def _certificates(directory: Path) -> tuple[Path, ssl.SSLContext]:
