@@ -35,6 +35,8 @@ class ImageResult(BaseModel):
 
 
 class ModelSummary(BaseModel):
+    name: str = Field(description="the model that answered (its name in the repository)")
+    version: int = Field(description="and its version")
     arch: str
     backend: str
     precision: str

@@ -14,8 +14,9 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from service.core.detector import Detector, DetectOutcome
+from service.core.detector import DetectOutcome
 from service.core.errors import InvalidBase64, InvalidParameter
+from service.core.model import LoadedModel
 from service.core.options import DetectParams
 from service.core.results import DetectResponse
 from service.core.state import ServiceState
@@ -83,7 +84,7 @@ async def _read_files(request: Request) -> list[bytes]:
         return files
 
 
-Respond = Callable[[Detector, DetectOutcome], Awaitable[Response]]
+Respond = Callable[[LoadedModel, DetectOutcome], Awaitable[Response]]
 
 
 async def _detect(
@@ -100,7 +101,8 @@ async def _detect(
     request's time and deadline start once its body is in."""
     started = time.monotonic()
     state: ServiceState = request.app.state.service
-    with state.current(query.model, query.version).use() as detector:
+    model = state.current(query.model, query.version)
+    with model.use() as detector:
         disconnected = await client_disconnected(request)
         outcome = await detector.detect(
             files,
@@ -109,7 +111,7 @@ async def _detect(
             keep_images=keep_images,
             disconnected=disconnected,
         )
-        return await respond(detector, outcome)
+        return await respond(model, outcome)
 
 
 async def _detect_upload(request: Request, respond: Respond, *, one_image: bool = False) -> Response:
@@ -126,8 +128,8 @@ async def _detect_upload(request: Request, respond: Respond, *, one_image: bool 
     return await _detect(request, files, query, respond, keep_images=one_image)
 
 
-async def _respond_json(detector: Detector, outcome: DetectOutcome) -> Response:
-    return _json(responses.detect_response(detector, outcome))
+async def _respond_json(model: LoadedModel, outcome: DetectOutcome) -> Response:
+    return _json(responses.detect_response(model, outcome))
 
 
 def _json(response: DetectResponse) -> Response:
@@ -178,8 +180,8 @@ def _render(outcome: DetectOutcome, class_names: list[str]) -> bytes:
 async def detect_annotated(request: Request) -> Response:
     """One uploaded image back as JPEG with its detections drawn (header X-Detections: count)."""
 
-    async def respond(detector: Detector, outcome: DetectOutcome) -> Response:
-        jpeg = await run_in_threadpool(_render, outcome, detector.manifest.class_names)
+    async def respond(model: LoadedModel, outcome: DetectOutcome) -> Response:
+        jpeg = await run_in_threadpool(_render, outcome, model.manifest.class_names)
         count = len(outcome.images[0].detections)
         return Response(jpeg, media_type="image/jpeg", headers={"X-Detections": str(count)})
 

@@ -40,7 +40,10 @@ async def test_response_shape(tmp_path):
         r = await client.post("/detect", files=files(encode(solid(64, 64, (1, 2, 3)))))
     body = r.json()
     assert set(body) == {"model", "results", "timing_ms"}
-    assert body["model"] == {"arch": "tiny-test", "backend": "fake", "precision": "fp32", "input_size": 64}
+    assert body["model"] == {
+        **{"name": "yolor", "version": 1},  # YOLOR_V2_MODEL_NAME: one model folder is version 1
+        **{"arch": "tiny-test", "backend": "fake", "precision": "fp32", "input_size": 64},
+    }
     assert set(body["timing_ms"]) == {"preprocess", "queue", "inference", "postprocess", "total"}
     assert body["results"][0]["width"] == 64 and body["results"][0]["height"] == 64
     assert body["results"][0]["detections"][0] == {

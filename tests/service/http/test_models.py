@@ -56,9 +56,13 @@ IMAGE = encode(solid(48, 64, (90, 20, 200)))
 
 
 async def answered_by(client, params: dict[str, Any] | None = None) -> float:
+    """The score of the one box (which model ran), checked against the answer's model block."""
     response = await client.post("/detect", params=params or {}, files=files(IMAGE))
     assert response.status_code == 200, response.text
     (detection,) = response.json()["results"][0]["detections"]
+    model = response.json()["model"]
+    assert score(SIZES[model["name"], model["version"]]) == pytest.approx(detection["score"])
+    assert model["input_size"] == SIZES[model["name"], model["version"]]
     return float(detection["score"])
 
 
