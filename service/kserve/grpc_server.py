@@ -207,25 +207,19 @@ class GrpcServer:
         return messages()["ServerMetadataResponse"](**models.server_metadata())
 
     async def _ModelReady(self, request: Any, context: Any) -> Any:
-        inference.served(self.state, request.name, request.version)
+        inference.target(self.state, request.name, request.version)
         return messages()["ModelReadyResponse"](ready=self.state.readiness.ready)
 
     async def _ModelMetadata(self, request: Any, context: Any) -> Any:
         from google.protobuf import json_format
 
-        meta = models.metadata(inference.served(self.state, request.name, request.version))
+        meta = models.metadata(inference.target(self.state, request.name, request.version).served(self.state))
         return json_format.ParseDict(meta, messages()["ModelMetadataResponse"]())
 
     async def _ModelConfig(self, request: Any, context: Any) -> Any:
         from google.protobuf import json_format
 
-        model = inference.served(self.state, request.name, request.version)
-        assert self.state.batcher is not None
-        config = models.config(
-            model,
-            max_batch_size=inference.max_batch(self.state.settings, self.state.batcher, model.kind),
-            max_delay_s=self.state.batcher.max_delay_s,
-        )
+        config = inference.config_json(self.state, request.name, request.version)
         return messages()["ModelConfigResponse"](
             config=json_format.ParseDict(config, messages()["ModelConfig"]())
         )
@@ -238,7 +232,7 @@ class GrpcServer:
 
     async def _ModelInfer(self, request: Any, context: Any) -> Any:
         started = time.monotonic()
-        kind = inference.model_kind(self.state, request.model_name, request.model_version)
+        at = inference.target(self.state, request.model_name, request.model_version)
         parsed = to_infer_request(request)
         gone = asyncio.Event()
         context.add_done_callback(lambda _: gone.set())  # the call ended: cancelled by the client
@@ -246,19 +240,13 @@ class GrpcServer:
         async def disconnected() -> None:
             await gone.wait()
 
-        outputs = await inference.infer(
-            self.state,
-            self.statistics,
-            request.model_name,
-            kind,
-            parsed,
-            started=started,
-            disconnected=disconnected,
+        ran = await inference.infer(
+            self.state, self.statistics, at, parsed, started=started, disconnected=disconnected
         )
         response = messages()["ModelInferResponse"](
-            model_name=request.model_name, model_version=models.VERSION, id=request.id
+            model_name=request.model_name, model_version=str(ran.version), id=request.id
         )
-        for out in outputs:
+        for out in ran.outputs:
             response.outputs.add(name=out.name, datatype=out.datatype, shape=list(out.shape))
             response.raw_output_contents.append(to_raw(out.data, out.datatype))
         return response

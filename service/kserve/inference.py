@@ -4,39 +4,80 @@ checked against that model, and the run through the shared detector and batcher.
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
 from service.core.batcher import DynamicBatcher
 from service.core.detector import Detector, Disconnected
-from service.core.errors import InvalidTensor, NotReady, ServiceError, UnknownModel
+from service.core.errors import InvalidTensor, ServiceError, UnknownModel
+from service.core.model import LoadedModel
 from service.core.options import DetectParams
 from service.core.repository import IMAGE_SUFFIX
 from service.core.state import ServiceState
 from service.kserve import models
-from service.kserve.statistics import StatisticsBook
+from service.kserve.statistics import ModelStatistics, StatisticsBook
 from service.kserve.tensors import InferRequest, Tensor, TensorError
 from service.settings import Settings
 
 
-def model_kind(state: ServiceState, name: str, version: str | None) -> models.Kind:
-    """Which of our two models `name` (and `version`) names; UnknownModel if neither."""
-    base = state.settings.v2_model_name
-    kinds: dict[str, models.Kind] = {base: "tensor", base + IMAGE_SUFFIX: "image"}
-    if name not in kinds or version not in (None, "", models.VERSION):
-        what = f"'{name}'" + (f" version {version}" if version else "")
-        raise UnknownModel(f"Request for unknown model: {what} is not found")
-    return kinds[name]
+@dataclass(frozen=True)
+class Target:
+    """What a v2 model name (and version) names: a model of the server's set, as the tensor model
+    (its own name) or the image model (`<name>_image`)."""
+
+    name: str  # as the request spells it
+    kind: models.Kind
+    model: str  # the model set's name
+    version: int | None  # None: the newest loaded
+
+    def take(self, state: ServiceState) -> LoadedModel:
+        """The loaded model a request holds: 503 unless ready, UnknownModel if no longer loaded."""
+        state.readiness.check()
+        return self.loaded(state)
+
+    def loaded(self, state: ServiceState) -> LoadedModel:
+        model = state.models.find(self.model, self.version)
+        if model is None:
+            raise _unknown(state, self.name, self.version)
+        return model
+
+    def served(self, state: ServiceState) -> models.Served:
+        """The model as now served (metadata, config)."""
+        loaded = self.loaded(state)
+        return models.Served(self.name, self.kind, loaded.manifest, loaded.version, self.versions(state))
+
+    def versions(self, state: ServiceState) -> list[int]:
+        return state.models.versions(self.model)
 
 
-def served(state: ServiceState, name: str, version: str | None) -> models.Served:
-    """The model `name` (and `version`) names, as now served (metadata, config); UnknownModel if
-    none, NotReady before the manifest."""
-    kind = model_kind(state, name, version)
-    if state.manifest is None:
-        raise NotReady(f"not ready: {state.readiness.why_not}")
-    return models.Served(name, kind, state.manifest)
+def _unknown(state: ServiceState, name: str, version: object) -> UnknownModel:
+    what = f"'{name}'" + (f" version {version}" if version not in (None, "") else "")
+    held = ", ".join(f"{n} ({', '.join(map(str, state.models.versions(n)))})" for n in state.models.names())
+    return UnknownModel(f"Request for unknown model: {what} is not found; models: {held or 'none'}")
+
+
+def target(state: ServiceState, name: str, version: str | None) -> Target:
+    """The loaded model `name` and `version` (a string of digits; empty or None: the newest) name;
+    UnknownModel (404, listing the models) when none is loaded."""
+    image = name.endswith(IMAGE_SUFFIX)
+    base, kind = (name.removesuffix(IMAGE_SUFFIX), "image") if image else (name, "tensor")
+    number = int(version) if version and version.isdigit() else None
+    if (version and number is None) or state.models.find(base, number) is None:
+        raise _unknown(state, name, version)
+    return Target(name, cast(models.Kind, kind), base, number)
+
+
+def config_json(state: ServiceState, name: str, version: str | None) -> dict[str, Any]:
+    """Triton's model configuration of `name` (and `version`), with the loaded model's batcher."""
+    t = target(state, name, version)
+    batcher = t.loaded(state).batcher
+    return models.config(
+        t.served(state),
+        max_batch_size=max_batch(state.settings, batcher, t.kind),
+        max_delay_s=batcher.max_delay_s,
+    )
 
 
 def max_batch(settings: Settings, batcher: DynamicBatcher, kind: models.Kind) -> int:
@@ -71,29 +112,37 @@ def _input(request: InferRequest, model: models.Served, limit: int) -> Tensor:
     return tensor
 
 
+class Inferred(NamedTuple):
+    version: int  # of the model that ran
+    outputs: list[Tensor]
+
+
 async def infer(
     state: ServiceState,
     book: StatisticsBook,
-    name: str,
-    kind: models.Kind,
+    at: Target,
     request: InferRequest,
     *,
     started: float,
     disconnected: Disconnected | None = None,
-) -> list[Tensor]:
+) -> Inferred:
     """The requested outputs (all when none was named), in the model's output order. The request
-    takes the served model once and holds it (a reload meanwhile retires it only afterwards): its
-    tensors and batch limit are checked against that model. `kind`: `model_kind(name)`, checked
+    takes the model `at` names once and holds it (a reload meanwhile retires it only afterwards):
+    its tensors and batch limit are checked against that model. `at`: `target(...)`, resolved
     before the request's body is read."""
-    loaded = state.current()
+    loaded = at.take(state)
     with loaded.use() as detector:
-        model = models.Served(name, kind, loaded.manifest)
-        limit = max_batch(state.settings, loaded.batcher, kind)
-        return await _infer(book, detector, model, request, limit, started=started, disconnected=disconnected)
+        model = models.Served(at.name, at.kind, loaded.manifest, loaded.version)
+        limit = max_batch(state.settings, loaded.batcher, at.kind)
+        stats = book.of(at.name, loaded.version)
+        outputs = await _infer(
+            stats, detector, model, request, limit, started=started, disconnected=disconnected
+        )
+        return Inferred(loaded.version, outputs)
 
 
 async def _infer(
-    book: StatisticsBook,
+    stats: ModelStatistics,
     detector: Detector,
     model: models.Served,
     request: InferRequest,
@@ -103,7 +152,6 @@ async def _infer(
     disconnected: Disconnected | None,
 ) -> list[Tensor]:
     tensor = _input(request, model, limit)
-    stats = book.of(model.name)
     try:
         if model.kind == "tensor":
             images = np.ascontiguousarray(tensor.data, dtype=np.float32)
@@ -138,7 +186,11 @@ async def _infer(
 def statistics_json(
     state: ServiceState, book: StatisticsBook, name: str | None, version: str | None
 ) -> dict[str, Any]:
-    """Triton's statistics body: every model (name None) or one (UnknownModel if not ours)."""
-    base = state.settings.v2_model_name
-    names = [base, base + IMAGE_SUFFIX] if name is None else [served(state, name, version).name]
-    return {"model_stats": [book.of(n).to_json(n, models.VERSION) for n in names]}
+    """Triton's statistics body: every loaded model and version, both variants (name None), or one
+    model's loaded versions (one when `version` is given); UnknownModel if not loaded."""
+    if name is None:
+        names = [(n, m.version) for m in state.models for n in (m.name, m.name + IMAGE_SUFFIX)]
+    else:
+        at = target(state, name, version)
+        names = [(name, v) for v in ([at.version] if at.version is not None else at.versions(state))]
+    return {"model_stats": [book.of(n, v).to_json(n, str(v)) for n, v in names]}

@@ -1,5 +1,5 @@
-"""The two models the KServe v2 endpoints serve, and what they say about them (metadata, Triton's
-model config). One version each, "1".
+"""The two v2 models of each model the server holds, and what they say about them (metadata, Triton's
+model config). Versions are the model set's (a model folder alone is version "1").
 
 - `{name}` (the tensor model) shows exactly the exported graph's tensors (what Triton serving our
   `model.onnx` would show): input `images` FP32 [-1, 3, S, S], output `detections` (top-K head) or
@@ -15,7 +15,7 @@ model config). One version each, "1".
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -26,7 +26,6 @@ from service.kserve.tensors import Tensor, TensorError
 from service.manifest import ModelManifest
 from service.processing import Detections
 
-VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "yolor-serving"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
@@ -41,6 +40,8 @@ class Served:
     name: str
     kind: Kind
     manifest: ModelManifest
+    version: int = 1  # the one loaded model this is
+    versions: list[int] = field(default_factory=list)  # every loaded version of the model (metadata)
 
 
 def server_version() -> str:
@@ -78,7 +79,7 @@ def metadata(served: Served) -> dict[str, Any]:
     inputs, outputs = _tensors(served)
     return {
         "name": served.name,
-        "versions": [VERSION],
+        "versions": [str(v) for v in served.versions or [served.version]],
         "platform": PLATFORM if served.kind == "tensor" else "yolor-serving",
         "inputs": [{"name": n, "datatype": d, "shape": s} for n, d, s in inputs],
         "outputs": [{"name": n, "datatype": d, "shape": s} for n, d, s in outputs],

@@ -97,11 +97,11 @@ class ModelStatistics:
 
 
 class StatisticsBook:
-    """The statistics of each model name since start (Triton's statistics extension), one book for
-    the HTTP and gRPC transports."""
+    """The statistics of each v2 model name and version since start (Triton's statistics extension),
+    one book for the HTTP and gRPC transports."""
 
     def __init__(self) -> None:
-        self._by_name: dict[str, ModelStatistics] = {}
+        self._by_name: dict[tuple[str, int], ModelStatistics] = {}
 
-    def of(self, name: str) -> ModelStatistics:
-        return self._by_name.setdefault(name, ModelStatistics())
+    def of(self, name: str, version: int = 1) -> ModelStatistics:
+        return self._by_name.setdefault((name, version), ModelStatistics())

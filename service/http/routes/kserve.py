@@ -1,10 +1,10 @@
 """KServe v2 / Open Inference Protocol over HTTP (Triton-compatible): health, metadata, Triton's
-model config, and infer on the two models of `service.kserve.models` (`YOLOR_V2_MODEL_NAME`, default
-`yolor`, and `yolor_image`).
+model config, and infer on the two v2 models of each loaded model (`service.kserve.models`: `<name>`
+and `<name>_image`; a model folder alone is `YOLOR_V2_MODEL_NAME`, default `yolor`, version 1).
 
 Infer requests go through the same batcher, queue limit, deadline, API keys and body limit as
 `/detect`; errors come back as the protocol's `{"error": "..."}` with the same statuses
-(`service.core.errors`). One version ("1"); a request for another version is a 404, as an unknown model.
+(`service.core.errors`). A model or version that is not loaded is a 404 listing the loaded ones.
 """
 
 from __future__ import annotations
@@ -72,13 +72,13 @@ async def version_statistics(request: Request, state: StateDep, name: str, versi
 @router.get("/models/{name}", dependencies=[Depends(require_api_key)])
 @router.get("/models/{name}/versions/{version}", dependencies=[Depends(require_api_key)])
 async def model_metadata(state: StateDep, name: str, version: str | None = None) -> dict[str, Any]:
-    return models.metadata(inference.served(state, name, version))
+    return models.metadata(inference.target(state, name, version).served(state))
 
 
 @router.get("/models/{name}/ready", dependencies=[Depends(require_api_key)])
 @router.get("/models/{name}/versions/{version}/ready", dependencies=[Depends(require_api_key)])
 async def model_ready(state: StateDep, name: str, version: str | None = None) -> dict[str, Any]:
-    inference.served(state, name, version)
+    inference.target(state, name, version)
     state.readiness.check()
     return {"name": name, "ready": True}
 
@@ -86,10 +86,7 @@ async def model_ready(state: StateDep, name: str, version: str | None = None) ->
 @router.get("/models/{name}/config", dependencies=[Depends(require_api_key)])
 @router.get("/models/{name}/versions/{version}/config", dependencies=[Depends(require_api_key)])
 async def model_config(state: StateDep, name: str, version: str | None = None) -> dict[str, Any]:
-    model = inference.served(state, name, version)
-    assert state.batcher is not None  # a manifest is set together with its batcher
-    limit = inference.max_batch(state.settings, state.batcher, model.kind)
-    return models.config(model, max_batch_size=limit, max_delay_s=state.batcher.max_delay_s)
+    return inference.config_json(state, name, version)
 
 
 def _header_length(request: Request) -> int | None:
@@ -127,7 +124,7 @@ async def infer(request: Request) -> Response:
     state: ServiceState = request.app.state.service
     await check_api_key(request, state)
     name = request.path_params["name"]
-    kind = inference.model_kind(state, name, request.path_params.get("version"))  # 404 before the body
+    at = inference.target(state, name, request.path_params.get("version"))  # 404 before the body
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":
         raise InvalidTensor(f"Content-Encoding {encoding!r} is not supported (send identity)")
@@ -138,10 +135,8 @@ async def infer(request: Request) -> Response:
         raise InvalidTensor(str(e)) from None
     disconnected = await client_disconnected(request)
     book = request.app.state.kserve_statistics
-    outputs = await inference.infer(
-        state, book, name, kind, parsed, started=started, disconnected=disconnected
-    )
-    content, header_length = encode_infer_response(name, models.VERSION, parsed, outputs)
+    ran = await inference.infer(state, book, at, parsed, started=started, disconnected=disconnected)
+    content, header_length = encode_infer_response(name, str(ran.version), parsed, ran.outputs)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(

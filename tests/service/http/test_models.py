@@ -126,3 +126,53 @@ def test_what_start_up_loads_and_its_refusals(tmp_path: Path) -> None:
         Settings(models=["small"])
     with pytest.raises(ValidationError, match="is not one of models"):
         Settings(model_repository=root, models=["small"], default_model="big")
+
+
+async def v2_infer(client, name: str, version: int | None = None) -> tuple[int, dict[str, Any]]:
+    """A tensor infer (zeros at the model's input size, from its metadata): (status, body)."""
+    path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "")
+    meta = (await client.get(path)).json()
+    if "inputs" not in meta:
+        return 404, meta
+    shape = [1, *meta["inputs"][0]["shape"][1:]]
+    data = [0.0] * int(np.prod(shape))
+    body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": shape, "data": data}]}
+    response = await client.post(f"{path}/infer", json=body)
+    return response.status_code, response.json()
+
+
+async def test_v2_serves_every_model_and_version_under_its_own_name(tmp_path: Path) -> None:
+    """KServe v2: each loaded model and version by name (and its `_image` variant), its metadata
+    listing the loaded versions, statistics per version, and a 404 listing the models."""
+    app = repository_app(repository(tmp_path, all_versions=True))
+    async with running(app) as client:
+        for name, version, size in [
+            ("big", None, 128),
+            ("small", None, 96),
+            ("small", 1, 64),
+            ("small", 2, 96),
+        ]:
+            status, body = await v2_infer(client, name, version)
+            assert status == 200, body
+            assert body["model_name"] == name and body["model_version"] == str(
+                version or (2 if size == 96 else 1)
+            )
+            (output,) = body["outputs"]
+            assert output["data"][4] == pytest.approx(score(size))  # row 0's score: which model ran
+        meta = (await client.get("/v2/models/small")).json()
+        assert meta["versions"] == ["2", "1"] and meta["inputs"][0]["shape"] == [-1, 3, 96, 96]
+        image_meta = (await client.get("/v2/models/small_image/versions/1")).json()
+        assert image_meta["name"] == "small_image" and image_meta["inputs"][0]["datatype"] == "BYTES"
+        config = (await client.get("/v2/models/small/versions/1/config")).json()
+        assert config["input"][0]["dims"] == [3, 64, 64]
+        stats = (await client.get("/v2/models/small/stats")).json()["model_stats"]
+        assert [(s["version"], s["inference_count"]) for s in stats] == [("2", 2), ("1", 1)]
+        every = (await client.get("/v2/models/stats")).json()["model_stats"]
+        assert {(s["name"], s["version"]) for s in every} == {
+            (n + suffix, str(v))
+            for n, v in [("big", 1), ("small", 2), ("small", 1)]
+            for suffix in ("", "_image")
+        }
+        for path in ("/v2/models/nope", "/v2/models/small/versions/3", "/v2/models/big/versions/x/ready"):
+            response = await client.get(path)
+            assert response.status_code == 404 and "big (1), small (2, 1)" in response.json()["error"], path

@@ -24,6 +24,7 @@ class Held:
 
     def __init__(self, manifest, max_batch: int) -> None:
         self.manifest, self.batcher = manifest, SimpleNamespace(max_batch_size=max_batch)
+        self.version = 1
         self.detector = SimpleNamespace(infer_tensors=self.infer_tensors)
         self.taken = 0
 
@@ -44,10 +45,11 @@ class State:
         self.settings = Settings(model_dir=tmp_path)
         self.held = held
         self.batcher = SimpleNamespace(max_batch_size=2)  # the newly served model's, not the held one's
-        self.manifest = held.manifest
+        self.readiness = SimpleNamespace(check=lambda: None)
+        self.models = SimpleNamespace(find=self.find)
 
-    def current(self) -> Held:
-        return self.held
+    def find(self, name, version):
+        return self.held if name == "yolor" and version in (None, 1) else None
 
 
 def request(batch: int) -> InferRequest:
@@ -59,8 +61,9 @@ def test_the_batch_limit_is_the_held_models_and_the_model_is_taken_once(tmp_path
     held = Held(write_model_dir(tmp_path), max_batch=4)
     state = State(tmp_path, held)
     book = StatisticsBook()
-    outputs = asyncio.run(inference.infer(state, book, "yolor", "tensor", request(3), started=0.0))
-    assert [out.shape for out in outputs] == [(3, 4, 6)] and held.taken == 1
-    assert book.of("yolor").inference_count == 3
+    at = inference.target(state, "yolor", None)
+    ran = asyncio.run(inference.infer(state, book, at, request(3), started=0.0))
+    assert [out.shape for out in ran.outputs] == [(3, 4, 6)] and held.taken == 1 and ran.version == 1
+    assert book.of("yolor", 1).inference_count == 3
     with pytest.raises(InvalidTensor, match=r"outside \[1, 4\]"):
-        asyncio.run(inference.infer(state, book, "yolor", "tensor", request(5), started=0.0))
+        asyncio.run(inference.infer(state, book, at, request(5), started=0.0))
