@@ -33,10 +33,21 @@ class ModelSet:
         """The versions of `name` held, newest first ([] when none)."""
         return sorted(self._models.get(name, {}), reverse=True)
 
+    def listing(self) -> str:
+        """What is held, for messages: `big (1), small (2, 1)`."""
+        return ", ".join(f"{n} ({', '.join(map(str, self.versions(n)))})" for n in self.names()) or "none"
+
     def put(self, model: LoadedModel) -> None:
         """Hold `model` under its name and version, in place of the one held there (one assignment: a
         request takes either; the caller retires the one replaced)."""
         self._models.setdefault(model.name, {})[model.version] = model
+
+    def remove(self, name: str, version: int) -> None:
+        """Stop holding `name` at `version` (the caller retires it)."""
+        versions = self._models.get(name, {})
+        versions.pop(version, None)
+        if not versions:
+            self._models.pop(name, None)
 
     def find(self, name: str | None = None, version: int | None = None) -> LoadedModel | None:
         name = self.default if name is None else name
@@ -52,10 +63,9 @@ class ModelSet:
         if model is not None:
             return model
         name = self.default if name is None else name
-        held = ", ".join(f"{n} ({', '.join(map(str, self.versions(n)))})" for n in self.names()) or "none"
         what = f"model {name!r}" + (f" version {version}" if version is not None else "")
         if name in self._models:
             raise UnknownModel(
                 f"{what} is not loaded; versions of {name!r}: {', '.join(map(str, self.versions(name)))}"
             )
-        raise UnknownModel(f"{what} is not loaded; models: {held}")
+        raise UnknownModel(f"{what} is not loaded; models: {self.listing()}")

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.core.auth import ApiKeys
 from service.core.batcher import DynamicBatcher
@@ -18,6 +18,9 @@ from service.core.model_set import ModelSet
 from service.core.watchdog import BackendWatchdog
 from service.manifest import ModelManifest
 from service.settings import Settings
+
+if TYPE_CHECKING:  # service.core.reload imports this module
+    from service.core.reload import Reloader
 
 
 class Readiness:
@@ -85,7 +88,7 @@ class ServiceState:
     pool: ThreadPoolExecutor | None = None
     warmup_task: asyncio.Task[None] | None = None
     watchdog: BackendWatchdog | None = None
-    reloader: Any = None  # service.core.reload.Reloader once started
+    reloader: Reloader | None = None  # once started
     stop_warmup: threading.Event = field(default_factory=threading.Event)
     readiness: Readiness = field(init=False)
 
@@ -108,6 +111,13 @@ class ServiceState:
     @property
     def detector(self) -> Detector | None:
         return self.model.detector if self.model is not None else None
+
+    @property
+    def reloads(self) -> Reloader:
+        """What changes the loaded models (service.core.reload); NotReady before start-up made it."""
+        if self.reloader is None:
+            raise NotReady(f"not ready: {self.readiness.why_not}")
+        return self.reloader
 
     def serve(self, model: LoadedModel) -> None:
         """Make `model` the one new requests for its name and version take (one assignment: no

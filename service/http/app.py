@@ -133,7 +133,7 @@ def _on_sighup(state: ServiceState) -> Callable[[], None] | None:
     tasks: set[asyncio.Task[None]] = set()
 
     def reload() -> None:
-        task = loop.create_task(state.reloader.reload_on_signal(), name="yolor-sighup-reload")
+        task = loop.create_task(state.reloads.reload_on_signal(), name="yolor-sighup-reload")
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 

@@ -86,6 +86,18 @@ async def read_json(model: type[Model], request: Request, *, elsewhere: str = ""
         raise _invalid(e, "body") from None
 
 
+async def read_lenient_json(model: type[Model], request: Request) -> Model | None:
+    """The body as `model` whatever its content type, None when it is empty: Triton's clients send
+    their repository requests' JSON with none (an empty body for the index). 422 as `read_json`."""
+    body = (await request.body()).removeprefix(codecs.BOM_UTF8)
+    if not body.strip():
+        return None
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        raise _invalid(e, "body") from None
+
+
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAPI `requestBody` of a body read with `read_json(model, ...)`."""
     return {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from service.core.auth import presented_key
-from service.core.errors import InvalidTensor, ServiceError
+from service.core.errors import Forbidden, InvalidTensor, ServiceError
 from service.core.state import ServiceState
-from service.kserve import inference, models
+from service.kserve import inference, model_repository, models
 from service.kserve.messages import SERVICE, messages, methods
 from service.kserve.statistics import StatisticsBook
 from service.kserve.tensors import (
@@ -44,6 +44,7 @@ _STATUS = {
     401: "UNAUTHENTICATED",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
+    409: "FAILED_PRECONDITION",
     413: "RESOURCE_EXHAUSTED",
     415: "INVALID_ARGUMENT",
     422: "INVALID_ARGUMENT",
@@ -67,6 +68,7 @@ _CONTENTS = {
     "BYTES": "bytes_contents",
 }
 _PUBLIC = frozenset({"ServerLive", "ServerReady", "ServerMetadata"})  # no API key, as /v2/health
+_ADMIN = frozenset({"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"})  # admin keys only
 
 
 def _parameter(value: Any) -> Any:
@@ -164,7 +166,7 @@ class GrpcServer:
             start, status = time.perf_counter(), "OK"
             try:
                 if name not in _PUBLIC:
-                    self._authorize(context)
+                    self._authorize(context, admin=name in _ADMIN)
                 return await fn(request, context)
             except ServiceError as e:
                 status = _STATUS.get(e.status, "INTERNAL")
@@ -188,13 +190,18 @@ class GrpcServer:
 
         return handler
 
-    def _authorize(self, context: Any) -> None:
-        keys = self.state.api_keys
+    def _authorize(self, context: Any, *, admin: bool = False) -> None:
+        """An API key (none needed when none is set), or with `admin` one of the admin keys (403 for
+        everyone when none is set), as the HTTP routes."""
+        keys = self.state.admin_keys if admin else self.state.api_keys
+        if admin and not keys.enabled:
+            raise Forbidden("the admin API is disabled: set YOLOR_ADMIN_KEYS to enable it")
         if not keys.enabled:
             return
         metadata = {k.lower(): v for k, v in context.invocation_metadata() or ()}
         presented = presented_key(metadata.get("authorization"), metadata.get("x-api-key"))
-        keys.check(presented, how="metadata 'authorization: Bearer <key>' or 'x-api-key: <key>'")
+        how = "metadata 'authorization: Bearer <key>' or 'x-api-key: <key>'"
+        keys.check(presented, what="an admin key" if admin else "an API key", how=how)
 
     # The RPCs -------------------------------------------------------------------------------------
     async def _ServerLive(self, request: Any, context: Any) -> Any:
@@ -250,3 +257,19 @@ class GrpcServer:
             response.outputs.add(name=out.name, datatype=out.datatype, shape=list(out.shape))
             response.raw_output_contents.append(to_raw(out.data, out.datatype))
         return response
+
+    async def _RepositoryIndex(self, request: Any, context: Any) -> Any:
+        response = messages()["RepositoryIndexResponse"]()
+        for entry in model_repository.index(self.state, ready=request.ready):
+            response.models.add(**entry)
+        return response
+
+    async def _RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        parameters = {k: _parameter(v) for k, v in request.parameters.items()}
+        await model_repository.load(self.state, request.model_name, parameters)
+        return messages()["RepositoryModelLoadResponse"]()
+
+    async def _RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        parameters = {k: _parameter(v) for k, v in request.parameters.items()}
+        await model_repository.unload(self.state, request.model_name, parameters)
+        return messages()["RepositoryModelUnloadResponse"]()

@@ -54,8 +54,7 @@ class Target:
 
 def _unknown(state: ServiceState, name: str, version: object) -> UnknownModel:
     what = f"'{name}'" + (f" version {version}" if version not in (None, "") else "")
-    held = ", ".join(f"{n} ({', '.join(map(str, state.models.versions(n)))})" for n in state.models.names())
-    return UnknownModel(f"Request for unknown model: {what} is not found; models: {held or 'none'}")
+    return UnknownModel(f"Request for unknown model: {what} is not found; models: {state.models.listing()}")
 
 
 def target(state: ServiceState, name: str, version: str | None) -> Target:
@@ -63,7 +62,7 @@ def target(state: ServiceState, name: str, version: str | None) -> Target:
     UnknownModel (404, listing the models) when none is loaded."""
     image = name.endswith(IMAGE_SUFFIX)
     base, kind = (name.removesuffix(IMAGE_SUFFIX), "image") if image else (name, "tensor")
-    number = int(version) if version and version.isdigit() else None
+    number = int(version) if version and version.isascii() and version.isdigit() else None  # not "²"
     if (version and number is None) or state.models.find(base, number) is None:
         raise _unknown(state, name, version)
     return Target(name, cast(models.Kind, kind), base, number)

@@ -28,7 +28,7 @@ from service.processing import Detections
 
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "yolor-serving"
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 IMAGE_OUTPUTS = {"boxes": ("FP32", [-1, -1, 4]), "scores": ("FP32", [-1, -1])}
 IMAGE_OUTPUTS |= {"class_ids": ("INT32", [-1, -1]), "count": ("INT32", [-1])}
 

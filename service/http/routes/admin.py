@@ -7,7 +7,6 @@ from pathlib import Path
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.core.errors import ReloadUnavailable
 from service.http.deps import StateDep, require_admin_key
 from service.http.schemas import ErrorBody
 
@@ -43,19 +42,15 @@ async def reload(state: StateDep, body: ReloadRequest | None = None) -> ReloadRe
     """Load, check and warm up a model beside the serving one, then switch to it; the old one finishes
     the requests it took and is closed. 422 (the old model still serving) when the new one fails,
     409 while another reload runs, before the server is ready, or with several worker processes."""
-    if state.settings.workers > 1:
-        raise ReloadUnavailable(
-            f"with YOLOR_WORKERS={state.settings.workers} every worker process holds its own model: send "
-            "SIGHUP to the server's parent process instead (uvicorn replaces the workers one by one)"
-        )
-    done = await state.reloader.reload(body.model_dir if body is not None else None)
+    done = await state.reloads.reload(body.model_dir if body is not None else None)
+    (new,), (old,) = done.loaded, done.retired
     return ReloadResponse(
-        model_dir=str(done.model.model_dir),
-        arch=done.model.manifest.arch,
-        exported_at=done.model.manifest.exported_at,
-        previous_model_dir=str(done.previous_dir),
+        model_dir=str(new.model_dir),
+        arch=new.manifest.arch,
+        exported_at=new.manifest.exported_at,
+        previous_model_dir=str(old.model_dir),
         load_s=round(done.load_s, 3),
         warmup_s=round(done.warmup_s, 3),
         retire_s=round(done.retire_s, 3),
-        previous_released=done.previous_released,
+        previous_released=done.released,
     )

@@ -14,13 +14,15 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.core.errors import InvalidTensor
+from service.core.reload import Switched
 from service.core.state import ServiceState
-from service.http.deps import API_KEY_SECURITY, StateDep, check_api_key, require_api_key
-from service.http.direct import DirectRoute, client_disconnected
+from service.http.deps import API_KEY_SECURITY, StateDep, check_api_key, require_admin_key, require_api_key
+from service.http.direct import DirectRoute, client_disconnected, json_body, read_lenient_json
 from service.http.schemas import V2ErrorBody
-from service.kserve import inference, models
+from service.kserve import inference, model_repository, models
 from service.kserve.tensors import (
     HEADER_LENGTH,
     TensorError,
@@ -87,6 +89,84 @@ async def model_ready(state: StateDep, name: str, version: str | None = None) ->
 @router.get("/models/{name}/versions/{version}/config", dependencies=[Depends(require_api_key)])
 async def model_config(state: StateDep, name: str, version: str | None = None) -> dict[str, Any]:
     return inference.config_json(state, name, version)
+
+
+# Triton's model repository extension (service.kserve.model_repository): admin keys only.
+class IndexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    repository_name: str = Field("", description="ignored: the server has one repository")
+    ready: bool = Field(False, description="only the models ready for inference")
+
+
+class RepositoryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class Loaded(BaseModel):
+    name: str
+    versions: list[int] = Field(description="the versions served now, newest first (none after an unload)")
+    retired: list[int] = Field(description="the versions replaced or unloaded, which finished their requests")
+    load_s: float
+    warmup_s: float
+    retire_s: float
+    released: bool = Field(description="every retired backend was closed (false: a batch still ran in one)")
+
+    @classmethod
+    def of(cls, name: str, done: Switched) -> Loaded:
+        return cls(
+            name=name,
+            versions=sorted((m.version for m in done.loaded), reverse=True),
+            retired=sorted((m.version for m in done.retired), reverse=True),
+            load_s=round(done.load_s, 3),
+            warmup_s=round(done.warmup_s, 3),
+            retire_s=round(done.retire_s, 3),
+            released=done.released,
+        )
+
+
+ADMIN = [Depends(require_admin_key)]
+REPOSITORY_ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": V2ErrorBody} for s in (409, 422)}
+
+
+def _optional(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {**json_body(model), "required": False}}
+
+
+@router.post("/repository/index", dependencies=ADMIN, openapi_extra=_optional(IndexRequest))
+async def repository_index(request: Request, state: StateDep) -> list[dict[str, str]]:
+    """Every model and version of the repository: `READY`, `LOADING` or `UNAVAILABLE` and why."""
+    body = await read_lenient_json(IndexRequest, request)
+    return model_repository.index(state, ready=body is not None and body.ready)
+
+
+@router.post(
+    "/repository/models/{name}/load",
+    dependencies=ADMIN,
+    responses=REPOSITORY_ERRORS,
+    openapi_extra=_optional(RepositoryRequest),
+)
+async def repository_load(request: Request, state: StateDep, name: str) -> Loaded:
+    """Load `name` (or load it again) at the versions its policy serves, each checked and warmed up
+    beside the serving ones, then switched to: no request fails. 422 when a version fails to load
+    (nothing changed), 404 when the repository has no such model, 409 before the server is ready."""
+    body = await read_lenient_json(RepositoryRequest, request)
+    done = await model_repository.load(state, name, body.parameters if body is not None else {})
+    return Loaded.of(name, done)
+
+
+@router.post(
+    "/repository/models/{name}/unload",
+    dependencies=ADMIN,
+    responses=REPOSITORY_ERRORS,
+    openapi_extra=_optional(RepositoryRequest),
+)
+async def repository_unload(request: Request, state: StateDep, name: str) -> Loaded:
+    """Stop serving every version of `name` once the requests holding one have finished; its memory
+    is handed back. 404 when it is not loaded."""
+    body = await read_lenient_json(RepositoryRequest, request)
+    done = await model_repository.unload(state, name, body.parameters if body is not None else {})
+    return Loaded.of(name, done)
 
 
 def _header_length(request: Request) -> int | None:

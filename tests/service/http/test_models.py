@@ -1,12 +1,11 @@
 """Several models in one server (a model repository): each request answered by the model and version
-it names, the default model for one that names none, 404 with the list for one not loaded.
-
-Fake backends whose one box scores 0.5 + input_size / 1000 tell the models apart in every answer."""
+it names, the default model for one that names none, 404 with the list for one not loaded
+(tests.support.repository: every answer says which model ran)."""
 
 from __future__ import annotations
 
 import base64
-import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,43 +13,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from service.backends import FakeBackend
 from service.core.repository import RepositoryError, startup
-from service.http.app import create_app
-from service.manifest import ModelManifest
 from service.settings import Settings
 from tests.support.app import assert_error, encode, files, running, solid
-from tests.support.model_files import TOP_K, write_model_dir
+from tests.support.model_files import write_model_dir
+from tests.support.repository import SIZES, repository, repository_app, score
 
 pytestmark = [pytest.mark.api, pytest.mark.anyio]
-
-SIZES = {("big", 1): 128, ("small", 1): 64, ("small", 2): 96}
-
-
-def score(input_size: int) -> float:
-    return 0.5 + input_size / 1000
-
-
-def repository(root: Path, *, all_versions: bool = False) -> Path:
-    write_model_dir(root / "big", input_size=SIZES["big", 1])  # bare: version 1
-    for version in (1, 2):
-        write_model_dir(root / "small" / str(version), input_size=SIZES["small", version])
-    if all_versions:
-        (root / "small" / "config.json").write_text(json.dumps({"version_policy": {"all": {}}}))
-    return root
-
-
-def repository_app(root: Path, **settings: Any):
-    def factory(s: Settings, manifest: ModelManifest) -> FakeBackend:
-        def fn(batch: np.ndarray) -> np.ndarray:
-            out = np.zeros((len(batch), TOP_K, 6), np.float32)
-            out[:, 0] = [8, 8, 40, 40, score(manifest.input_size), 0]
-            return out
-
-        return FakeBackend.for_manifest(manifest, fn)
-
-    return create_app(Settings(model_repository=root, **settings), backend_factory=factory)
-
 
 IMAGE = encode(solid(48, 64, (90, 20, 200)))
 
@@ -61,8 +30,8 @@ async def answered_by(client, params: dict[str, Any] | None = None) -> float:
     assert response.status_code == 200, response.text
     (detection,) = response.json()["results"][0]["detections"]
     model = response.json()["model"]
-    assert score(SIZES[model["name"], model["version"]]) == pytest.approx(detection["score"])
-    assert model["input_size"] == SIZES[model["name"], model["version"]]
+    assert score(model["input_size"]) == pytest.approx(detection["score"])
+    assert model["input_size"] == SIZES.get((model["name"], model["version"]), model["input_size"])
     return float(detection["score"])
 
 
@@ -176,3 +145,24 @@ async def test_v2_serves_every_model_and_version_under_its_own_name(tmp_path: Pa
         for path in ("/v2/models/nope", "/v2/models/small/versions/3", "/v2/models/big/versions/x/ready"):
             response = await client.get(path)
             assert response.status_code == 404 and "big (1), small (2, 1)" in response.json()["error"], path
+
+
+async def test_sighup_re_reads_the_repository(tmp_path: Path) -> None:
+    """A re-read serves what the repository holds now: a new version by its policy, a model whose
+    folder went away unloaded, a start-up model added since loaded; what it replaced is closed."""
+    root = repository(tmp_path)  # small: the latest version only
+    app = repository_app(root)
+    async with running(app) as client:
+        state = app.state.service
+        before = {(m.name, m.version): m for m in state.models}
+        assert set(before) == {("big", 1), ("small", 2)}
+        shutil.copytree(root / "small" / "2", root / "small" / "3")
+        shutil.rmtree(root / "big")
+        write_model_dir(root / "late", input_size=32)
+        await state.reloads.reload_on_signal()
+        assert {(m.name, m.version) for m in state.models} == {("late", 1), ("small", 3)}
+        assert all(m.backend.closed for m in before.values()) and state.retiring == set()
+        assert await answered_by(client, {"model": "late"}) == pytest.approx(score(32))
+        assert_error(
+            await client.post("/detect", files=files(IMAGE)), 404, "unknown_model"
+        )  # big was the default
