@@ -94,9 +94,10 @@ class StreamManager:
         self.metrics.forget(stream_id)
 
     def _check_classes(self, spec: StreamSpec) -> None:
-        """422 now for a class the served model lacks (once it is ready; else at the first frame)."""
+        """422 now for a class the stream's model lacks, 404 when that model is not loaded (once the
+        server is ready; else at the first frame)."""
         try:
-            names = self.state.current().detector.manifest.class_names
+            names = self.state.current(spec.model, spec.version).detector.manifest.class_names
         except NotReady:
             return
         DetectParams.of(spec.options(), names)

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.core.errors import InvalidParameter
-from service.core.options import TILE_BOUNDS, DetectFields, TrackingFields, resolve_classes
+from service.core.options import TILE_BOUNDS, DetectFields, ModelChoice, TrackingFields, resolve_classes
 from service.streams.counting import DEFAULT_ANCHOR, Anchor, Line, Zone
 
 Coordinate = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -57,8 +57,9 @@ class WebhookSpec(BaseModel):
     events: list[EventKind] = Field(list(EVENT_KINDS), min_length=1, description="the event kinds sent")
 
 
-class StreamSpec(DetectFields, TrackingFields):
-    """A stream's definition (the body of `POST /streams`)."""
+class StreamSpec(DetectFields, TrackingFields, ModelChoice):
+    """A stream's definition (the body of `POST /streams`); `model` and `version` choose the model its
+    frames run on (default: the default model's newest version, whichever that is at each frame)."""
 
     model_config = ConfigDict(extra="forbid")
 

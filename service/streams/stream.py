@@ -22,7 +22,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from service.core.detector import Detector, Submission
-from service.core.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError
+from service.core.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    NotReady,
+    Overloaded,
+    ServiceError,
+    UnknownModel,
+)
 from service.core.options import DetectParams
 from service.core.results import class_name, tracked_detections_json
 from service.core.state import ServiceState
@@ -47,7 +54,12 @@ class Observer(Protocol):
 WINDOW_S = 10.0  # processed fps: frames published over the last this many seconds
 LATENCIES = 512  # end-to-end latencies kept for the status's percentiles
 FINISHED = (SourceState.ENDED, SourceState.FAILED, SourceState.STOPPED)
-DROP_REASONS = {Overloaded: "overloaded", DeadlineExceeded: "timeout", InferenceFailed: "failed"}
+DROP_REASONS = {
+    Overloaded: "overloaded",
+    DeadlineExceeded: "timeout",
+    InferenceFailed: "failed",
+    UnknownModel: "unloaded",  # the stream's model is not loaded (now)
+}
 # Every reason a wanted frame is not processed: the reader's (stale: a live source's newer frame
 # took its place) and the stream's (the model not ready, and those above).
 FRAME_DROP_REASONS = ("stale", "not_ready", *DROP_REASONS.values())
@@ -157,7 +169,7 @@ class Stream:
 
     async def _process(self, taken: SourceFrame) -> None:
         try:
-            with self._state.current().use() as detector:
+            with self._state.current(self.spec.model, self.spec.version).use() as detector:
                 await self._detect(detector, taken)
         except NotReady:  # starting or reloading: this frame is skipped, the stream goes on
             self.dropped["not_ready"] += 1

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.support.app import demo_app, serving
+from tests.support.repository import repository, repository_app, score
 from tests.support.video import decoded_frames, make_clip, sample_frames
 
 pytest.importorskip("av")
@@ -378,3 +379,24 @@ def test_sigterm_ends_the_listeners_and_the_server_exits_promptly(tmp_path, clip
     assert set(ended) == {f"/streams/{stream_id}/events", f"/streams/{stream_id}/mjpeg"}
     assert all(t - sent < 5 for t in ended.values())
     assert "Traceback" not in log.read_text()
+
+
+def test_a_stream_runs_on_the_model_and_version_it_names(tmp_path, clip):
+    """With a model repository (tests.support.repository: the score says which model ran)."""
+    root = repository(tmp_path / "models", all_versions=True)
+    app = repository_app(
+        root, stream_root=tmp_path / "clips", state_dir=tmp_path / "state", admin_keys=[ADMIN["X-API-Key"]]
+    )
+    with serving(app) as url, httpx.Client(base_url=url) as client:
+        _ready(client)
+        refused = client.post("/streams", json={"source": "cam.mp4", "model": "nope"}, headers=ADMIN)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (404, "unknown_model")
+        for choice, size in [({"model": "small", "version": 1}, 64), ({}, 128)]:  # {}: the default, big
+            created = client.post("/streams", json={"source": "cam.mp4", "fps": 30, **choice}, headers=ADMIN)
+            assert created.status_code == 201, created.text
+            frames = [
+                m for kind, m in _sse(client, f"/streams/{created.json()['id']}/events") if kind == "frame"
+            ]
+            assert len(frames) >= 15
+            scores = [d["score"] for f in frames for d in f["detections"]]
+            assert len(scores) == len(frames) and scores == pytest.approx([score(size)] * len(scores))
