@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+MODEL_LABELS = {"model", "version"}  # what a model's metrics carry besides their own labels
+
 
 @dataclass(frozen=True)
 class ServerCounters:
@@ -26,11 +28,13 @@ class ServerCounters:
         values: dict[str, float] = {}
         buckets: dict[float, float] = {}
         for family in text_string_to_metric_families(text):
-            for sample in family.samples:
+            for sample in family.samples:  # summed over the models (labels model, version)
+                labels = set(sample.labels) - MODEL_LABELS
                 if sample.name == "yolor_batch_size_bucket":
-                    buckets[float(sample.labels["le"])] = sample.value
-                elif not sample.labels:
-                    values[sample.name] = sample.value
+                    le = float(sample.labels["le"])
+                    buckets[le] = buckets.get(le, 0.0) + sample.value
+                elif not labels:
+                    values[sample.name] = values.get(sample.name, 0.0) + sample.value
         return cls(
             images=values.get("yolor_images_total", 0.0),
             batches=values.get("yolor_batch_size_count", 0.0),

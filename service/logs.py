@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Literal
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The model (`name:version`) the current request or stream took: set by ServiceState.current in the
+# task that serves it (each request has its own), so its log records, uvicorn's access line
+# included, say which model answered.
+MODEL: ContextVar[str | None] = ContextVar("yolor_model", default=None)
 
 
 class JsonFormatter(logging.Formatter):
-    """`{"time", "level", "logger", "message", ["exception"]}` per record."""
+    """`{"time", "level", "logger", "message", ["model"], ["exception"]}` per record."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -24,6 +29,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if (model := MODEL.get()) is not None:
+            entry["model"] = model
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

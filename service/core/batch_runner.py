@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from service.core.errors import InferenceFailed
-from service.core.metrics import Metrics
+from service.core.metrics import ModelMetrics
 
 InferFn = Callable[[np.ndarray], np.ndarray]
 Finish = Callable[[np.ndarray], Any]  # worker thread: one output row -> the image's answer
@@ -83,7 +83,7 @@ class Batch:
 class BatchRunner:
     """Runs `Batch`es through `infer` in worker threads; `close` makes batches still waiting give up."""
 
-    def __init__(self, infer: InferFn, *, workers: int, lookahead: int, metrics: Metrics) -> None:
+    def __init__(self, infer: InferFn, *, workers: int, lookahead: int, metrics: ModelMetrics) -> None:
         self._infer, self.workers, self.lookahead = infer, workers, lookahead
         self._metrics = metrics
         # A thread per batch in the backend, and one per batch formed ahead, waiting for its turn.

@@ -56,7 +56,7 @@ import numpy as np
 
 from service.core.batch_runner import Batch, BatchRunner, Dropped, Finish, InferFn, Item, Ran, dropped
 from service.core.errors import DeadlineExceeded, InferenceFailed, Overloaded, ServiceError, ShuttingDown
-from service.core.metrics import Metrics
+from service.core.metrics import ModelMetrics
 
 __all__ = ["BatchOutput", "DynamicBatcher", "Finish", "InferFn"]
 
@@ -103,7 +103,7 @@ class DynamicBatcher:
         max_batch_size: int,
         max_delay_s: float,
         queue_size: int,
-        metrics: Metrics,
+        metrics: ModelMetrics,
         workers: int = 1,
         lookahead: int = 0,
         background_alone: bool = False,

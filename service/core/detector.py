@@ -27,7 +27,7 @@ from service.backends.base import Backend
 from service.core.batcher import BatchOutput, DynamicBatcher
 from service.core.errors import ClientDisconnected, DeadlineExceeded, NoImages, TooManyImages
 from service.core.images import header_size
-from service.core.metrics import Metrics
+from service.core.metrics import ModelMetrics
 from service.core.options import DetectParams
 from service.core.postprocess import Postprocessed, Postprocessor
 from service.core.preprocess import ImageInput, Pass, Preprocessor
@@ -129,7 +129,7 @@ class Detector:
         backend: Backend,
         batcher: DynamicBatcher,
         pool: Executor,
-        metrics: Metrics,
+        metrics: ModelMetrics,
         *,
         max_images: int,
         max_pixels: int,
@@ -229,7 +229,9 @@ class Detector:
                 for future in futures:  # after a failure: the batcher skips abandoned images
                     future.cancel()
 
-        return await self._race(outputs(), deadline, disconnected)
+        ran = await self._race(outputs(), deadline, disconnected)
+        self.metrics.detect_duration.observe(time.monotonic() - started)
+        return ran
 
     async def _run(
         self, files: Sequence[bytes], params: DetectParams, started: float, keep_images: bool, deadline: float
@@ -261,6 +263,7 @@ class Detector:
             submission.cancel()  # after a failure, a disconnect or the deadline: the batcher skips them
         images_out, merge_s = await self._merge_passes([item for item, _ in images], outputs, params)
         done_at = time.monotonic()
+        self.metrics.detect_duration.observe(done_at - started)
         self.metrics.images.inc(len(images_out))
         self.metrics.detections.inc(sum(len(i.detections) for i in images_out))
         timing = {

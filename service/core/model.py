@@ -25,7 +25,7 @@ from service.backends import Backend, BackendError
 from service.backends.factory import BackendFactory, load_checked_backend
 from service.core.batcher import DynamicBatcher
 from service.core.detector import Detector
-from service.core.metrics import Metrics
+from service.core.metrics import Metrics, ModelMetrics
 from service.manifest import ModelManifest, load_manifest
 from service.settings import Settings
 
@@ -48,6 +48,11 @@ class LoadedModel:
 
     def __post_init__(self) -> None:
         self._idle.set()
+
+    @property
+    def metrics(self) -> ModelMetrics:
+        """What this model records (labelled with its name and version)."""
+        return self.detector.metrics
 
     @contextlib.contextmanager
     def use(self) -> Iterator[Detector]:
@@ -148,12 +153,14 @@ async def load_model(
     )
     backend, max_batch = await asyncio.to_thread(load_checked_backend, for_model, manifest, factory)
     log.info("loaded %s (%s) with %r, batches up to %d", model_dir, manifest.arch, backend, max_batch)
+    name = settings.v2_model_name if name is None else name
+    recorded = metrics.for_model(name, version)
     batcher = DynamicBatcher(
         backend.infer,
         max_batch_size=max_batch,
         max_delay_s=settings.max_delay_ms / 1000,
         queue_size=settings.queue_size,
-        metrics=metrics,
+        metrics=recorded,
         workers=backend.concurrency,
         lookahead=1 if backend.accelerator else 0,  # the ready batch: GPUs only
         background_alone=not backend.accelerator,  # stream frames one at a time, beside no request
@@ -164,12 +171,11 @@ async def load_model(
         backend,
         batcher,
         pool,
-        metrics,
+        recorded,
         max_images=settings.max_images_per_request,
         max_pixels=settings.max_image_pixels,
         reduced_decode=settings.jpeg_reduced_decode,
         max_tiles=settings.max_tiles_per_image,
         timeout_s=settings.request_timeout_s,
     )
-    name = settings.v2_model_name if name is None else name
     return LoadedModel(model_dir, manifest, backend, batcher, detector, max_batch, name, version)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.core.metrics import Metrics
+from service.core.metrics import ModelMetrics
 from service.core.options import DetectParams
 from service.core.tiling import MATCH_IOS
 from service.processing import (
@@ -34,7 +34,7 @@ class Postprocessed:
 class Postprocessor:
     """For one backend's head (what it answers: top-K rows or raw rows)."""
 
-    def __init__(self, head: Head, metrics: Metrics) -> None:
+    def __init__(self, head: Head, metrics: ModelMetrics) -> None:
         self._head, self._metrics = head_layout(head), metrics
 
     def detections(self, output: np.ndarray, lb: Letterbox, params: DetectParams) -> Detections:

@@ -183,6 +183,7 @@ class Reloader:
         old = [m for v in sorted(replaced) if (m := state.models.find(name, v)) is not None]
         for model in old:
             state.models.remove(name, model.version)
+            model.metrics.remove_info()  # a version served again gets its own below
         for model in new:
             state.serve(model)
         state.retiring.update(old)
@@ -201,6 +202,9 @@ class Reloader:
                 await asyncio.to_thread(return_freed_memory)
         finally:
             state.retiring.difference_update(old)
+        for model in old:
+            if state.models.find(model.name, model.version) is None:  # not served again: its series go
+                model.metrics.remove()
         return Switched(new, old, load_s, warmup_s, time.monotonic() - retire_started, all(released))
 
     async def _load_all(self, wanted: list[ModelVersion]) -> tuple[list[LoadedModel], float]:

@@ -16,6 +16,7 @@ from service.core.metrics import Metrics
 from service.core.model import LoadedModel
 from service.core.model_set import ModelSet
 from service.core.watchdog import BackendWatchdog
+from service.logs import MODEL
 from service.manifest import ModelManifest
 from service.settings import Settings
 
@@ -121,14 +122,11 @@ class ServiceState:
 
     def serve(self, model: LoadedModel) -> None:
         """Make `model` the one new requests for its name and version take (one assignment: no
-        await between readers), and say so in `yolor_model_info` (the default model's only: labels
-        per model are to come)."""
+        await between readers), and say so in `yolor_model_info`."""
         self.models.put(model)
         if self.models.default is None:
             self.models.default = model.name
-        if model is not self.model:
-            return
-        self.metrics.set_model(
+        model.metrics.info(
             arch=model.manifest.arch,
             backend=model.backend.name,
             precision=model.backend.precision,
@@ -145,4 +143,6 @@ class ServiceState:
         the default model) at `version` (default: its newest); 503 unless ready, 404 (UnknownModel)
         when no such model is loaded."""
         self.readiness.check()
-        return self.models.get(name, version)
+        model = self.models.get(name, version)
+        MODEL.set(f"{model.name}:{model.version}")  # this task's log records say so
+        return model

@@ -34,8 +34,7 @@ class Target:
 
     def take(self, state: ServiceState) -> LoadedModel:
         """The loaded model a request holds: 503 unless ready, UnknownModel if no longer loaded."""
-        state.readiness.check()
-        return self.loaded(state)
+        return state.current(self.model, self.version)
 
     def loaded(self, state: ServiceState) -> LoadedModel:
         model = state.models.find(self.model, self.version)

@@ -33,7 +33,7 @@ RULE_TESTS = PROMETHEUS_DIR / "alerts.test.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "yolor.json"
 
 # What Grafana substitutes before sending a dashboard query (any positive window is fine here).
-GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__interval": "15s", "$__range": "5m"}
+GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__interval": "15s", "$__range": "5m", "$model": ".*"}
 THRESHOLD_ALERT = re.compile(
     r"^(?P<quantity>.+?)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<threshold>-?[0-9.]+(?:e-?\d+)?)$"
 )
@@ -255,7 +255,8 @@ LABEL_FACTS = [
     'yolor_requests_total{route="unmatched", status="404"}',
     'yolor_rejected_total{reason="invalid_image"}',
     'yolor_request_duration_seconds_bucket{route="/detect", le="+Inf"}',
-    'yolor_model_info{arch!="", backend!="", precision!="", max_batch!=""}',
+    'yolor_model_info{model!="", version!="", arch!="", backend!="", precision!="", max_batch!=""}',
+    'yolor_images_total{model!="", version!=""}',
     'yolor_stream_frames_total{stage="processed"} > 0',
     'yolor_stream_state{state="running"} == 1',
 ]

@@ -17,6 +17,8 @@ pytestmark = [pytest.mark.unit, pytest.mark.anyio]
 
 TIMEOUT = 5.0  # every await in these tests is bounded: a hang fails instead of blocking the suite
 
+LABELS = {"model": "m", "version": "1"}  # what Metrics().for_model("m", 1) records under
+
 
 def item(value: float) -> np.ndarray:
     return np.full((1, 2, 2), value, np.float32)
@@ -58,7 +60,7 @@ async def started(
         max_batch_size=max_batch_size,
         max_delay_s=max_delay_s,
         queue_size=queue_size,
-        metrics=metrics or Metrics(),
+        metrics=metrics or Metrics().for_model("m", 1),
         lookahead=1 if accelerator else 0,
         background_alone=background_alone,
     )
@@ -147,7 +149,12 @@ async def test_unannounced_items_do_not_hold_a_batch_back():
 async def test_queued_images_are_shared_between_idle_workers(workers, sizes):
     model = Model()
     batcher = DynamicBatcher(
-        model, max_batch_size=8, max_delay_s=0.5, queue_size=64, metrics=Metrics(), workers=workers
+        model,
+        max_batch_size=8,
+        max_delay_s=0.5,
+        queue_size=64,
+        metrics=Metrics().for_model("m", 1),
+        workers=workers,
     )
     await batcher.start()
     futures = batcher.submit([item(i) for i in range(4)], later())  # all queued before the loop runs
@@ -179,7 +186,12 @@ async def test_workers_keep_that_many_batches_in_the_backend_at_once():
 
     model = Counting()
     batcher = DynamicBatcher(
-        model, max_batch_size=2, max_delay_s=0.0, queue_size=64, metrics=Metrics(), workers=2
+        model,
+        max_batch_size=2,
+        max_delay_s=0.0,
+        queue_size=64,
+        metrics=Metrics().for_model("m", 1),
+        workers=2,
     )
     await batcher.start()
     try:
@@ -439,7 +451,7 @@ async def test_stop_drains_accepted_work_then_refuses():
 
 async def test_stop_after_its_timeout_fails_what_is_left_instead_of_hanging():
     model = Model(gated=True)
-    registered = Metrics()
+    registered = Metrics().for_model("m", 1)
     batcher = await started(model, max_batch_size=1, metrics=registered)
     try:
         futures = batcher.submit([item(i) for i in range(3)], later())
@@ -452,7 +464,7 @@ async def test_stop_after_its_timeout_fails_what_is_left_instead_of_hanging():
         model.release.set()
     assert all(isinstance(o, ShuttingDown) for o in outputs)  # the in-flight one and the queued ones
     metrics = registered.registry
-    assert metrics.get_sample_value("yolor_dropped_images_total", {"reason": "shutdown"}) == 3
+    assert metrics.get_sample_value("yolor_dropped_images_total", {**LABELS, "reason": "shutdown"}) == 3
 
 
 async def test_stop_waits_for_the_batch_in_the_worker_within_its_timeout():
@@ -471,7 +483,7 @@ async def test_stop_waits_for_the_batch_in_the_worker_within_its_timeout():
 
 async def test_abandoned_and_expired_images_are_counted_as_dropped():
     model = Model(gated=True)
-    registered = Metrics()
+    registered = Metrics().for_model("m", 1)
     batcher = await started(model, max_batch_size=1, metrics=registered)
     try:
         running = batcher.submit([item(0)], later())
@@ -488,29 +500,29 @@ async def test_abandoned_and_expired_images_are_counted_as_dropped():
     await batcher.stop(TIMEOUT)
     assert isinstance(outcome[0], DeadlineExceeded) and model.sizes == [1]
     metrics = registered.registry
-    assert metrics.get_sample_value("yolor_dropped_images_total", {"reason": "abandoned"}) == 2
-    assert metrics.get_sample_value("yolor_dropped_images_total", {"reason": "expired"}) == 1
+    assert metrics.get_sample_value("yolor_dropped_images_total", {**LABELS, "reason": "abandoned"}) == 2
+    assert metrics.get_sample_value("yolor_dropped_images_total", {**LABELS, "reason": "expired"}) == 1
 
 
 async def test_metrics_are_recorded_around_each_batch():
-    metrics = Metrics()
+    metrics = Metrics().for_model("m", 1)
     model = Model(gated=True)
     batcher = DynamicBatcher(model, max_batch_size=2, max_delay_s=0.01, queue_size=8, metrics=metrics)
     await batcher.start()
     try:
         futures = batcher.submit([item(i) for i in range(3)], later())
         await wait_for_event(model.entered)
-        assert metrics.registry.get_sample_value("yolor_inflight_batches") == 1
-        assert metrics.registry.get_sample_value("yolor_queue_depth") == 1
+        assert metrics.registry.get_sample_value("yolor_inflight_batches", LABELS) == 1
+        assert metrics.registry.get_sample_value("yolor_queue_depth", LABELS) == 1
     finally:
         model.release.set()
     await results(futures)
     await batcher.stop(TIMEOUT)
     sample = metrics.registry.get_sample_value
-    assert sample("yolor_inflight_batches") == 0
-    assert (sample("yolor_batch_size_count"), sample("yolor_batch_size_sum")) == (2, 3)
-    assert sample("yolor_queue_wait_seconds_count") == 3
-    assert sample("yolor_inference_seconds_count") == 2
+    assert sample("yolor_inflight_batches", LABELS) == 0
+    assert (sample("yolor_batch_size_count", LABELS), sample("yolor_batch_size_sum", LABELS)) == (2, 3)
+    assert sample("yolor_queue_wait_seconds_count", LABELS) == 3
+    assert sample("yolor_inference_seconds_count", LABELS) == 2
 
 
 class TwoGates(Model):
@@ -596,7 +608,7 @@ async def test_images_of_the_ready_batch_count_against_the_queue_bound():
 
 async def test_images_of_the_ready_batch_abandoned_or_expired_while_it_waits_are_not_run():
     model = TwoGates()
-    registered = Metrics()
+    registered = Metrics().for_model("m", 1)
     batcher = await started(model, max_batch_size=3, max_delay_s=0.0, accelerator=True, metrics=registered)
     try:
         running = batcher.submit([item(0)], later())
@@ -615,9 +627,9 @@ async def test_images_of_the_ready_batch_abandoned_or_expired_while_it_waits_are
     assert isinstance(outputs[1], DeadlineExceeded)
     assert float(outputs[2].output[0]) == 30 and outputs[2].batch_size == 1
     sample = registered.registry.get_sample_value
-    assert sample("yolor_dropped_images_total", {"reason": "abandoned"}) == 1
-    assert sample("yolor_dropped_images_total", {"reason": "expired"}) == 1
-    assert (sample("yolor_batch_size_count"), sample("yolor_batch_size_sum")) == (2, 2)
+    assert sample("yolor_dropped_images_total", {**LABELS, "reason": "abandoned"}) == 1
+    assert sample("yolor_dropped_images_total", {**LABELS, "reason": "expired"}) == 1
+    assert (sample("yolor_batch_size_count", LABELS), sample("yolor_batch_size_sum", LABELS)) == (2, 2)
 
 
 @pytest.mark.parametrize("accelerator", [True, False])

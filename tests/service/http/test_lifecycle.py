@@ -34,6 +34,8 @@ from tests.support.model_files import write_model_dir
 
 pytestmark = [pytest.mark.api]
 
+MODEL = {"model": "yolor", "version": "1"}  # the labels of what the one model records
+
 
 class Recorder(FakeBackend):
     """A fake whose batches take `hold_s` (or until `release` is set) and which records, without the
@@ -178,15 +180,21 @@ def test_a_client_that_disconnects_gives_up_its_queued_images(tmp_path):
             wait_for(gate.entered.is_set, "the first image is in the backend")
             sock, raw = _raw_request(url, red=200)
             sock.sendall(raw)
-            wait_for(lambda: metrics.get_sample_value("yolor_queue_depth") == 1, "the second image queued")
+            wait_for(
+                lambda: metrics.get_sample_value("yolor_queue_depth", MODEL) == 1, "the second image queued"
+            )
             sock.close()
-            wait_for(lambda: metrics.get_sample_value("yolor_client_disconnects_total") == 1, "disconnect")
+            wait_for(
+                lambda: metrics.get_sample_value("yolor_client_disconnects_total", MODEL) == 1, "disconnect"
+            )
         finally:
             gate.release.set()
             holder.join(WAIT_S)
         assert first["r"].status_code == 200
         wait_for(
-            lambda: metrics.get_sample_value("yolor_dropped_images_total", {"reason": "abandoned"}) == 1,
+            lambda: (
+                metrics.get_sample_value("yolor_dropped_images_total", {**MODEL, "reason": "abandoned"}) == 1
+            ),
             "the batcher dropped the abandoned image",
         )
         assert seen == [30]  # the disconnected client's image never reached the backend

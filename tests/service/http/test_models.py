@@ -4,7 +4,10 @@ it names, the default model for one that names none, 404 with the list for one n
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.core.repository import RepositoryError, startup
+from service.logs import JsonFormatter
 from service.settings import Settings
 from tests.support.app import assert_error, encode, files, running, solid
 from tests.support.model_files import write_model_dir
@@ -166,3 +170,20 @@ async def test_sighup_re_reads_the_repository(tmp_path: Path) -> None:
         assert_error(
             await client.post("/detect", files=files(IMAGE)), 404, "unknown_model"
         )  # big was the default
+
+
+async def test_the_log_records_of_a_request_name_the_model_it_took(tmp_path: Path) -> None:
+    """JSON log lines carry `model` (name:version) in the task that took it, and only there."""
+    app = repository_app(repository(tmp_path, all_versions=True))
+
+    def line() -> dict[str, Any]:
+        record = logging.LogRecord("yolor", logging.INFO, __file__, 1, "answered", None, None)
+        return json.loads(JsonFormatter().format(record))
+
+    async def request() -> dict[str, Any]:
+        app.state.service.current("small", 1)
+        return line()
+
+    async with running(app):
+        assert (await asyncio.create_task(request()))["model"] == "small:1"
+        assert "model" not in line()  # another task: another request's model does not leak into it

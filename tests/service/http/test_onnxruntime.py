@@ -72,7 +72,7 @@ async def test_concurrent_requests_share_onnxruntime_batches(onnx_app):
     assert info["backend"] == "onnxruntime" and "CPUExecutionProvider" in info["device"]
     assert [r.status_code for r in responses] == [200] * 6
     assert [r.json()["results"][0]["width"] for r in responses] == [100, 60, 64] * 2  # each got its own
-    batches = float(metrics.split("yolor_batch_size_count ")[1].split()[0])
+    batches = float(metrics.split('yolor_batch_size_count{model="yolor",version="1"} ')[1].split()[0])
     assert batches < 6  # at least two requests were run together
 
 

@@ -94,7 +94,11 @@ STREAMS = {"/streams", "/streams/{stream_id}", "/streams/{stream_id}/events", "/
 
 # Nor the model repository's load and unload (they change what the server serves; a valid one names
 # a model of the repository) and its index (tests/service/kserve/test_repository.py).
-REPOSITORY = {"/v2/repository/index", "/v2/repository/models/{name}/load", "/v2/repository/models/{name}/unload"}
+REPOSITORY = {
+    "/v2/repository/index",
+    "/v2/repository/models/{name}/load",
+    "/v2/repository/models/{name}/unload",
+}
 
 
 def test_every_operation_but_reload_is_fuzzed(api_schema):

@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.app import (
     Gate,
@@ -82,13 +83,16 @@ async def test_model_endpoint(tmp_path):
     assert info["head"] == "topk" and info["output"]["shape"] == ["batch", 4, 6]
 
 
+MODEL = {"model": "yolor", "version": "1"}  # the one model's labels
+
+
 def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format."""
-    label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    pattern = re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)$"
-    match = re.search(pattern, text, re.MULTILINE)
-    assert match, f"no {name}{{{label_text}}} in metrics"
-    return float(match.group(1))
+    """The value of the sample `name` with exactly `labels` in Prometheus text format."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"no {name}{labels} in metrics")
 
 
 async def test_metrics_after_requests(tmp_path):
@@ -103,23 +107,27 @@ async def test_metrics_after_requests(tmp_path):
     assert metric(text, "yolor_requests_total", route="/detect", status="200") == 2
     assert metric(text, "yolor_requests_total", route="/detect", status="415") == 1
     assert metric(text, "yolor_request_duration_seconds_count", route="/detect") == 3
-    assert metric(text, "yolor_images_total") == 4
-    assert metric(text, "yolor_detections_total") == 3 * 2 + 1
+    assert metric(text, "yolor_images_total", **MODEL) == 4
+    assert metric(text, "yolor_detections_total", **MODEL) == 3 * 2 + 1
     assert metric(text, "yolor_rejected_total", reason="invalid_image") == 1
     # Served batches only (warm-up is not counted): one of 3 images, one of 1.
-    assert metric(text, "yolor_batch_size_count") == 2
-    assert metric(text, "yolor_batch_size_sum") == 4
-    assert metric(text, "yolor_batch_size_bucket", le="2.0") == 1
-    assert metric(text, "yolor_queue_wait_seconds_count") == 4
-    assert metric(text, "yolor_preprocess_seconds_count") == 4
-    assert metric(text, "yolor_postprocess_seconds_count") == 4
-    assert metric(text, "yolor_inference_seconds_count") == 2  # warm-up batches are not served requests
-    assert metric(text, "yolor_queue_depth") == 0
-    assert metric(text, "yolor_inflight_batches") == 0
+    assert metric(text, "yolor_batch_size_count", **MODEL) == 2
+    assert metric(text, "yolor_batch_size_sum", **MODEL) == 4
+    assert metric(text, "yolor_batch_size_bucket", **MODEL, le="2.0") == 1
+    assert metric(text, "yolor_queue_wait_seconds_count", **MODEL) == 4
+    assert metric(text, "yolor_preprocess_seconds_count", **MODEL) == 4
+    assert metric(text, "yolor_postprocess_seconds_count", **MODEL) == 4
+    assert (
+        metric(text, "yolor_inference_seconds_count", **MODEL) == 2
+    )  # warm-up batches are not served requests
+    assert metric(text, "yolor_model_request_duration_seconds_count", **MODEL) == 2  # answered by the model
+    assert metric(text, "yolor_queue_depth", **MODEL) == 0
+    assert metric(text, "yolor_inflight_batches", **MODEL) == 0
     assert (
         metric(
             text,
             "yolor_model_info",
+            **MODEL,
             arch="tiny-test",
             backend="fake",
             max_batch="4",
@@ -139,7 +147,7 @@ async def test_separate_apps_have_separate_metrics(tmp_path):
         await client.post("/detect", files=files(IMAGE))
     async with running(second) as client:
         text = (await client.get("/metrics")).text
-    assert metric(text, "yolor_images_total") == 0
+    assert metric(text, "yolor_images_total", **MODEL) == 0
 
 
 KEY = "s3cret-key-1"

@@ -71,7 +71,10 @@ async def test_tiles_find_every_small_object_once(tmp_path, merge):
     assert sorted(iou.argmax(axis=1).tolist()) == list(range(len(truth)))
     assert iou.max(axis=1).min() > 0.75
     assert sum(made["backend"].batch_sizes) == 81 and max(made["backend"].batch_sizes) == MAX_BATCH  # batched
-    assert "yolor_tiles_per_image_count 1.0" in metrics and "yolor_tiles_per_image_sum 80.0" in metrics
+    assert (
+        'yolor_tiles_per_image_count{model="yolor",version="1"} 1.0' in metrics
+        and 'yolor_tiles_per_image_sum{model="yolor",version="1"} 80.0' in metrics
+    )
 
 
 async def test_auto_tiles_only_large_images_and_the_default_window_grows_to_the_limit(tmp_path):
@@ -198,4 +201,4 @@ async def test_a_bad_file_fails_the_request_and_gives_up_the_windows_already_que
     assert good.status_code == 200 and good.json()["results"][0]["tiles"] == 80
     ran = sum(made["backend"].batch_sizes)
     assert 81 <= ran < 2 * 81  # the failed request's windows did not all run: the ones queued were dropped
-    assert "yolor_queue_depth 0.0" in metrics
+    assert 'yolor_queue_depth{model="yolor",version="1"} 0.0' in metrics

@@ -70,8 +70,8 @@ async def test_max_frames_and_stride_pick_the_frames(tmp_path, clip):
         assert [line.get("frame") for line in lines[:-1]] == [0, 5]
         assert lines[-1]["summary"]["frames_processed"] == 2
         metrics = (await client.get("/metrics")).text
-        assert 'yolor_video_frames_total{state="processed"} 2.0' in metrics
-        assert "yolor_video_requests_total 1.0" in metrics
+        assert 'yolor_video_frames_total{model="yolor",state="processed",version="1"} 2.0' in metrics
+        assert 'yolor_video_requests_total{model="yolor",version="1"} 1.0' in metrics
 
 
 @pytest.mark.slow  # several real clips refused over HTTP
@@ -128,7 +128,7 @@ def test_a_client_that_goes_away_stops_the_decoding(tmp_path):
     metrics = app.state.service.metrics
 
     def decoded() -> float:
-        return metrics.video_frames.labels(state="decoded")._value.get()
+        return metrics.video_frames.labels(model="yolor", version="1", state="decoded")._value.get()
 
     with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200, "the server never became ready")

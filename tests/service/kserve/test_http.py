@@ -151,8 +151,8 @@ def test_concurrent_clients_are_batched_together(tmp_path):
         metrics = httpx.get(f"{url}/metrics").text
     assert made["backend"].batch_sizes == [1, 2]
     # the batch-size histogram: one batch of 1, one of 2
-    assert 'yolor_batch_size_bucket{le="1.0"} 1.0' in metrics
-    assert 'yolor_batch_size_bucket{le="2.0"} 2.0' in metrics
+    assert 'yolor_batch_size_bucket{le="1.0",model="yolor",version="1"} 1.0' in metrics
+    assert 'yolor_batch_size_bucket{le="2.0",model="yolor",version="1"} 2.0' in metrics
     expected = topk_rows(rows)(batch)
     for got in results:
         np.testing.assert_array_equal(got, expected)
