@@ -188,6 +188,11 @@ def startup(settings: Settings) -> tuple[list[ModelVersion], str, dict[str, str]
     repository = scan(settings.model_repository)
     names = settings.models or list(repository.models)
     if not names:
+        if (repository.root / MANIFEST_NAME).is_file():
+            raise RepositoryError(
+                f"YOLOR_MODEL_REPOSITORY: {repository.root} is one model folder, not a repository: serve "
+                f"it with YOLOR_MODEL_DIR, or move it into {repository.root}/<name>/"
+            )
         raise RepositoryError(f"YOLOR_MODEL_REPOSITORY: no model in {repository.root}{_why(repository)}")
     chosen = []
     for name in names:

@@ -95,6 +95,8 @@ def test_what_start_up_loads_and_its_refusals(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(RepositoryError, match="no model in"):
         startup(Settings(model_repository=tmp_path / "empty"))
+    with pytest.raises(RepositoryError, match="is one model folder, not a repository"):
+        startup(Settings(model_repository=root / "big"))
     with pytest.raises(ValidationError, match="choose from model_repository"):
         Settings(models=["small"])
     with pytest.raises(ValidationError, match="is not one of models"):
