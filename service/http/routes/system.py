@@ -80,7 +80,7 @@ async def model(state: StateDep, choice: Annotated[ModelChoice, Query()]) -> Mod
 
 def _loaded(state: ServiceState, choice: ModelChoice) -> LoadedModel:
     """The model `choice` names (503 before any is loaded, 404 when it names none loaded)."""
-    if state.model is None:
+    if not state.models.names() and not state.readiness.ready:
         raise NotReady(f"not ready: {state.readiness.why_not}")
     return state.models.get(choice.model, choice.version)
 

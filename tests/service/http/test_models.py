@@ -17,11 +17,12 @@ import pytest
 from pydantic import ValidationError
 
 from service.core.repository import RepositoryError, startup
+from service.http.app import create_app
 from service.logs import JsonFormatter
 from service.settings import Settings
 from tests.support.app import assert_error, encode, files, running, solid
 from tests.support.model_files import write_model_dir
-from tests.support.repository import SIZES, repository, repository_app, score
+from tests.support.repository import SIZES, repository, repository_app, score, scored_by_size
 
 pytestmark = [pytest.mark.api, pytest.mark.anyio]
 
@@ -172,6 +173,8 @@ async def test_sighup_re_reads_the_repository(tmp_path: Path) -> None:
         assert_error(
             await client.post("/detect", files=files(IMAGE)), 404, "unknown_model"
         )  # big was the default
+        assert_error(await client.get("/model"), 404, "unknown_model")
+        assert (await client.get("/model", params={"model": "late"})).json()["input_size"] == 32
 
 
 async def test_the_log_records_of_a_request_name_the_model_it_took(tmp_path: Path) -> None:
@@ -189,3 +192,31 @@ async def test_the_log_records_of_a_request_name_the_model_it_took(tmp_path: Pat
     async with running(app):
         assert (await asyncio.create_task(request()))["model"] == "small:1"
         assert "model" not in line()  # another task: another request's model does not leak into it
+
+
+async def test_a_load_that_fails_changes_nothing(tmp_path: Path) -> None:
+    """A load whose last version is broken: 422 reload_failed naming it, the loaded versions keep
+    serving (the very same objects), and the versions this load had loaded before it are closed."""
+    root = repository(tmp_path, all_versions=True)
+    made: list[Any] = []
+
+    def recording(settings: Settings, manifest: Any) -> Any:
+        made.append(scored_by_size(settings, manifest))
+        return made[-1]
+
+    key = "admin-key-of-a-test"
+    app = create_app(Settings(model_repository=root, admin_keys=[key]), backend_factory=recording)
+    async with running(app) as client:
+        state = app.state.service
+        before = {(m.name, m.version): m for m in state.models}
+        loaded_at_start = len(made)
+        shutil.copytree(root / "small" / "2", root / "small" / "3")  # loaded first (newest first)
+        (root / "small" / "1" / "model.json").write_text('{"format": "yolor-serving/model/1", "arch": ')
+        refused = await client.post("/v2/repository/models/small/load", headers={"X-API-Key": key})
+        assert refused.status_code == 422 and "small/1" in refused.json()["error"], refused.text
+        assert {(m.name, m.version): m for m in state.models} == before
+        assert await answered_by(client, {"model": "small", "version": 1}) == pytest.approx(score(64))
+        assert len(made) == loaded_at_start + 2  # versions 3 and 2, read again; 1 failed before its backend
+        assert all(backend.closed for backend in made[loaded_at_start:])
+        assert not any(m.backend.closed for m in state.models)
+        assert state.metrics.reloads.labels(result="failed")._value.get() == 1
