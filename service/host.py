@@ -5,6 +5,7 @@ Needs nothing beyond the standard library (`yolor bench gpu` reads it on a GPU h
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def host_cpu_count() -> int:
@@ -13,3 +14,15 @@ def host_cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def resident_mb(pid: int | str = "self") -> float:
+    """The process's resident memory (VmRSS) in MB; 0.0 where /proc is not there (not Linux)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0.0
+    for line in lines:
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

@@ -56,6 +56,22 @@ class Settings(BaseSettings):
         description="the model of requests that name none; default: the first of models, else the "
         "repository's first by name",
     )
+    load_on_demand: bool = Field(
+        default=False,
+        description="a request naming a repository model that is not loaded loads it first (it then may "
+        "be unloaded again, least recently used first, to keep within max_models / model_memory_mb)",
+    )
+    max_models: int | None = Field(
+        default=None,
+        ge=1,
+        description="most model versions loaded at once (models loaded on demand give way)",
+    )
+    model_memory_mb: int | None = Field(
+        default=None,
+        ge=1,
+        description="most resident memory the loaded models take, each measured as it loads (models "
+        "loaded on demand give way)",
+    )
     backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
     device: str = Field(
         default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda, cuda:N"
@@ -186,8 +202,10 @@ class Settings(BaseSettings):
             raise ValueError(f"queue_size ({self.queue_size}) < max_batch_size ({self.max_batch_size})")
         if self.max_delay_ms / 1000 >= self.request_timeout_s:
             raise ValueError("max_delay_ms must be well below request_timeout_s")
-        if (self.models or self.default_model) and self.model_repository is None:
-            raise ValueError("models and default_model choose from model_repository: set it too")
+        if (self.models or self.default_model or self.load_on_demand) and self.model_repository is None:
+            raise ValueError(
+                "models, default_model and load_on_demand choose from model_repository: set it too"
+            )
         if self.default_model and self.models and self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not one of models {self.models}")
         if self.backend in ("tensorrt", "torch") and self.device == "cpu":

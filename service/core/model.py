@@ -14,6 +14,7 @@ import ctypes
 import gc
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ class LoadedModel:
     name: str = "yolor"  # what requests call it (service.core.model_set)
     version: int = 1
     users: int = 0
+    last_used: float = 0.0  # time.monotonic() of the last request that took it
+    on_demand: bool = False  # loaded for a request (YOLOR_LOAD_ON_DEMAND): it may give way to another
+    memory_mb: float = 0.0  # resident memory its load and warm-up added (0: not measured)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _closing: asyncio.Future[bool] | None = None
 
@@ -58,6 +62,7 @@ class LoadedModel:
     def use(self) -> Iterator[Detector]:
         """Hold this model for one request (its detector); `drain` waits for every holder."""
         self.users += 1
+        self.last_used = time.monotonic()
         self._idle.clear()
         try:
             yield self.detector

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.backends.factory import BackendFactory
-from service.core.errors import ReloadFailed, ReloadUnavailable, UnknownModel
+from service.core.errors import Overloaded, ReloadFailed, ReloadUnavailable, UnknownModel
 from service.core.model import LoadedModel, load_model, return_freed_memory
 from service.core.repository import ModelVersion, RepositoryError, scan
 from service.core.state import ServiceState
+from service.host import resident_mb
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,53 @@ class Reloader:
             if not self._state.models.versions(name):
                 raise UnknownModel(f"model {name!r} is not loaded; models: {self._state.models.listing()}")
             return await self._switch(name, [], keep_others=False)
+
+    async def load_on_demand(self, name: str, version: int | None) -> None:
+        """A request named `name` (at `version`), which is not loaded: load it from the repository
+        (YOLOR_LOAD_ON_DEMAND), first unloading the least recently used models loaded on demand
+        that no request holds while YOLOR_MAX_MODELS would be exceeded, then, once it is measured,
+        while YOLOR_MODEL_MEMORY_MB is. UnknownModel when the repository has no such model or
+        version; Overloaded (503, retry) when no model can give way."""
+        async with self._lock:
+            if self._state.models.find(name, version) is not None:
+                return  # loaded meanwhile, for another request
+            wanted = self._versions(name)
+            if version is not None and version not in {w.version for w in wanted}:
+                raise UnknownModel(f"model {name!r} version {version} is not one its version policy serves")
+            limit = self._state.settings.max_models
+            while limit is not None and len(list(self._state.models)) + len(wanted) > limit:
+                await self._give_way(name, f"YOLOR_MAX_MODELS={limit}")
+            before = resident_mb()
+            done = await self._switch(name, wanted, keep_others=False)
+            added = max(0.0, resident_mb() - before) / max(1, len(done.loaded))
+            for model in done.loaded:
+                model.on_demand, model.memory_mb, model.last_used = True, added, time.monotonic()
+            budget = self._state.settings.model_memory_mb
+            while budget is not None and sum(m.memory_mb for m in self._state.models) > budget:
+                try:
+                    await self._give_way(name, f"YOLOR_MODEL_MEMORY_MB={budget}")
+                except Overloaded as e:
+                    log.warning("over the memory budget: %s", e.message)
+                    break
+
+    async def _give_way(self, loading: str, limit: str) -> None:
+        """Unload the model loaded on demand that was used least recently, of those no request holds
+        (never `loading`, nor a model loaded at start-up or through the repository API)."""
+        held: dict[str, list[LoadedModel]] = {}
+        for model in self._state.models:
+            held.setdefault(model.name, []).append(model)
+        candidates = [
+            versions
+            for name, versions in held.items()
+            if name != loading and all(m.on_demand and m.users == 0 for m in versions)
+        ]
+        if not candidates:
+            raise Overloaded(
+                f"{limit}: no loaded model can give way to {loading!r} (all in use or pinned); retry"
+            )
+        victim = min(candidates, key=lambda versions: max(m.last_used for m in versions))[0].name
+        log.info("unloading %s (least recently used) to keep within %s", victim, limit)
+        await self._switch(victim, [], keep_others=False)
 
     async def reload_on_signal(self) -> None:
         """SIGHUP: once the change running now (if any) is done, re-read. A model folder: the default

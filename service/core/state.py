@@ -138,6 +138,14 @@ class ServiceState:
         """Seconds the oldest batch now in any loaded model's backend has been running (0.0: none)."""
         return max((m.batcher.inflight_age() for m in [*self.retiring, *self.models]), default=0.0)
 
+    async def take(self, name: str | None = None, version: int | None = None) -> LoadedModel:
+        """`current`, after loading `name` when it is not loaded and YOLOR_LOAD_ON_DEMAND allows
+        (service.core.reload.Reloader.load_on_demand: the request waits for the load)."""
+        self.readiness.check()
+        if name is not None and self.settings.load_on_demand and self.models.find(name, version) is None:
+            await self.reloads.load_on_demand(name, version)
+        return self.current(name, version)
+
     def current(self, name: str | None = None, version: int | None = None) -> LoadedModel:
         """The model a request takes (`with state.current().use() as detector`): `name` (default:
         the default model) at `version` (default: its newest); 503 unless ready, 404 (UnknownModel)

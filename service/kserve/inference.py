@@ -14,7 +14,7 @@ from service.core.detector import Detector, Disconnected
 from service.core.errors import InvalidTensor, ServiceError, UnknownModel
 from service.core.model import LoadedModel
 from service.core.options import DetectParams
-from service.core.repository import IMAGE_SUFFIX
+from service.core.repository import IMAGE_SUFFIX, RepositoryError, scan
 from service.core.state import ServiceState
 from service.kserve import models
 from service.kserve.statistics import ModelStatistics, StatisticsBook
@@ -32,9 +32,10 @@ class Target:
     model: str  # the model set's name
     version: int | None  # None: the newest loaded
 
-    def take(self, state: ServiceState) -> LoadedModel:
-        """The loaded model a request holds: 503 unless ready, UnknownModel if no longer loaded."""
-        return state.current(self.model, self.version)
+    async def take(self, state: ServiceState) -> LoadedModel:
+        """The loaded model a request holds: 503 unless ready, UnknownModel if not loaded (after
+        loading it, with YOLOR_LOAD_ON_DEMAND)."""
+        return await state.take(self.model, self.version)
 
     def loaded(self, state: ServiceState) -> LoadedModel:
         model = state.models.find(self.model, self.version)
@@ -56,13 +57,26 @@ def _unknown(state: ServiceState, name: str, version: object) -> UnknownModel:
     return UnknownModel(f"Request for unknown model: {what} is not found; models: {state.models.listing()}")
 
 
+def _loadable(state: ServiceState, name: str) -> bool:
+    """A model of the repository that a request may load (YOLOR_LOAD_ON_DEMAND)."""
+    root = state.settings.model_repository
+    if not state.settings.load_on_demand or root is None:
+        return False
+    try:
+        return scan(root).model(name) is not None
+    except RepositoryError:
+        return False
+
+
 def target(state: ServiceState, name: str, version: str | None) -> Target:
-    """The loaded model `name` and `version` (a string of digits; empty or None: the newest) name;
-    UnknownModel (404, listing the models) when none is loaded."""
+    """The loaded model `name` and `version` (a string of digits; empty or None: the newest) name,
+    or with YOLOR_LOAD_ON_DEMAND one of the repository's; UnknownModel (404, listing the models)
+    when there is none."""
     image = name.endswith(IMAGE_SUFFIX)
     base, kind = (name.removesuffix(IMAGE_SUFFIX), "image") if image else (name, "tensor")
     number = int(version) if version and version.isascii() and version.isdigit() else None  # not "²"
-    if (version and number is None) or state.models.find(base, number) is None:
+    held = state.models.find(base, number) is not None
+    if (version and number is None) or not (held or _loadable(state, base)):
         raise _unknown(state, name, version)
     return Target(name, cast(models.Kind, kind), base, number)
 
@@ -128,7 +142,7 @@ async def infer(
     takes the model `at` names once and holds it (a reload meanwhile retires it only afterwards):
     its tensors and batch limit are checked against that model. `at`: `target(...)`, resolved
     before the request's body is read."""
-    loaded = at.take(state)
+    loaded = await at.take(state)
     with loaded.use() as detector:
         model = models.Served(at.name, at.kind, loaded.manifest, loaded.version)
         limit = max_batch(state.settings, loaded.batcher, at.kind)

@@ -169,7 +169,7 @@ class Stream:
 
     async def _process(self, taken: SourceFrame) -> None:
         try:
-            with self._state.current(self.spec.model, self.spec.version).use() as detector:
+            with (await self._state.take(self.spec.model, self.spec.version)).use() as detector:
                 await self._detect(detector, taken)
         except NotReady:  # starting or reloading: this frame is skipped, the stream goes on
             self.dropped["not_ready"] += 1

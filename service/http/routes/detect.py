@@ -101,7 +101,7 @@ async def _detect(
     request's time and deadline start once its body is in."""
     started = time.monotonic()
     state: ServiceState = request.app.state.service
-    model = state.current(query.model, query.version)
+    model = await state.take(query.model, query.version)
     with model.use() as detector:
         disconnected = await client_disconnected(request)
         outcome = await detector.detect(

@@ -96,7 +96,7 @@ async def detect_video(request: Request) -> Response:
     async with contextlib.AsyncExitStack() as stack:
         # The upload's file is the clip's once it opens (closed by it, after its last decoding).
         try:
-            detector = stack.enter_context(state.current(query.model, query.version).use())
+            detector = stack.enter_context((await state.take(query.model, query.version)).use())
             params = DetectParams.of(query.options(), detector.manifest.class_names)
         except BaseException:
             upload.file.close()

@@ -9,6 +9,7 @@ import base64
 import json
 import logging
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from service.core.repository import RepositoryError, startup
 from service.http.app import create_app
 from service.logs import JsonFormatter
 from service.settings import Settings
-from tests.support.app import assert_error, encode, files, running, solid
+from tests.support.app import assert_error, encode, files, running, solid, wait_until
 from tests.support.model_files import write_model_dir
 from tests.support.repository import SIZES, repository, repository_app, score, scored_by_size
 
@@ -220,3 +221,85 @@ async def test_a_load_that_fails_changes_nothing(tmp_path: Path) -> None:
         assert all(backend.closed for backend in made[loaded_at_start:])
         assert not any(m.backend.closed for m in state.models)
         assert state.metrics.reloads.labels(result="failed")._value.get() == 1
+
+
+def loaded(app) -> set[tuple[str, int]]:
+    return {(m.name, m.version) for m in app.state.service.models}
+
+
+async def test_models_load_on_demand_and_the_least_recently_used_give_way(tmp_path: Path) -> None:
+    """YOLOR_LOAD_ON_DEMAND with YOLOR_MAX_MODELS=2: a request for a model of the repository loads
+    it; the model loaded on demand that was used least recently is unloaded to make room; the one
+    loaded at start-up never is."""
+    root = repository(tmp_path)  # small: its latest version, 2
+    write_model_dir(root / "third", input_size=32)
+    app = repository_app(root, models=["big"], load_on_demand=True, max_models=2)
+    async with running(app) as client:
+        assert loaded(app) == {("big", 1)}
+        assert await answered_by(client, {"model": "small"}) == pytest.approx(score(96))  # loaded for it
+        assert loaded(app) == {("big", 1), ("small", 2)}
+        assert await answered_by(client, {"model": "third"}) == pytest.approx(score(32))
+        assert loaded(app) == {("big", 1), ("third", 1)}  # small gave way, big is pinned
+        assert await answered_by(client, {"model": "big"}) == pytest.approx(score(128))
+        zeros = [0.0] * (3 * 96 * 96)
+        body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 3, 96, 96], "data": zeros}]}
+        answer = await client.post("/v2/models/small/infer", json=body)  # v2 loads on demand too
+        assert answer.status_code == 200 and answer.json()["model_version"] == "2", answer.text
+        assert loaded(app) == {("big", 1), ("small", 2)}
+        assert_error(
+            await client.post("/detect", params={"model": "nope"}, files=files(IMAGE)), 404, "unknown_model"
+        )
+        response = await client.post("/detect", params={"model": "small", "version": 1}, files=files(IMAGE))
+        assert_error(response, 404, "unknown_model")  # present, but not served by its policy
+
+
+async def test_a_model_with_requests_in_flight_never_gives_way(tmp_path: Path) -> None:
+    root = repository(tmp_path)
+    write_model_dir(root / "third", input_size=32)
+    release = threading.Event()
+
+    def factory(settings: Settings, manifest: Any) -> Any:
+        backend = scored_by_size(settings, manifest)
+        if manifest.input_size == 96:  # small: each batch waits for `release`
+            run = backend._fn
+            backend._fn = lambda batch: (release.wait(10), run(batch))[1]
+        return backend
+
+    settings = Settings(
+        model_repository=root, models=["big"], load_on_demand=True, max_models=2, warmup=False
+    )
+    app = create_app(settings, backend_factory=factory)
+    async with running(app) as client:
+        release.set()
+        await answered_by(client, {"model": "small"})  # loaded on demand
+        release.clear()
+        held = asyncio.create_task(client.post("/detect", params={"model": "small"}, files=files(IMAGE)))
+        await wait_until(
+            lambda: next(m for m in app.state.service.models if m.name == "small").users == 1, "held"
+        )
+        refused = await client.post("/detect", params={"model": "third"}, files=files(IMAGE))
+        message = assert_error(refused, 503, "overloaded")
+        assert "YOLOR_MAX_MODELS=2" in message and loaded(app) == {("big", 1), ("small", 2)}
+        release.set()
+        assert (await held).status_code == 200
+        assert await answered_by(client, {"model": "third"}) == pytest.approx(score(32))
+        assert loaded(app) == {("big", 1), ("third", 1)}
+
+
+async def test_the_memory_budget_unloads_the_least_recently_used(tmp_path: Path, monkeypatch) -> None:
+    """YOLOR_MODEL_MEMORY_MB: each model loaded on demand is measured as it loads (here the process
+    grows 100 MB per load); over the budget, the least recently used give way."""
+    grown = iter(range(0, 10_000, 100))
+    monkeypatch.setattr("service.core.reload.resident_mb", lambda: float(next(grown)))
+    root = repository(tmp_path)
+    write_model_dir(root / "third", input_size=32)
+    app = repository_app(root, models=["big"], load_on_demand=True, model_memory_mb=250)
+    async with running(app) as client:
+        await answered_by(client, {"model": "small"})
+        await answered_by(client, {"model": "third"})
+        assert loaded(app) == {("big", 1), ("small", 2), ("third", 1)}  # 200 MB: within
+        assert [m.memory_mb for m in app.state.service.models if m.on_demand] == [100.0, 100.0]
+        await answered_by(client, {"model": "small"})  # small is now the most recently used
+        shutil.copytree(root / "third", root / "fourth")
+        await answered_by(client, {"model": "fourth"})  # 300 MB: third, used least recently, gives way
+        assert loaded(app) == {("big", 1), ("small", 2), ("fourth", 1)}

@@ -48,7 +48,7 @@ class State:
         self.readiness = SimpleNamespace(check=lambda: None)
         self.models = SimpleNamespace(find=self.find)
 
-    def current(self, name, version):
+    async def take(self, name, version):
         return self.find(name, version)
 
     def find(self, name, version):
