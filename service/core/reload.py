@@ -107,13 +107,19 @@ class Reloader:
             if version is not None and version not in {w.version for w in wanted}:
                 raise UnknownModel(f"model {name!r} version {version} is not one its version policy serves")
             limit = self._state.settings.max_models
+            if limit is not None and len(wanted) > limit:
+                raise ReloadFailed(
+                    f"{name}: its version policy serves {len(wanted)} versions, "
+                    f"more than YOLOR_MAX_MODELS={limit}"
+                )
             while limit is not None and len(list(self._state.models)) + len(wanted) > limit:
                 await self._give_way(name, f"YOLOR_MAX_MODELS={limit}")
+            pinned = any(not m.on_demand for m in self._held(name))  # a new version of a pinned model
             before = resident_mb()
             done = await self._switch(name, wanted, keep_others=False)
             added = max(0.0, resident_mb() - before) / max(1, len(done.loaded))
             for model in done.loaded:
-                model.on_demand, model.memory_mb, model.last_used = True, added, time.monotonic()
+                model.on_demand, model.memory_mb, model.last_used = not pinned, added, time.monotonic()
             budget = self._state.settings.model_memory_mb
             while budget is not None and sum(m.memory_mb for m in self._state.models) > budget:
                 try:
@@ -121,6 +127,9 @@ class Reloader:
                 except Overloaded as e:
                     log.warning("over the memory budget: %s", e.message)
                     break
+
+    def _held(self, name: str) -> list[LoadedModel]:
+        return [m for v in self._state.models.versions(name) if (m := self._state.models.find(name, v))]
 
     async def _give_way(self, loading: str, limit: str) -> None:
         """Unload the model loaded on demand that was used least recently, of those no request holds
@@ -155,11 +164,16 @@ class Reloader:
                     wanted = self._versions(name)
                 except UnknownModel:
                     wanted = []  # gone from the repository
+                held = self._held(name)
+                on_demand = bool(held) and all(m.on_demand for m in held)
                 try:
                     done = await self._switch(name, wanted, keep_others=False)
                 except (ReloadFailed, ReloadUnavailable, UnknownModel) as e:
                     log.error("SIGHUP re-read of %s: %s", name, e.message)
                     continue
+                last_used = max((m.last_used for m in held), default=0.0)
+                for model in done.loaded:  # a model loaded on demand may still give way
+                    model.on_demand, model.last_used = on_demand, last_used
                 versions = [m.version for m in done.loaded]
                 log.info("SIGHUP re-read of %s: serving versions %s", name, versions or "none (unloaded)")
 

@@ -246,6 +246,8 @@ async def test_models_load_on_demand_and_the_least_recently_used_give_way(tmp_pa
         answer = await client.post("/v2/models/small/infer", json=body)  # v2 loads on demand too
         assert answer.status_code == 200 and answer.json()["model_version"] == "2", answer.text
         assert loaded(app) == {("big", 1), ("small", 2)}
+        await app.state.service.reloads.reload_on_signal()  # re-read: small may still give way, big not
+        assert {(m.name, m.on_demand) for m in app.state.service.models} == {("big", False), ("small", True)}
         assert_error(
             await client.post("/detect", params={"model": "nope"}, files=files(IMAGE)), 404, "unknown_model"
         )
@@ -303,3 +305,14 @@ async def test_the_memory_budget_unloads_the_least_recently_used(tmp_path: Path,
         shutil.copytree(root / "third", root / "fourth")
         await answered_by(client, {"model": "fourth"})  # 300 MB: third, used least recently, gives way
         assert loaded(app) == {("big", 1), ("small", 2), ("fourth", 1)}
+
+
+async def test_a_model_whose_policy_serves_more_versions_than_the_limit_is_refused(tmp_path: Path) -> None:
+    root = repository(tmp_path, all_versions=True)
+    app = repository_app(root, models=["big"], load_on_demand=True, max_models=1)
+    async with running(app) as client:
+        refused = await client.post("/detect", params={"model": "small"}, files=files(IMAGE))
+        assert "serves 2 versions, more than YOLOR_MAX_MODELS=1" in assert_error(
+            refused, 422, "reload_failed"
+        )
+        assert loaded(app) == {("big", 1)}
