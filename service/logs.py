@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import uuid
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Literal
@@ -17,10 +19,21 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # task that serves it (each request has its own), so its log records, uvicorn's access line
 # included, say which model answered.
 MODEL: ContextVar[str | None] = ContextVar("yolor_model", default=None)
+# The request's id (X-Request-ID, or the gRPC call's x-request-id), set where the request starts.
+REQUEST_ID: ContextVar[str | None] = ContextVar("yolor_request_id", default=None)
+_GOOD_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+
+
+def start_request(given: str | None) -> str:
+    """The id of a request that starts now in this task: the one it brought (letters, digits and
+    `._:/+=@-`, at most 128), else a new one (32 hex digits); its log records carry it."""
+    request_id = given if given and _GOOD_ID.fullmatch(given) else uuid.uuid4().hex
+    REQUEST_ID.set(request_id)
+    return request_id
 
 
 class JsonFormatter(logging.Formatter):
-    """`{"time", "level", "logger", "message", ["model"], ["exception"]}` per record."""
+    """`{"time", "level", "logger", "message", ["request_id"], ["model"], ["exception"]}` per record."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -29,6 +42,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if (request_id := REQUEST_ID.get()) is not None:
+            entry["request_id"] = request_id
         if (model := MODEL.get()) is not None:
             entry["model"] = model
         if record.exc_info:

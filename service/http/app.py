@@ -32,7 +32,7 @@ from service.core.reload import Reloader
 from service.core.state import ServiceState
 from service.core.watchdog import BackendWatchdog
 from service.http.errors import install_error_handlers
-from service.http.middleware import BodySizeLimit, RequestMetrics, UnexpectedErrors
+from service.http.middleware import BodySizeLimit, RequestIds, RequestMetrics, UnexpectedErrors
 from service.http.routes import admin, detect, kserve, system, video
 from service.http.routes import streams as streams_routes
 from service.kserve.statistics import StatisticsBook
@@ -238,13 +238,14 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     )  # fmt: skip
     paths = [route.path for router in routers for route in router.routes]  # type: ignore[attr-defined]
     app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
+    app.add_middleware(RequestIds)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
-            expose_headers=["Retry-After", "X-Detections"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Detections", "X-Request-ID"],
         )
     for router in routers:
         app.include_router(router)

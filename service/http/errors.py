@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.core.errors import ServiceError
+from service.logs import REQUEST_ID
 
 MAX_VALIDATION_MESSAGE = 1000
 
@@ -48,9 +49,14 @@ V2_PREFIX = "/v2"  # the KServe v2 protocol's paths, with its own error body
 
 
 def error_body(code: str, message: str, path: str = "") -> dict[str, Any]:
+    """Ours, with the request's id (the X-Request-ID header's) when it has one; under /v2 the
+    protocol's, a string (the id is in the header only)."""
     if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
         return {"error": message}
-    return {"error": {"code": code, "message": message}}
+    detail = {"code": code, "message": message}
+    if (request_id := REQUEST_ID.get()) is not None:
+        detail["request_id"] = request_id
+    return {"error": detail}
 
 
 def error_response(

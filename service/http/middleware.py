@@ -1,8 +1,10 @@
-"""Pure ASGI middleware: request metrics, the catch-all 500, and the request body size limit.
+"""Pure ASGI middleware: the request id, request metrics, the catch-all 500, and the request body
+size limit.
 
-Order in the app, outermost first: CORS, RequestMetrics, UnexpectedErrors, BodySizeLimit, then
-FastAPI's exception handlers and the routes. So metrics see every final status (500s and 413s too)
-and the body limit's 413 is shaped by the same JSON error body.
+Order in the app, outermost first: CORS, RequestIds, RequestMetrics, UnexpectedErrors,
+BodySizeLimit, then FastAPI's exception handlers and the routes. So every answer (500s and 413s
+too) carries the request id, metrics see every final status, and the body limit's 413 is shaped by
+the same JSON error body.
 """
 
 from __future__ import annotations
@@ -16,8 +18,35 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.core.errors import PayloadTooLarge
 from service.core.metrics import Metrics
 from service.http.errors import error_response
+from service.logs import start_request
 
 log = logging.getLogger(__name__)
+
+
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+class RequestIds:
+    """`X-Request-ID` on every HTTP answer: the request's own or a new one (`service.logs.start_request`),
+    in its log records while it runs, uvicorn's access line included, and in its error body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == REQUEST_ID_HEADER), b"")
+        request_id = start_request(given.decode("latin-1"))  # this request's task (and those it starts)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k != REQUEST_ID_HEADER]
+                message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, request_id.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class _BodyTooLarge(Exception):

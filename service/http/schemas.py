@@ -60,6 +60,7 @@ class ModelInfo(ModelManifest):
 class ErrorDetail(BaseModel):
     code: str
     message: str
+    request_id: str | None = Field(None, description="the answer's X-Request-ID")
 
 
 class ErrorBody(BaseModel):

@@ -36,6 +36,7 @@ from service.kserve.tensors import (
     parse_shape,
     to_raw,
 )
+from service.logs import start_request
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,9 @@ class GrpcServer:
 
         async def handler(request: Any, context: Any) -> Any:
             start, status = time.perf_counter(), "OK"
+            metadata = dict(context.invocation_metadata() or ())
+            request_id = start_request(metadata.get("x-request-id"))
+            await context.send_initial_metadata((("x-request-id", request_id),))
             try:
                 if name not in _PUBLIC:
                     self._authorize(context, admin=name in _ADMIN)

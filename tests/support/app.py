@@ -116,7 +116,8 @@ async def running(app: FastAPI, *, ready: bool = True) -> AsyncIterator[httpx.As
 def assert_error(response: httpx.Response, status: int, code: str) -> str:
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "request_id"}, body
+    assert body["error"]["request_id"] == response.headers["x-request-id"], body
     assert body["error"]["code"] == code, body
     assert "Traceback" not in response.text
     return str(body["error"]["message"])

@@ -1,4 +1,5 @@
-"""Every failure answers `{"error": {"code", "message"}}` with the right status, and the server lives on."""
+"""Every failure answers `{"error": {"code", "message", "request_id"}}` with the right status, and
+the server lives on."""
 
 from __future__ import annotations
 
