@@ -22,9 +22,8 @@ class ModelSet:
 
     def __iter__(self) -> Iterator[LoadedModel]:
         """Every model held, by name, newest version first."""
-        for name in sorted(self._models):
-            versions = self._models[name]
-            yield from (versions[v] for v in sorted(versions, reverse=True))
+        for name in self.names():
+            yield from self.held(name)
 
     def names(self) -> list[str]:
         return sorted(self._models)
@@ -32,6 +31,11 @@ class ModelSet:
     def versions(self, name: str) -> list[int]:
         """The versions of `name` held, newest first ([] when none)."""
         return sorted(self._models.get(name, {}), reverse=True)
+
+    def held(self, name: str) -> list[LoadedModel]:
+        """The versions of `name` held, newest first ([] when none)."""
+        versions = self._models.get(name, {})
+        return [versions[v] for v in sorted(versions, reverse=True)]
 
     def listing(self) -> str:
         """What is held, for messages: `big (1), small (2, 1)`."""

@@ -114,7 +114,8 @@ class Reloader:
                 )
             while limit is not None and len(list(self._state.models)) + len(wanted) > limit:
                 await self._give_way(name, f"YOLOR_MAX_MODELS={limit}")
-            pinned = any(not m.on_demand for m in self._held(name))  # a new version of a pinned model
+            # a new version of a pinned model stays pinned
+            pinned = any(not m.on_demand for m in self._state.models.held(name))
             before = resident_mb()
             done = await self._switch(name, wanted, keep_others=False)
             added = max(0.0, resident_mb() - before) / max(1, len(done.loaded))
@@ -128,20 +129,12 @@ class Reloader:
                     log.warning("over the memory budget: %s", e.message)
                     break
 
-    def _held(self, name: str) -> list[LoadedModel]:
-        return [m for v in self._state.models.versions(name) if (m := self._state.models.find(name, v))]
-
     async def _give_way(self, loading: str, limit: str) -> None:
         """Unload the model loaded on demand that was used least recently, of those no request holds
         (never `loading`, nor a model loaded at start-up or through the repository API)."""
-        held: dict[str, list[LoadedModel]] = {}
-        for model in self._state.models:
-            held.setdefault(model.name, []).append(model)
-        candidates = [
-            versions
-            for name, versions in held.items()
-            if name != loading and all(m.on_demand and m.users == 0 for m in versions)
-        ]
+        models = self._state.models
+        held = [models.held(name) for name in models.names() if name != loading]
+        candidates = [versions for versions in held if all(m.on_demand and m.users == 0 for m in versions)]
         if not candidates:
             raise Overloaded(
                 f"{limit}: no loaded model can give way to {loading!r} (all in use or pinned); retry"
@@ -164,7 +157,7 @@ class Reloader:
                     wanted = self._versions(name)
                 except UnknownModel:
                     wanted = []  # gone from the repository
-                held = self._held(name)
+                held = self._state.models.held(name)
                 on_demand = bool(held) and all(m.on_demand for m in held)
                 try:
                     done = await self._switch(name, wanted, keep_others=False)
@@ -241,8 +234,8 @@ class Reloader:
             await asyncio.gather(*(m.close(state.settings.request_timeout_s) for m in new))
             raise ReloadUnavailable("the server began shutting down during the change")
         # The switch: no await from here to the last assignment.
-        replaced = {m.version for m in new} if keep_others else set(state.models.versions(name))
-        old = [m for v in sorted(replaced) if (m := state.models.find(name, v)) is not None]
+        replaced = {m.version for m in new}
+        old = [m for m in state.models.held(name) if not keep_others or m.version in replaced]
         for model in old:
             state.models.remove(name, model.version)
             model.metrics.remove_info()  # a version served again gets its own below

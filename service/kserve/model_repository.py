@@ -6,7 +6,7 @@ request while a model loads, is replaced or unloads).
 The index has an entry per version: `READY` (loaded), `LOADING`, or `UNAVAILABLE` with the reason
 (`unloaded`; `not served by its version policy`; a folder that is not a usable model, with why).
 Load takes no parameters of Triton's that override a model's config or files: the repository is
-the source of truth (a request with them is a 400, not silently ignored); unload's
+the source of truth (a request with them is a 422, not silently ignored); unload's
 `unload_dependents` is accepted (there are no ensembles).
 """
 
