@@ -218,7 +218,7 @@ class GrpcServer:
         return messages()["ServerMetadataResponse"](**models.server_metadata())
 
     async def _ModelReady(self, request: Any, context: Any) -> Any:
-        inference.target(self.state, request.name, request.version)
+        inference.target(self.state, request.name, request.version).loaded(self.state)
         return messages()["ModelReadyResponse"](ready=self.state.readiness.ready)
 
     async def _ModelMetadata(self, request: Any, context: Any) -> Any:

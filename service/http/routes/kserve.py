@@ -80,7 +80,7 @@ async def model_metadata(state: StateDep, name: str, version: str | None = None)
 @router.get("/models/{name}/ready", dependencies=[Depends(require_api_key)])
 @router.get("/models/{name}/versions/{version}/ready", dependencies=[Depends(require_api_key)])
 async def model_ready(state: StateDep, name: str, version: str | None = None) -> dict[str, Any]:
-    inference.target(state, name, version)
+    inference.target(state, name, version).loaded(state)  # 404 until loaded (on demand too)
     state.readiness.check()
     return {"name": name, "ready": True}
 

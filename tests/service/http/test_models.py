@@ -236,7 +236,9 @@ async def test_models_load_on_demand_and_the_least_recently_used_give_way(tmp_pa
     app = repository_app(root, models=["big"], load_on_demand=True, max_models=2)
     async with running(app) as client:
         assert loaded(app) == {("big", 1)}
+        assert (await client.get("/v2/models/small/ready")).status_code == 404  # loadable, not loaded
         assert await answered_by(client, {"model": "small"}) == pytest.approx(score(96))  # loaded for it
+        assert (await client.get("/v2/models/small/ready")).json() == {"name": "small", "ready": True}
         assert loaded(app) == {("big", 1), ("small", 2)}
         assert await answered_by(client, {"model": "third"}) == pytest.approx(score(32))
         assert loaded(app) == {("big", 1), ("third", 1)}  # small gave way, big is pinned
