@@ -21,6 +21,8 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MODEL: ContextVar[str | None] = ContextVar("yolor_model", default=None)
 # The request's id (X-Request-ID, or the gRPC call's x-request-id), set where the request starts.
 REQUEST_ID: ContextVar[str | None] = ContextVar("yolor_request_id", default=None)
+# The trace and span ids (hex) of the request's server span while it is traced (service.tracing).
+TRACE_IDS: ContextVar[tuple[str, str] | None] = ContextVar("yolor_trace_ids", default=None)
 _GOOD_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
 
@@ -33,7 +35,8 @@ def start_request(given: str | None) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """`{"time", "level", "logger", "message", ["request_id"], ["model"], ["exception"]}` per record."""
+    """`{"time", "level", "logger", "message", ["request_id"], ["trace_id", "span_id"], ["model"],
+    ["exception"]}` per record."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -44,6 +47,8 @@ class JsonFormatter(logging.Formatter):
         }
         if (request_id := REQUEST_ID.get()) is not None:
             entry["request_id"] = request_id
+        if (trace_ids := TRACE_IDS.get()) is not None:
+            entry["trace_id"], entry["span_id"] = trace_ids
         if (model := MODEL.get()) is not None:
             entry["model"] = model
         if record.exc_info:

@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    tracing: bool | None = Field(
+        default=None,
+        description="OpenTelemetry traces (OTEL_* variables); unset: on when an OTLP endpoint is set",
+    )
     onnx_parallel_runs: int = Field(
         default=0, ge=0, le=64, description="CPU: each batch split over this many concurrent runs; 0: auto"
     )

@@ -26,6 +26,7 @@ import numpy as np
 
 from service.core.errors import InferenceFailed
 from service.core.metrics import ModelMetrics
+from service.tracing import PassTrace
 
 InferFn = Callable[[np.ndarray], np.ndarray]
 Finish = Callable[[np.ndarray], Any]  # worker thread: one output row -> the image's answer
@@ -39,6 +40,7 @@ class Item:
     queued_at: float
     finish: Finish | None
     background: bool = False  # a stream's frame: queued behind interactive images
+    trace: PassTrace | None = None  # a sampled request's image: its batch's span links to it
 
 
 @dataclass(frozen=True)

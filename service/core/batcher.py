@@ -57,6 +57,8 @@ import numpy as np
 from service.core.batch_runner import Batch, BatchRunner, Dropped, Finish, InferFn, Item, Ran, dropped
 from service.core.errors import DeadlineExceeded, InferenceFailed, Overloaded, ServiceError, ShuttingDown
 from service.core.metrics import ModelMetrics
+from service.core.postprocess import Postprocessed
+from service.tracing import Attributes, PassTrace, batch_span
 
 __all__ = ["BatchOutput", "DynamicBatcher", "Finish", "InferFn"]
 
@@ -84,13 +86,16 @@ class _Queue(asyncio.PriorityQueue[tuple[float, int, Item]]):
 class BatchOutput:
     """One image's share of a batch: `finish(row)` (the row itself without `finish`, the caller's to
     keep: never the backend's reused buffer), and how it got there: seconds queued, seconds of the
-    backend call, images in the batch, which batch (numbered from 1 in the order batches start)."""
+    backend call, images in the batch, which batch (numbered from 1 in the order batches start), when
+    it entered the backend (time.monotonic()), and the batch's span when it was traced."""
 
     output: Any
     queue_s: float
     inference_s: float
     batch_size: int
     batch_id: int = 0
+    started: float = 0.0
+    batch_span: Any = None  # an opentelemetry SpanContext (service.tracing.batch_span)
 
 
 class DynamicBatcher:
@@ -107,6 +112,7 @@ class DynamicBatcher:
         workers: int = 1,
         lookahead: int = 0,
         background_alone: bool = False,
+        trace_attributes: Attributes | None = None,
     ) -> None:
         if max_batch_size < 1 or queue_size < 1 or max_delay_s < 0 or workers < 1 or lookahead < 0:
             raise ValueError(
@@ -114,6 +120,7 @@ class DynamicBatcher:
             )
         self.max_batch_size, self.max_delay_s, self.workers = max_batch_size, max_delay_s, workers
         self.lookahead, self.background_alone = lookahead, background_alone
+        self.trace_attributes = dict(trace_attributes or {})  # of each traced batch's span
         self._queue = _Queue(maxsize=queue_size)
         self._order = itertools.count()
         self._metrics = metrics
@@ -152,10 +159,12 @@ class DynamicBatcher:
         finish: Sequence[Finish] | None = None,
         *,
         background: bool = False,
+        traces: Sequence[PassTrace | None] | None = None,
     ) -> list[asyncio.Future[BatchOutput]]:
         """Queue one request's images (all or none), each with its `finish` if given; raise
         ShuttingDown or Overloaded (queue full). A future fails with what its `finish` raised.
-        `background`: behind interactive images (a stream's frames)."""
+        `background`: behind interactive images (a stream's frames). `traces`: each image's, when
+        its request is traced (its batch's span links to it)."""
         if not self._accepting:
             raise ShuttingDown("the server is shutting down")
         if self.queue_size - self.waiting < len(tensors):
@@ -167,7 +176,8 @@ class DynamicBatcher:
         futures = []
         for i, tensor in enumerate(tensors):
             future: asyncio.Future[BatchOutput] = loop.create_future()
-            item = Item(tensor, future, deadline, now, finish[i] if finish else None, background)
+            trace = traces[i] if traces else None
+            item = Item(tensor, future, deadline, now, finish[i] if finish else None, background, trace)
             self._queue.put_nowait((rank, next(self._order), item))
             futures.append(future)
         self._metrics.queue_depth.set(self.waiting)
@@ -365,6 +375,7 @@ class DynamicBatcher:
             self._metrics.inference.observe(ran.inference_s)
             self._metrics.batch_size.observe(ran.size)
         assert batch.started is not None  # set by the thread
+        traced = self._batch_span(batch.started, items, ran)
         for item, answer in zip(items, ran.answers, strict=True):
             if isinstance(answer, Dropped):
                 self._drop(item, answer)
@@ -376,9 +387,30 @@ class DynamicBatcher:
             if isinstance(answer, BaseException):
                 item.future.set_exception(answer)
             else:
-                item.future.set_result(BatchOutput(answer, queued_s, ran.inference_s, ran.size, batch_id))
+                output = BatchOutput(
+                    answer, queued_s, ran.inference_s, ran.size, batch_id, batch.started, batch_span=traced
+                )
+                item.future.set_result(output)
         del self._batches[batch]
         self._release(collected)
+
+    def _batch_span(self, started: float, items: list[Item], ran: Ran) -> Any:
+        """The batch's span when it ran a traced image (service.tracing.batch_span), else None."""
+        traced = [
+            item.trace
+            for item, answer in zip(items, ran.answers, strict=True)
+            if item.trace is not None and not isinstance(answer, Dropped)
+        ]
+        if not traced:
+            return None
+        found = [a.detections for a in ran.answers if isinstance(a, Postprocessed)]
+        attributes = {
+            **self.trace_attributes,
+            "yolor.batch.size": ran.size,
+            "yolor.batch.traced_images": len(traced),
+            "yolor.batch.detections": sum(len(d) for d in found),
+        }
+        return batch_span(traced, started, started + ran.inference_s, attributes)
 
     @staticmethod
     def _fail(item: Item, error: BaseException) -> bool:

@@ -30,13 +30,16 @@ from service.core.images import header_size
 from service.core.metrics import ModelMetrics
 from service.core.options import DetectParams
 from service.core.postprocess import Postprocessed, Postprocessor
-from service.core.preprocess import ImageInput, Pass, Preprocessor
+from service.core.preprocess import ImageInput, Pass, Preprocessor, Upload
+from service.core.request_spans import ImageSpans, record_passes, timed
 from service.core.tiling import TileOptions, Window
 from service.manifest import ModelManifest
 from service.processing import Detections
+from service.tracing import PassTrace, RequestTrace, exemplar, recording
 
 Disconnected = Callable[[], Awaitable[None]]  # returns once the client has gone away
 T = TypeVar("T")
+Made = tuple[list[Pass], Sequence[PassTrace | None] | None]  # passes, and their traces when traced
 WARMUP_ROWS = 1000  # output rows post-processed by the warm-up
 
 
@@ -78,30 +81,33 @@ class Submission:
         self.failed = asyncio.Event()
         self._permits = asyncio.Semaphore(batcher.workers + 1)
 
-    def submit(self, passes: Sequence[Pass], params: DetectParams) -> list[asyncio.Future[BatchOutput]]:
-        """`passes` queued now (batched with whatever else is waiting)."""
+    def submit(
+        self, passes: Sequence[Pass], params: DetectParams, traces: Sequence[PassTrace | None] | None = None
+    ) -> list[asyncio.Future[BatchOutput]]:
+        """`passes` queued now (batched with whatever else is waiting); `traces`: theirs, when
+        their request is traced."""
         if not passes:
             return []
         finish = [functools.partial(self._finish, lb=p.lb, offset=p.offset, params=params) for p in passes]
         batch = self._batcher.submit(
-            [p.tensor for p in passes], self.deadline, finish, background=self.background
+            [p.tensor for p in passes], self.deadline, finish, background=self.background, traces=traces
         )
         self.futures += batch
         return batch
 
     async def submit_bounded(
-        self, make: Callable[[], Awaitable[list[Pass]]], params: DetectParams
+        self, make: Callable[[], Awaitable[Made]], params: DetectParams
     ) -> tuple[list[Pass], list[asyncio.Future[BatchOutput]]] | None:
-        """One batch of a sliced image's windows, made by `make` once a permit is free (the permit
-        is held until the batch has run): the passes and their futures; None once the request has
-        failed (nothing made)."""
+        """One batch of a sliced image's windows, made by `make` (with their traces when traced)
+        once a permit is free (the permit is held until the batch has run): the passes and their
+        futures; None once the request has failed (nothing made)."""
         await self._permits.acquire()
         try:
             if self.failed.is_set():
                 self._permits.release()
                 return None
-            passes = await make()
-            batch = self.submit(passes, params)
+            passes, traces = await make()
+            batch = self.submit(passes, params, traces)
         except BaseException:
             self._permits.release()
             raise
@@ -220,7 +226,9 @@ class Detector:
         batcher, queue limit and deadline as `detect` (the KServe v2 tensor model)."""
         self._check_count(len(tensors))
         deadline = started + self.timeout_s
-        futures = self.batcher.submit(list(tensors), deadline, None)
+        request = self._traced()
+        traces = None if request is None else [PassTrace(request, request.span)] * len(tensors)
+        futures = self.batcher.submit(list(tensors), deadline, None, traces=traces)
 
         async def outputs() -> list[BatchOutput]:
             try:
@@ -230,8 +238,17 @@ class Detector:
                     future.cancel()
 
         ran = await self._race(outputs(), deadline, disconnected)
-        self.metrics.detect_duration.observe(time.monotonic() - started)
+        self.metrics.detect_duration.observe(time.monotonic() - started, exemplar())
+        if request is not None:
+            record_passes(request, [request.span] * len(ran), ran)
         return ran
+
+    def _traced(self) -> RequestTrace | None:
+        """This task's request, when it is traced (sampled): the model's attributes on its span."""
+        request = recording()
+        if request is not None:
+            request.span.set_attributes(self.batcher.trace_attributes)
+        return request
 
     async def _run(
         self, files: Sequence[bytes], params: DetectParams, started: float, keep_images: bool, deadline: float
@@ -240,62 +257,102 @@ class Detector:
         prepare and submit every file, wait for the outputs, merge sliced images' passes."""
         t0 = time.monotonic()
         submission = Submission(self.batcher, self.postprocessor.finish, deadline)
+        request = self._traced()
+        spans = [] if request is None else [ImageSpans(request, i, len(f), t0) for i, f in enumerate(files)]
 
-        async def prepare(data: bytes) -> tuple[ImageInput, list[asyncio.Future[BatchOutput]] | None]:
+        async def prepare(index: int) -> tuple[ImageInput, list[asyncio.Future[BatchOutput]] | None]:
             try:
-                return await self._prepare(data, keep_images, params, submission)
+                image_spans = spans[index] if spans else None
+                return await self._prepare(files[index], keep_images, params, submission, image_spans)
             except BaseException:
                 submission.failed.set()
                 raise
 
         try:
             with self.batcher.incoming(len(files), admit=True):
-                done = await asyncio.gather(*(prepare(f) for f in files), return_exceptions=True)
+                done = await asyncio.gather(*(prepare(i) for i in range(len(files))), return_exceptions=True)
             images = [result for result in done if isinstance(result, tuple)]
             if len(images) < len(done):  # the first bad image, in request order, answers for the request
                 raise next(result for result in done if isinstance(result, BaseException))
             t1 = time.monotonic()
-            untiled = [item.passes[0] for item, futures in images if futures is None]
-            together = iter(submission.submit(untiled, params))  # submitted at once: batched together
+            untiled = [(i, item.passes[0]) for i, (item, futures) in enumerate(images) if futures is None]
+            traces = [spans[i].untiled for i, _ in untiled] if spans else None
+            together = iter(submission.submit([p for _, p in untiled], params, traces))  # batched together
             per_image = [futures if futures is not None else [next(together)] for _, futures in images]
             outputs = await asyncio.gather(*(f for futures in per_image for f in futures))
+        except BaseException as e:
+            for image_spans in spans:
+                image_spans.failed(e)
+            raise
         finally:
             submission.cancel()  # after a failure, a disconnect or the deadline: the batcher skips them
-        images_out, merge_s = await self._merge_passes([item for item, _ in images], outputs, params)
+        images_out, merged = await self._merge_passes([item for item, _ in images], outputs, params)
         done_at = time.monotonic()
-        self.metrics.detect_duration.observe(done_at - started)
+        self.metrics.detect_duration.observe(done_at - started, exemplar())
         self.metrics.images.inc(len(images_out))
         self.metrics.detections.inc(sum(len(i.detections) for i in images_out))
+        if request is not None:
+            self._trace_answers(request, spans, per_image, outputs, merged, images_out)
         timing = {
             "preprocess": t1 - t0,
             "queue": max(o.queue_s for o in outputs),
             "inference": max(o.inference_s for o in outputs),
-            "postprocess": sum(o.output.seconds for o in outputs) + merge_s,
+            "postprocess": sum(o.output.seconds for o in outputs) + sum(m.seconds for m in merged if m),
             "total": done_at - started,
         }
         return DetectOutcome(images_out, {k: round(v * 1000, 3) for k, v in timing.items()}, outputs)
 
+    @staticmethod
+    def _trace_answers(
+        request: RequestTrace,
+        spans: list[ImageSpans],
+        per_image: list[list[asyncio.Future[BatchOutput]]],
+        outputs: list[BatchOutput],
+        merged: list[Postprocessed | None],
+        images: list[ImageDetections],
+    ) -> None:
+        at = 0
+        for image_spans, futures, merge, image in zip(spans, per_image, merged, images, strict=True):
+            passes, at = outputs[at : at + len(futures)], at + len(futures)
+            image_spans.answered(passes, merge, tiles=image.tiles, detections=len(image.detections))
+        detections = sum(len(i.detections) for i in images)
+        request.span.set_attributes({"yolor.images": len(images), "yolor.detections": detections})
+
     async def _prepare(
-        self, data: bytes, keep_image: bool, params: DetectParams, submission: Submission
+        self,
+        data: bytes,
+        keep_image: bool,
+        params: DetectParams,
+        submission: Submission,
+        spans: ImageSpans | None = None,
     ) -> tuple[ImageInput, list[asyncio.Future[BatchOutput]] | None]:
         """One file prepared in the pool. Untiled: its pass (submitted later, with the request's
         other untiled images). Sliced: its passes submitted one batch at a time as they are cut,
-        bounded by the submission's permits, until the request fails."""
+        bounded by the submission's permits, until the request fails. `spans`: the image's, when
+        its request is traced (each step then also timed in the pool)."""
         loop = asyncio.get_running_loop()
         start = time.monotonic()
         if params.tile.mode == "off":
-            whole = functools.partial(self.preprocessor.whole, data, keep_image=keep_image)
-            image = await loop.run_in_executor(self.pool, whole)
+            if spans is None:
+                whole = functools.partial(self.preprocessor.whole, data, keep_image=keep_image)
+                image = await loop.run_in_executor(self.pool, whole)
+            else:  # decode and letterbox timed apart
+                traced = functools.partial(self._whole_timed, data, keep_image)
+                image, upload, (opened, decoded, end) = await loop.run_in_executor(self.pool, traced)
+                spans.decoded(opened, decoded, upload)
+                spans.untiled = spans.letterboxed(decoded, end, [None], tiled=False)[0]
             self.metrics.preprocess.observe(time.monotonic() - start)
             return image, None
         opening = functools.partial(self.preprocessor.open, data, keep_image=keep_image, tile=params.tile)
-        upload = await loop.run_in_executor(self.pool, opening)
+        upload, opened, decoded = await loop.run_in_executor(self.pool, timed, opening)
+        if spans is not None:
+            spans.decoded(opened, decoded, upload)
         jobs: list[Window | None] = [*upload.windows, None]
         passes: list[Pass] = []
         futures: list[asyncio.Future[BatchOutput]] = []
         size = self.batcher.max_batch_size
         for chunk in (jobs[at : at + size] for at in range(0, len(jobs), size)):
-            cut = functools.partial(loop.run_in_executor, self.pool, self.preprocessor.passes, upload, chunk)
+            cut = functools.partial(self._cut, upload, chunk, spans)
             submitted = await submission.submit_bounded(cut, params)
             if submitted is None:
                 break
@@ -304,10 +361,30 @@ class Detector:
         self.metrics.preprocess.observe(time.monotonic() - start)
         return ImageInput.of(upload, passes, keep_image), futures
 
+    def _whole_timed(
+        self, data: bytes, keep_image: bool
+    ) -> tuple[ImageInput, Upload, tuple[float, float, float]]:
+        """Pool thread: `Preprocessor.whole` of a traced request's image, its upload, and the times
+        its decode started, its letterbox started and ended."""
+        upload, start, decoded = timed(functools.partial(self.preprocessor.open, data, keep_image=keep_image))
+        passes, _, end = timed(functools.partial(self.preprocessor.passes, upload, [None]))
+        return ImageInput.of(upload, passes, keep_image), upload, (start, decoded, end)
+
+    async def _cut(self, upload: Upload, jobs: list[Window | None], spans: ImageSpans | None) -> Made:
+        """The passes of a sliced image's `jobs`, letterboxed in the pool (with their traces when
+        the request is traced)."""
+        loop = asyncio.get_running_loop()
+        if spans is None:
+            return await loop.run_in_executor(self.pool, self.preprocessor.passes, upload, jobs), None
+        letterbox = functools.partial(timed, functools.partial(self.preprocessor.passes, upload, jobs))
+        passes, start, end = await loop.run_in_executor(self.pool, letterbox)
+        return passes, spans.letterboxed(start, end, jobs, tiled=True)
+
     async def _merge_passes(
         self, images: list[ImageInput], outputs: list[BatchOutput], params: DetectParams
-    ) -> tuple[list[ImageDetections], float]:
-        """Each image's detections (a sliced image's passes merged, in the pool) and the merge time."""
+    ) -> tuple[list[ImageDetections], list[Postprocessed | None]]:
+        """Each image's detections (a sliced image's passes merged, in the pool) and each sliced
+        image's merge."""
         loop = asyncio.get_running_loop()
 
         async def detections(item: ImageInput, parts: list[Detections]) -> Postprocessed:
@@ -325,7 +402,7 @@ class Detector:
             ImageDetections(item.width, item.height, result.detections, item.image, item.tiles)
             for item, result in zip(images, merged, strict=True)
         ]
-        return results, sum(m.seconds for m in merged)
+        return results, [m if item.tiles else None for item, m in zip(images, merged, strict=True)]
 
     async def _race(
         self, work: Coroutine[Any, Any, T], deadline: float, disconnected: Disconnected | None

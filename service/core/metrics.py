@@ -15,9 +15,9 @@ import contextlib
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "ModelMetrics"]
+__all__ = ["Metrics", "ModelMetrics"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DROP_REASONS = ("abandoned", "expired", "shutdown")
@@ -180,8 +180,14 @@ class Metrics:
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The metrics and their content type, in the format the scraper's `Accept` header asks for:
+        OpenMetrics (which carries the latency histograms' exemplars: the trace of a sampled
+        request, service.tracing) or Prometheus text (the default)."""
+        encode, content_type = choose_encoder(accept or "")
+        if not content_type.startswith("application/openmetrics-text"):
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return encode(self.registry), content_type
 
 
 class _Partly:

@@ -169,6 +169,15 @@ async def load_model(
         workers=backend.concurrency,
         lookahead=1 if backend.accelerator else 0,  # the ready batch: GPUs only
         background_alone=not backend.accelerator,  # stream frames one at a time, beside no request
+        trace_attributes={
+            "yolor.model": name,
+            "yolor.model.version": version,
+            "yolor.arch": manifest.arch,
+            "yolor.backend": backend.name,
+            "yolor.precision": backend.precision,
+            "yolor.device": backend.device,
+            "yolor.input_size": manifest.input_size,
+        },
     )
     await batcher.start()
     detector = Detector(

@@ -29,6 +29,7 @@ from service.processing import (
 class Postprocessed:
     detections: Detections  # original-image pixels
     seconds: float
+    began: float = 0.0  # time.monotonic() (a span's start, when traced)
 
 
 class Postprocessor:
@@ -63,7 +64,7 @@ class Postprocessor:
             detections = Detections(detections.boxes + shift, detections.scores, detections.class_ids)
         seconds = time.monotonic() - start
         self._metrics.postprocess.observe(seconds)
-        return Postprocessed(detections, seconds)
+        return Postprocessed(detections, seconds, start)
 
     @staticmethod
     def merge(parts: list[Detections], params: DetectParams) -> Postprocessed:
@@ -78,4 +79,4 @@ class Postprocessor:
         merged = merge_detections(pooled, mode=mode, threshold=MATCH_IOS, agnostic=agnostic)
         best = slice(0, params.max_det)
         detections = Detections(merged.boxes[best], merged.scores[best], merged.class_ids[best])
-        return Postprocessed(detections, time.monotonic() - start)
+        return Postprocessed(detections, time.monotonic() - start, start)

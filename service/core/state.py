@@ -19,6 +19,7 @@ from service.core.watchdog import BackendWatchdog
 from service.logs import MODEL
 from service.manifest import ModelManifest
 from service.settings import Settings
+from service.tracing import Tracing
 
 if TYPE_CHECKING:  # service.core.reload imports this module
     from service.core.reload import Reloader
@@ -90,6 +91,7 @@ class ServiceState:
     warmup_task: asyncio.Task[None] | None = None
     watchdog: BackendWatchdog | None = None
     reloader: Reloader | None = None  # once started
+    tracing: Tracing | None = None  # when traces are on (service.tracing)
     stop_warmup: threading.Event = field(default_factory=threading.Event)
     readiness: Readiness = field(init=False)
 

@@ -32,13 +32,14 @@ from service.core.reload import Reloader
 from service.core.state import ServiceState
 from service.core.watchdog import BackendWatchdog
 from service.http.errors import install_error_handlers
-from service.http.middleware import BodySizeLimit, RequestIds, RequestMetrics, UnexpectedErrors
+from service.http.middleware import BodySizeLimit, RequestIds, RequestMetrics, Traces, UnexpectedErrors
 from service.http.routes import admin, detect, kserve, system, video
 from service.http.routes import streams as streams_routes
 from service.kserve.statistics import StatisticsBook
 from service.logs import configure_logging
 from service.settings import Settings, unknown_variables
 from service.streams.manager import StreamManager
+from service.tracing import TRACE_HEADERS, start_tracing
 
 if TYPE_CHECKING:  # grpc is imported only when the gRPC port is opened
     from service.kserve.grpc_server import GrpcServer
@@ -189,6 +190,7 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
         metrics=metrics,
         api_keys=ApiKeys(settings.api_keys),
         admin_keys=ApiKeys(settings.admin_keys),
+        tracing=start_tracing(settings.tracing),
     )
     factory = backend_factory or create_backend
 
@@ -214,6 +216,8 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
         finally:
             await streams.close()
             await _stop(state, app.state.grpc)
+            if state.tracing is not None:
+                await asyncio.to_thread(state.tracing.shutdown)
 
     app = FastAPI(
         title="YOLOR detection service",
@@ -238,14 +242,16 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     )  # fmt: skip
     paths = [route.path for router in routers for route in router.routes]  # type: ignore[attr-defined]
     app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
+    if state.tracing is not None:
+        app.add_middleware(Traces, tracing=state.tracing)
     app.add_middleware(RequestIds)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
-            expose_headers=["Retry-After", "X-Detections", "X-Request-ID"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID", *TRACE_HEADERS],
+            expose_headers=["Retry-After", "X-Detections", "X-Request-ID", *TRACE_HEADERS],
         )
     for router in routers:
         app.include_router(router)

@@ -1,10 +1,11 @@
-"""Pure ASGI middleware: the request id, request metrics, the catch-all 500, and the request body
-size limit.
+"""Pure ASGI middleware: the request id, traces, request metrics, the catch-all 500, and the request
+body size limit.
 
-Order in the app, outermost first: CORS, RequestIds, RequestMetrics, UnexpectedErrors,
-BodySizeLimit, then FastAPI's exception handlers and the routes. So every answer (500s and 413s
-too) carries the request id, metrics see every final status, and the body limit's 413 is shaped by
-the same JSON error body.
+Order in the app, outermost first: CORS, RequestIds, Traces (only when tracing is on),
+RequestMetrics, UnexpectedErrors, BodySizeLimit, then FastAPI's exception handlers and the routes.
+So every answer (500s and 413s too) carries the request id, a traced request's span covers its
+whole answer and its latency's exemplar names it, metrics see every final status, and the body
+limit's 413 is shaped by the same JSON error body.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.core.errors import PayloadTooLarge
 from service.core.metrics import Metrics
 from service.http.errors import error_response
-from service.logs import start_request
+from service.logs import REQUEST_ID, start_request
+from service.tracing import TRACE_HEADERS, Tracing, exemplar
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,54 @@ class RequestIds:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+# Not traced: probes and scrapes (a span per probe would drown the requests' traces).
+UNTRACED = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
+
+
+def traced(path: str) -> bool:
+    return path not in UNTRACED and not (path.startswith("/v2/models/") and path.endswith("/ready"))
+
+
+class Traces:
+    """A server span per HTTP request (service.tracing), the child of the client's W3C
+    `traceparent` / `tracestate` when it sent them; the answer carries the span's own. Health,
+    readiness and /metrics are not traced."""
+
+    def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
+        self.app, self.tracing = app, tracing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not traced(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        carrier = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _TRACE_HEADERS}
+        method = scope["method"]
+        attributes = {"http.request.method": method, "url.path": scope["path"], "url.scheme": scope["scheme"]}
+        request = self.tracing.start(method, carrier, attributes, request_id=REQUEST_ID.get())
+        answer_headers = [(k.encode(), v.encode()) for k, v in request.headers().items()]
+        status = 500
+
+        async def send_traced(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k not in _TRACE_HEADERS]
+                message = {**message, "headers": [*headers, *answer_headers]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_traced)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            if isinstance(route, str):
+                request.span.update_name(f"{method} {route}")
+            ended = {"http.response.status_code": status, **({"http.route": route} if route else {})}
+            request.end(ended, error=str(status) if status >= 500 else None)
+
+
+_TRACE_HEADERS = frozenset(h.encode() for h in TRACE_HEADERS)
 
 
 class _BodyTooLarge(Exception):
@@ -186,4 +236,5 @@ class RequestMetrics:
         finally:
             route = self._route(scope)
             self.metrics.requests.labels(route=route, status=str(status)).inc()
-            self.metrics.request_duration.labels(route=route).observe(time.perf_counter() - start)
+            duration = time.perf_counter() - start
+            self.metrics.request_duration.labels(route=route).observe(duration, exemplar())

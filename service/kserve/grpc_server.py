@@ -37,9 +37,16 @@ from service.kserve.tensors import (
     to_raw,
 )
 from service.logs import start_request
+from service.tracing import RequestTrace, exemplar
 
 log = logging.getLogger(__name__)
 
+# Not traced: the probes (a span per probe would drown the requests' traces).
+_UNTRACED = frozenset({"ServerLive", "ServerReady", "ModelReady"})
+# A server span's error statuses (OpenTelemetry's gRPC conventions; the rest are the client's doing).
+_SERVER_ERRORS = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+)
 _STATUS = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -167,7 +174,9 @@ class GrpcServer:
             start, status = time.perf_counter(), "OK"
             metadata = dict(context.invocation_metadata() or ())
             request_id = start_request(metadata.get("x-request-id"))
-            await context.send_initial_metadata((("x-request-id", request_id),))
+            traced = self._trace(name, metadata, request_id)
+            answer = {"x-request-id": request_id, **(traced.headers() if traced is not None else {})}
+            await context.send_initial_metadata(tuple(answer.items()))
             try:
                 if name not in _PUBLIC:
                     self._authorize(context, admin=name in _ADMIN)
@@ -190,9 +199,22 @@ class GrpcServer:
                 await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
             finally:
                 metrics.requests.labels(route=route, status=status).inc()
-                metrics.request_duration.labels(route=route).observe(time.perf_counter() - start)
+                metrics.request_duration.labels(route=route).observe(time.perf_counter() - start, exemplar())
+                if traced is not None:
+                    code = getattr(grpc.StatusCode, status).value[0]
+                    traced.end(
+                        {"rpc.grpc.status_code": code}, error=status if status in _SERVER_ERRORS else None
+                    )
 
         return handler
+
+    def _trace(self, name: str, metadata: dict[str, str], request_id: str) -> RequestTrace | None:
+        """The call's server span, the child of the client's `traceparent` metadata when it sent one,
+        while tracing is on (not for the probes)."""
+        if self.state.tracing is None or name in _UNTRACED:
+            return None
+        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": name}
+        return self.state.tracing.start(f"{SERVICE}/{name}", metadata, attributes, request_id=request_id)
 
     def _authorize(self, context: Any, *, admin: bool = False) -> None:
         """An API key (none needed when none is set), or with `admin` one of the admin keys (403 for

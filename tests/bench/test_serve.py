@@ -34,12 +34,12 @@ def test_concurrency_levels_double_up_to_four_times_the_max_batch(max_batch, up_
 def test_server_counters_are_read_from_the_real_exposition_and_subtracted():
     metrics = Metrics()
     small, big = metrics.for_model("small", 1), metrics.for_model("big", 2)  # summed over the models
-    before = ServerCounters.parse(metrics.exposition().decode())
+    before = ServerCounters.parse(metrics.exposition()[0].decode())
     for model, size in ((small, 1), (small, 4), (big, 4), (big, 8)):
         model.batch_size.observe(size)
     small.images.inc(10)
     big.images.inc(7)
-    after = ServerCounters.parse(metrics.exposition().decode())
+    after = ServerCounters.parse(metrics.exposition()[0].decode())
     window = after.minus(before)
     assert window.images == 17 and window.batches == 4 and window.mean_batch == pytest.approx(17 / 4)
     assert window.batch_histogram() == {"1": 1, "4": 2, "7-8": 1}  # the histogram's buckets: ..., 3, 4, 6, 8

@@ -7,11 +7,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from service.core.errors import NotFound, NotReady
-from service.core.metrics import CONTENT_TYPE_LATEST
 from service.core.model import LoadedModel
 from service.core.options import ModelChoice
 from service.core.state import ServiceState
@@ -52,9 +51,10 @@ async def readyz(state: StateDep) -> Status:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(state: StateDep) -> Response:
-    """Prometheus text exposition of the yolor_* metrics."""
-    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(state: StateDep, request: Request) -> Response:
+    """The yolor_* metrics: Prometheus text, or OpenMetrics (with exemplars) when `Accept` asks for it."""
+    body, content_type = state.metrics.exposition(request.headers.get("accept"))
+    return Response(body, media_type=content_type)
 
 
 @router.get(
