@@ -133,6 +133,24 @@ def test_prometheus_and_grafana_mount_the_shipped_configuration():
     assert (dashboards / Path(home).relative_to("/var/lib/grafana/dashboards")).is_file()
 
 
+def test_the_tracing_profile_adds_jaeger_and_the_service_sends_it_traces():
+    """Off by default; `YOLOR_TRACING=1 docker compose --profile tracing up` starts Jaeger and the
+    service exports to it; Prometheus keeps the exemplars that link latencies to traces."""
+    plain = stack("gpu-demo")["services"]
+    assert "jaeger" not in plain and plain["yolor"]["environment"]["YOLOR_TRACING"] == "0"
+    assert "--enable-feature=exemplar-storage" in plain["prometheus"]["command"]
+    done = render([BASE], {"YOLOR_TRACING": "1", "COMPOSE_PROFILES": "tracing"})
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    env = services["yolor"]["environment"]
+    assert env["YOLOR_TRACING"] == "1" and env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    from service.settings import Settings
+
+    off = plain["yolor"]["environment"]["YOLOR_TRACING"]
+    assert Settings(tracing=env["YOLOR_TRACING"]).tracing is True and Settings(tracing=off).tracing is False
+    assert services["jaeger"]["image"].startswith("jaegertracing/jaeger:2")  # v2: OTLP in, on 4318
+
+
 def test_a_broken_file_is_refused(tmp_path):
     """The binary really validates (the Python wrapper would exit 0)."""
     bad = tmp_path / "bad.yml"

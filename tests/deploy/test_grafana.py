@@ -37,11 +37,16 @@ def dashboard() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def datasource() -> dict[str, Any]:
+def datasources() -> dict[str, dict[str, Any]]:
     document = yaml.safe_load(DATASOURCES.read_text())
     assert document["apiVersion"] == 1
-    (source,) = document["datasources"]
-    return source
+    return {source["uid"]: source for source in document["datasources"]}
+
+
+@pytest.fixture(scope="module")
+def datasource(datasources) -> dict[str, Any]:
+    (default,) = [source for source in datasources.values() if source.get("isDefault")]
+    return default
 
 
 def targets(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
@@ -56,6 +61,24 @@ def test_the_datasource_is_the_compose_prometheus(datasource):
     scrape_interval = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["global"]["scrape_interval"]
     # $__rate_interval is at least 4 x this, so every rate window holds enough samples.
     assert datasource["jsonData"]["timeInterval"] == scrape_interval
+
+
+def test_an_exemplars_trace_id_opens_the_trace_in_the_compose_jaeger(datasource, datasources):
+    """The Prometheus datasource turns the exemplar label the service writes into a link to the
+    provisioned Jaeger (the compose `tracing` profile), and the latency panels ask for exemplars."""
+    from service.tracing import EXEMPLAR_TRACE_ID
+
+    (destination,) = datasource["jsonData"]["exemplarTraceIdDestinations"]
+    jaeger = datasources[destination["datasourceUid"]]
+    assert jaeger["type"] == "jaeger" and jaeger["url"] == "http://jaeger:16686"
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    assert "16686:16686" in compose["jaeger"]["ports"] and compose["jaeger"]["profiles"] == ["tracing"]
+    assert destination["name"] == EXEMPLAR_TRACE_ID
+
+
+def test_the_latency_panels_show_exemplars(dashboard):
+    latency = [t for t in targets(dashboard) if "request_duration_seconds_bucket" in t["expr"]]
+    assert latency and all(t.get("exemplar") is True for t in latency)
 
 
 def test_the_provider_loads_the_dashboard_from_the_compose_mount():

@@ -195,6 +195,7 @@ def service(tmp_path) -> Iterator[str]:
     (tmp_path / "clips" / "cam.mp4").write_bytes(make_clip(sample_frames(20)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("YOLOR_")}
     env |= {"YOLOR_STREAM_ROOT": str(tmp_path / "clips"), "YOLOR_ADMIN_KEYS": ADMIN_KEY}
+    env |= {"YOLOR_TRACING": "1", "OTEL_TRACES_EXPORTER": "none"}  # traced, for the exemplars
     command = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = tmp_path / "service.log"
     with started_process(command, log, cwd=REPO, env=env) as process:
@@ -217,6 +218,7 @@ def prometheus(tmp_path, service) -> Iterator[str]:
         f"--config.file={tmp_path / 'prometheus.yml'}",
         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
         f"--web.listen-address=127.0.0.1:{port}",
+        "--enable-feature=exemplar-storage",  # as docker-compose.yml runs it
     ]
     log = tmp_path / "prometheus.log"
     with started_process(command, log, cwd=tmp_path) as process:
@@ -355,3 +357,21 @@ def test_prometheus_answers_every_rule_and_dashboard_query(service, prometheus, 
 
         unhealthy = problems_after(deadline, unhealthy_rules)
         assert not unhealthy, f"rules not healthy (logs in {tmp_path}):\n" + "\n".join(unhealthy)
+
+        # The service is traced: Prometheus keeps a latency exemplar naming a request's trace.
+        traced = httpx.post(f"{service}/detect/json", json={"images": []}, trust_env=False, timeout=30)
+        trace_id = traced.headers["traceparent"].split("-")[1]
+
+        def no_exemplar() -> list[str]:
+            found = client.get(
+                "/api/v1/query_exemplars",
+                params={"query": "yolor_request_duration_seconds_bucket", "start": time.time() - 600},
+            ).json()["data"]
+            ids = {e["labels"].get("trace_id") for series in found for e in series["exemplars"]}
+            return (
+                []
+                if trace_id in ids
+                else [f"no exemplar with trace_id {trace_id}: {sorted(map(str, ids))[:5]}"]
+            )
+
+        assert not (problems := problems_after(deadline + 30, no_exemplar)), problems
