@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from service.logs import TRACE_IDS
 
@@ -104,18 +104,24 @@ class Tracing:
         return int(monotonic_s * 1e9) + self._offset_ns
 
     def start(
-        self, name: str, carrier: Mapping[str, str], attributes: Attributes, *, request_id: str | None = None
+        self,
+        name: str,
+        carrier: Mapping[str, str],
+        attributes: Attributes,
+        *,
+        request_id: str | None = None,
+        kind: Literal["server", "consumer"] = "server",
     ) -> RequestTrace:
-        """The server span of a request that starts now in this task, the child of the client's
-        `traceparent` in `carrier` when it sent one; set as this task's `CURRENT`, its ids in the
-        task's log records."""
+        """The span of a request that starts now in this task (a server span; a stream's frame: a
+        consumer span), the child of the client's `traceparent` in `carrier` when it sent one; set as
+        this task's `CURRENT`, its ids in the task's log records."""
         from opentelemetry import propagate, trace
 
         parent = propagate.extract(carrier)
         if request_id is not None:
             attributes = {**attributes, "yolor.request_id": request_id}
-        kind = trace.SpanKind.SERVER
-        span = self.tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
+        span_kind = trace.SpanKind.SERVER if kind == "server" else trace.SpanKind.CONSUMER
+        span = self.tracer.start_span(name, context=parent, kind=span_kind, attributes=attributes)
         request = RequestTrace(self, span, trace.set_span_in_context(span))
         request.tokens = (CURRENT.set(request), TRACE_IDS.set((request.trace_id, request.span_id)))
         return request

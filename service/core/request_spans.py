@@ -51,6 +51,29 @@ def record_passes(
     return ends
 
 
+def record_frames(
+    request: RequestTrace,
+    start: float,
+    frames: Sequence[int],
+    outputs: Sequence[BatchOutput],
+    detections: int,
+) -> None:
+    """One span for a group of a clip's frames, from the request for their decoding to their last
+    answer, linked to the batches that ran them (a frame's own stages are not spanned: a long clip
+    would make thousands)."""
+    ends = [o.started + o.inference_s for o in outputs]
+    ends += [o.output.began + o.output.seconds for o in outputs if isinstance(o.output, Postprocessed)]
+    spans = [o.batch_span for o in outputs if o.batch_span is not None]
+    batches = {(span.trace_id, span.span_id): span for span in spans}  # each batch once
+    attributes: Attributes = {
+        "yolor.frames.first": frames[0],
+        "yolor.frames": len(frames),
+        "yolor.passes": len(outputs),
+        "yolor.detections": detections,
+    }
+    request.record("frames", start, max(ends), attributes=attributes, links=list(batches.values()))
+
+
 class ImageSpans:
     """The spans of one image of a traced request, opened as it is read and closed with its answer."""
 

@@ -28,8 +28,10 @@ from service.core.errors import ServiceError
 from service.core.images import Decoded
 from service.core.options import DetectParams
 from service.core.preprocess import Pass, Upload
+from service.core.request_spans import record_frames
 from service.core.video import Frame, VideoClip
 from service.processing import Detections
+from service.tracing import PassTrace, recording
 from service.tracking import ByteTracker
 
 
@@ -109,7 +111,9 @@ async def detect_frames(
     # next is decoded beside two busy inference threads (one spare: measured in docs/benchmarks.md,
     # "Video").
     ahead = detector.batcher.workers + 2
-    pending: collections.deque[list[tuple[Frame, list[asyncio.Future[BatchOutput]]]]] = collections.deque()
+    pending: collections.deque[tuple[float, list[tuple[Frame, list[asyncio.Future[BatchOutput]]]]]]
+    pending = collections.deque()  # each group of frames: when its decoding was asked for, its futures
+    request = recording()  # a traced request: a span per group of frames (`record_frames`)
     metrics = detector.metrics
     exhausted = False
     job: Future[tuple[list[_Prepared], ServiceError | None]] | None = None  # the decode in the pool
@@ -133,6 +137,7 @@ async def detect_frames(
     try:
         while pending or not exhausted:
             while not exhausted and len(pending) < ahead:
+                asked = time.monotonic()
                 with detector.batcher.incoming(size):
                     job = detector.pool.submit(prepare, size)
                     batch, error = await asyncio.wrap_future(job, loop=loop)
@@ -141,12 +146,18 @@ async def detect_frames(
                     submission = Submission(
                         detector.batcher, detector.postprocessor.finish, time.monotonic() + detector.timeout_s
                     )
-                    futures = iter(submission.submit([q for p in batch for q in p.passes], params))
-                    pending.append([(p.frame, [next(futures) for _ in p.passes]) for p in batch])
+                    passes = [q for p in batch for q in p.passes]
+                    traces = None if request is None else [PassTrace(request, request.span)] * len(passes)
+                    futures = iter(submission.submit(passes, params, traces))
+                    pending.append((asked, [(p.frame, [next(futures) for _ in p.passes]) for p in batch]))
             if not pending:
                 break
-            for frame, group in pending.popleft():
+            asked, chunk = pending.popleft()
+            answered: list[BatchOutput] = []
+            found = 0
+            for frame, group in chunk:
                 outputs = [await future for future in group]
+                answered += outputs
                 metrics.video_frames.labels(state="processed").inc()
                 height, width = frame.image.shape[:2]
                 kept = frame.image if keep_images else None
@@ -156,12 +167,15 @@ async def detect_frames(
                     if book is not None:
                         book.add(frame.index, track_ids, detections.class_ids)
                 metrics.detections.inc(len(detections))
+                found += len(detections)
                 yield FrameDetections(frame.index, frame.pts_s, width, height, detections, kept, track_ids)
+            if request is not None:
+                record_frames(request, asked, [frame.index for frame, _ in chunk], answered, found)
         if error is not None:
             raise error
     finally:
-        for chunk in pending:  # the batcher skips what was not run
-            for _, group in chunk:
+        for _, left in pending:  # the batcher skips what was not run
+            for _, group in left:
                 for future in group:
                     future.cancel()
 

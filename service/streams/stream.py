@@ -31,6 +31,7 @@ from service.core.errors import (
     UnknownModel,
 )
 from service.core.options import DetectParams
+from service.core.request_spans import record_passes, timed
 from service.core.results import class_name, tracked_detections_json
 from service.core.state import ServiceState
 from service.core.video import Frame, upright
@@ -42,6 +43,7 @@ from service.streams.reader import FrameBuffer, SourceFrame, SourceReader, Sourc
 from service.streams.sources import Source
 from service.streams.spec import StreamSpec
 from service.streams.webhook import WebhookSender
+from service.tracing import Attributes, PassTrace, recording
 from service.tracking import ByteTracker
 
 log = logging.getLogger(__name__)
@@ -168,6 +170,24 @@ class Stream:
                 self.end_listeners()
 
     async def _process(self, taken: SourceFrame) -> None:
+        """One frame, traced (a trace of its own, when the sampler keeps it) while tracing is on."""
+        if self._state.tracing is None:
+            await self._process_frame(taken)
+            return
+        attributes: Attributes = {
+            "yolor.stream.id": self.id,
+            "yolor.stream.name": self.spec.name or self.id,
+            "yolor.frame": taken.index,
+        }
+        traced = self._state.tracing.start("stream.frame", {}, attributes, kind="consumer")
+        lost = sum(self.dropped.values())
+        try:
+            await self._process_frame(taken)
+        finally:
+            dropped = sum(self.dropped.values()) > lost
+            traced.end({"yolor.frame.dropped": dropped}, error="dropped" if dropped else None)
+
+    async def _process_frame(self, taken: SourceFrame) -> None:
         try:
             with (await self._state.take(self.spec.model, self.spec.version)).use() as detector:
                 await self._detect(detector, taken)
@@ -211,16 +231,22 @@ class Stream:
             frame = Frame(taken.index, taken.pts_s, upright(taken.frame))
             return frame, frame_passes(detector, frame, params)
 
+        request = recording()  # this frame's trace, when sampled
         with detector.batcher.incoming(1, admit=True, background=True):  # frames: half the queue at most
-            frame, passes = await loop.run_in_executor(detector.pool, prepare)
+            (frame, passes), start, end = await loop.run_in_executor(detector.pool, timed, prepare)
         deadline = time.monotonic() + detector.timeout_s
         submission = Submission(detector.batcher, detector.postprocessor.finish, deadline, background=True)
-        futures = submission.submit(passes, params)
+        traces = None if request is None else [PassTrace(request, request.span)] * len(passes)
+        futures = submission.submit(passes, params, traces)
         try:
             outputs = [await f for f in futures]
         finally:
             for f in futures:
                 f.cancel()
+        if request is not None:
+            request.record("letterbox", start, end, attributes={"yolor.passes": len(passes)})
+            record_passes(request, [request.span] * len(outputs), outputs)
+            request.span.set_attributes(detector.batcher.trace_attributes)
         detections = await merged_detections(detector, outputs, params)
         height, width = frame.image.shape[:2]
         track_ids = None

@@ -334,3 +334,70 @@ def test_a_real_servers_access_line_carries_the_trace(tmp_path, receiver) -> Non
     assert access and access[0]["trace_id"] == trace_id and access[0]["span_id"] == span_id
     spans = receiver.wait_for(lambda s: any(x.trace_id == trace_id for x in server_spans(s)), "the request")
     assert {s.name for s in spans if s.trace_id == trace_id} >= {"POST /detect", "image", *STAGES}
+
+
+async def test_a_video_requests_frames_are_traced_by_group(tmp_path, receiver) -> None:
+    """A clip's frames: one `frames` span per group sent to the batcher (not spans per frame), each
+    linked to the batches that ran it; those batches link to the request's span."""
+    pytest.importorskip("av")
+    from tests.support.app import demo_app
+    from tests.support.video import make_clip, sample_frames
+
+    app = demo_app(tracing=True)
+    async with running(app) as client:
+        clip = make_clip(sample_frames(12))
+        answer = await client.post("/detect/video", files={"video": ("clip.mp4", clip, "video/mp4")})
+        assert answer.status_code == 200
+    trace_id = answer.headers["traceparent"].split("-")[1]
+    spans = receiver.wait_for(lambda s: any(x.trace_id == trace_id for x in server_spans(s)), "the request")
+    (served,) = [s for s in server_spans(spans) if s.trace_id == trace_id]
+    assert served.name == "POST /detect/video"
+    groups = [s for s in by_name(spans, "frames") if s.trace_id == trace_id]
+    assert sum(g.attributes["yolor.frames"] for g in groups) == 12 and len(groups) >= 2
+    assert all(g.parent_id == served.span_id and within(g, served) for g in groups)
+    batches = {(b.trace_id, b.span_id): b for b in by_name(spans, "batch")}
+    linked = [link for g in groups for link in g.links]
+    assert linked and all(link in batches for link in linked)
+    for key in set(linked):
+        assert set(batches[key].links) == {(trace_id, served.span_id)}
+    lines = [json.loads(line) for line in answer.text.splitlines()]
+    found = sum(len(line["detections"]) for line in lines if "frame" in line)
+    assert sum(g.attributes["yolor.detections"] for g in groups) == found > 0
+
+
+@pytest.mark.slow
+def test_a_streams_frames_are_traces_of_their_own(tmp_path, receiver) -> None:
+    pytest.importorskip("av")
+    from tests.support.app import demo_app
+    from tests.support.video import make_clip, sample_frames
+
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "cam.mp4").write_bytes(make_clip(sample_frames(10)))
+    admin = {"X-API-Key": "admin-key-123"}
+    app = demo_app(tracing=True, admin_keys=[admin["X-API-Key"]], stream_root=tmp_path / "clips")
+    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        wait_until_ok(f"{url}/readyz", _Alive(), tmp_path / "none.log", timeout_s=60)
+        created = client.post("/streams", json={"source": "cam.mp4", "fps": 30}, headers=admin)
+        assert created.status_code == 201, created.text
+        stream_id = created.json()["id"]
+        give_up = time.monotonic() + 30
+        while client.get(f"/streams/{stream_id}").json()["state"] != "ended":
+            assert time.monotonic() < give_up
+            time.sleep(0.1)
+    spans = receiver.wait_for(lambda s: len(by_name(s, "stream.frame")) == 10, "ten frames")
+    frames = by_name(spans, "stream.frame")
+    assert len({f.trace_id for f in frames}) == 10 and all(f.parent_id == "" and f.kind == 5 for f in frames)
+    assert sorted(f.attributes["yolor.frame"] for f in frames) == list(range(10))
+    linked = {link for b in by_name(spans, "batch") for link in b.links}
+    for frame in frames:
+        assert frame.attributes["yolor.stream.id"] == stream_id and frame.attributes["yolor.model"] == "yolor"
+        stages = {s.name for s in children(spans, frame)}
+        assert stages == {"letterbox", "queue.wait", "inference", "postprocess"}
+        assert (frame.trace_id, frame.span_id) in linked
+
+
+class _Alive:
+    """A stand-in process for `wait_until_ok`: the server runs in this process's thread."""
+
+    def poll(self) -> None:
+        return None
