@@ -6,10 +6,7 @@ then sampled every 50 ms while closed-loop clients (`bench.load.closed_loop`, 64
 sample photos) post to /detect at each concurrency in turn, and once more after a few idle seconds
 at the end. Printed and written to OUT/memory.json and OUT/memory.md: per variant and round, the
 RSS when ready, the peak during the soak (VmHWM), the RSS after it, and images/s per level.
-Variants alternate over `--rounds`, so drift of the machine hits each alike. A variant is
-`NAME[@REV][:VAR=VALUE,...]`: environment variables for its server, and with `@REV` the server of
-that git revision (its tree exported by `git archive` into a temporary folder, run from there):
-the change under test beside the commit before it, in one run.
+Variants (`bench.variants`: `NAME[@REV][:VAR=VALUE,...]`) alternate over `--rounds`.
 
     .venv/bin/python benchmarks/memory.py --out benchmarks/results/cpu/memory \\
         --variant before@HEAD~1 --variant after --variant 'after-arena2:MALLOC_ARENA_MAX=2'
@@ -22,13 +19,9 @@ import asyncio
 import contextlib
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.host import host_info
 from bench.images import sample_jpegs
 from bench.load import closed_loop
-from bench.server import spawned_server
-from service.settings import DEMO_MODEL_DIR
+from bench.variants import Variant, checkout, resolve, served, this_tree
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -46,45 +38,6 @@ def status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"no {field} for {pid}")
-
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    revision: str | None = None  # None: this working tree
-    env: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, text: str) -> Variant:
-        head, _, assignments = text.partition(":")
-        name, _, revision = head.partition("@")
-        env = dict(a.split("=", 1) for a in assignments.split(",") if a)
-        return cls(name, revision or None, env)
-
-
-def resolve(revision: str) -> str:
-    """The commit `revision` names, abbreviated (a record must not say HEAD~1)."""
-    out = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, capture_output=True, text=True)
-    return out.stdout.strip() or revision
-
-
-def dirty() -> bool:
-    return bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True).stdout)
-
-
-@contextlib.contextmanager
-def checkout(revision: str | None) -> Iterator[Path | None]:
-    """The tree of `revision` in a temporary folder (None: this working tree, no copy)."""
-    if revision is None:
-        yield None
-        return
-    with tempfile.TemporaryDirectory(prefix="yolor-memory-") as folder:
-        archive = subprocess.run(["git", "archive", revision], cwd=ROOT, capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
-        yield Path(folder)
 
 
 async def soak(base_url: str, levels: list[int], seconds: float, size: tuple[int, int]) -> dict[str, float]:
@@ -107,11 +60,7 @@ async def soak(base_url: str, levels: list[int], seconds: float, size: tuple[int
 def measure(
     variant: Variant, tree: Path | None, levels: list[int], seconds: float, size: tuple[int, int]
 ) -> dict[str, Any]:
-    env, command = dict(variant.env), None
-    if tree is not None:
-        env["PYTHONPATH"] = str(tree)
-        command = [sys.executable, "-m", "cli", "serve", "--model", str(tree / "service" / "demo_model")]
-    with spawned_server(DEMO_MODEL_DIR, env, command=command, cwd=tree) as (base_url, pid):
+    with served(variant, tree) as (base_url, pid):
         ready_mb = status_kb(pid, "VmRSS") / 1024
         samples: list[float] = []
         stop = threading.Event()
@@ -184,7 +133,7 @@ def main() -> int:
         "seconds": args.seconds,
         "image_size": [width, height],
         "variants": {v.name: {"revision": revisions.get(v.revision), "env": v.env} for v in variants},
-        "this_tree": resolve("HEAD") + (" + uncommitted changes" if dirty() else ""),
+        "this_tree": this_tree(),
         "results": results,
     }
     (args.out / "memory.json").write_text(json.dumps(record, indent=2) + "\n")
