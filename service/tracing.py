@@ -41,6 +41,10 @@ ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_
 TRACE_HEADERS = ("traceparent", "tracestate")  # W3C Trace Context: taken from a request, set on its answer
 EXEMPLAR_TRACE_ID = "trace_id"  # the exemplar label Grafana's Prometheus datasource links to a trace
 SHUTDOWN_TIMEOUT_S = 5.0  # flushing what is queued at exit; an unreachable collector costs no more
+# Unless OTEL_BSP_* say otherwise: exports of at most 64 spans every 0.5 s instead of the SDK's 512
+# every 5 s. Encoding spans holds the GIL; smaller exports spread that out, which lowers the p99 of
+# requests beside them for the same CPU (measured: docs/benchmarks.md, "Tracing (issue 31)").
+EXPORT_BATCH_SPANS, EXPORT_DELAY_MS = 64, 500
 Attributes = Mapping[str, "str | bool | int | float | Sequence[str] | Sequence[int] | Sequence[float]"]
 
 
@@ -93,7 +97,11 @@ class Tracing:
         )
         exporter = _exporter(env)
         if exporter is not None:  # its queue is bounded (OTEL_BSP_MAX_QUEUE_SIZE): spans over it are dropped
-            self.provider.add_span_processor(BatchSpanProcessor(exporter))
+            queue = int(env.get("OTEL_BSP_MAX_QUEUE_SIZE", "2048"))
+            size = None if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in env else min(EXPORT_BATCH_SPANS, queue)
+            delay = None if "OTEL_BSP_SCHEDULE_DELAY" in env else EXPORT_DELAY_MS  # None: the variable's
+            processor = BatchSpanProcessor(exporter, schedule_delay_millis=delay, max_export_batch_size=size)
+            self.provider.add_span_processor(processor)
         self.tracer: Tracer = self.provider.get_tracer("yolor-serving")
         # A monotonic time (what the service measures with) as the epoch nanoseconds spans carry.
         self._offset_ns = time.time_ns() - time.monotonic_ns()
