@@ -199,9 +199,16 @@ class RequestTrace:
             start_time=self.tracing.wall(start),
         )
 
-    def close(self, span: Span, end: float, attributes: Attributes | None = None) -> None:
+    def close(
+        self, span: Span, end: float, attributes: Attributes | None = None, *, error: str | None = None
+    ) -> None:
+        """End `span` at monotonic `end`; `error`: its status is an error with that description."""
+        from opentelemetry.trace import Status, StatusCode
+
         if attributes:
             span.set_attributes(attributes)
+        if error is not None:
+            span.set_status(Status(StatusCode.ERROR, error))
         span.end(end_time=self.tracing.wall(end))
 
     def record(

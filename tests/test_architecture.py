@@ -112,6 +112,28 @@ def test_the_core_and_the_codecs_import_no_web_or_grpc_framework():
                 assert module.split(".")[0] not in FRAMEWORKS, f"{file}:{line} imports {module}"
 
 
+def test_only_the_tracing_module_imports_opentelemetry():
+    """Elsewhere in the server only for type checking: off, the SDK is never imported."""
+    found = []
+    for path in sorted((ROOT / "service").rglob("*.py")):
+        if path.name == "tracing.py" and path.parent.name == "service":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        typing_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+            for inner in ast.walk(node)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in typing_only:
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                found += [
+                    f"{path.relative_to(ROOT)}:{node.lineno}" for n in names if n.startswith("opentelemetry")
+                ]
+    assert not found, found
+
+
 def test_the_room_check_sees_arrows():  # so that the two tests above can fail
     http = {m.split(".")[1] for _, m, _ in room_imports("http") if m.startswith("service.") and "." in m}
     assert {"core", "kserve"} <= http

@@ -129,11 +129,8 @@ class ImageSpans:
         """End the spans still open of an image whose request failed (or was given up)."""
         if not self._open:
             return
-        from opentelemetry.trace import Status, StatusCode
-
         now = time.monotonic()
         for span in [*(p for p in self._parents if p is not self.span), self.span]:
             if span.is_recording():
-                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-                self.request.close(span, now)
+                self.request.close(span, now, error=type(error).__name__)
         self._open = False
