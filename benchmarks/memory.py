@@ -27,10 +27,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.host import host_info
 from bench.images import sample_jpegs
 from bench.load import closed_loop
-from bench.variants import Variant, checkout, resolve, served, this_tree
+from bench.variants import Run, Variant, checkout, served
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -106,40 +105,18 @@ def markdown(results: dict[str, list[dict[str, Any]]], levels: list[int]) -> str
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--variant", action="append", default=[], help="NAME[:VAR=VALUE,...]")
-    parser.add_argument("--levels", default="1,32,64", help="client concurrencies, in turn")
-    parser.add_argument("--seconds", type=float, default=20.0, help="per level")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--image-size", default="640x480", help="WxH of the sample JPEGs posted")
-    args = parser.parse_args()
-    variants = [Variant.parse(v) for v in args.variant or ["base"]]
-    revisions = {v.revision: resolve(v.revision) for v in variants if v.revision}
-    levels = [int(c) for c in args.levels.split(",")]
-    width, height = (int(v) for v in args.image_size.split("x"))
-    results: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
+    Run.add_arguments(parser, levels="1,32,64", seconds=20.0, rounds=2)
+    run = Run.of(parser.parse_args(), default="base")
+    results: dict[str, list[dict[str, Any]]] = {v.name: [] for v in run.variants}
     with contextlib.ExitStack() as stack:
-        trees = {v.name: stack.enter_context(checkout(v.revision)) for v in variants}
-        for round_ in range(args.rounds):
-            for variant in variants:
-                result = measure(variant, trees[variant.name], levels, args.seconds, (width, height))
+        trees = {v.name: stack.enter_context(checkout(v.revision)) for v in run.variants}
+        for round_ in range(run.rounds):
+            for variant in run.variants:
+                result = measure(variant, trees[variant.name], run.levels, run.seconds, run.size)
                 results[variant.name].append(result)
                 print(f"round {round_ + 1} {variant.name}: {json.dumps(result)}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    record = {
-        "command": " ".join(sys.argv),
-        "host": host_info(),
-        "levels": levels,
-        "seconds": args.seconds,
-        "image_size": [width, height],
-        "variants": {v.name: {"revision": revisions.get(v.revision), "env": v.env} for v in variants},
-        "this_tree": this_tree(),
-        "results": results,
-    }
-    (args.out / "memory.json").write_text(json.dumps(record, indent=2) + "\n")
-    table = markdown(results, levels)
-    trees = ", ".join(f"{v.name} = {revisions.get(v.revision, record['this_tree'])}" for v in variants)
-    (args.out / "memory.md").write_text(f"`{record['command']}`\n\n{trees}\n\n{table}")
+    table = markdown(results, run.levels)
+    run.write("memory", results, table)
     print(table)
     return 0
 

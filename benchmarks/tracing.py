@@ -35,12 +35,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.host import host_info
 from bench.images import sample_jpegs
 from bench.load import closed_loop
 from bench.proctree import ProcessTree
 from bench.stats import Latency
-from bench.variants import Variant, checkout, resolve, served, this_tree
+from bench.variants import Run, Variant, checkout, served
 
 
 @contextlib.contextmanager
@@ -153,53 +152,28 @@ def markdown(results: dict[str, list[dict[str, Any]]], levels: list[int]) -> str
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--variant", action="append", default=[], help="NAME[@REV][:VAR=VALUE,...]")
-    parser.add_argument("--levels", default="1,32", help="client concurrencies, in turn")
-    parser.add_argument("--seconds", type=float, default=12.0, help="per level")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--image-size", default="640x480", help="WxH of the sample JPEGs posted")
-    args = parser.parse_args()
-    variants = [Variant.parse(v) for v in args.variant or ["off"]]
-    revisions = {v.revision: resolve(v.revision) for v in variants if v.revision}
-    levels = [int(c) for c in args.levels.split(",")]
-    width, height = (int(v) for v in args.image_size.split("x"))
-    results: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
+    Run.add_arguments(parser, levels="1,32", seconds=12.0, rounds=3)
+    run = Run.of(parser.parse_args(), default="off")
+    results: dict[str, list[dict[str, Any]]] = {v.name: [] for v in run.variants}
     with contextlib.ExitStack() as stack:
         sink, seen = stack.enter_context(otlp_sink())
-        trees = {v.name: stack.enter_context(checkout(v.revision)) for v in variants}
-        for round_ in range(args.rounds):
-            for variant in variants:
+        trees = {v.name: stack.enter_context(checkout(v.revision)) for v in run.variants}
+        for round_ in range(run.rounds):
+            for variant in run.variants:
                 env = {k: v.replace("{sink}", sink) for k, v in variant.env.items()}
                 given = Variant(variant.name, variant.revision, env)
                 with served(given, trees[variant.name]) as (base_url, pid):
-                    result = asyncio.run(load(base_url, pid, levels, args.seconds, (width, height)))
+                    result = asyncio.run(load(base_url, pid, run.levels, run.seconds, run.size))
                 results[variant.name].append(result)
                 print(f"round {round_ + 1} {variant.name}: {json.dumps(result)}", flush=True)
         print(f"the sink took {seen['exports']} exports, {seen['bytes'] / 1e6:.1f} MB", flush=True)
     off_path = off_path_us()
-    print(f"tracing off adds {off_path} microseconds", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    record = {
-        "command": " ".join(sys.argv),
-        "host": host_info(),
-        "levels": levels,
-        "seconds": args.seconds,
-        "image_size": [width, height],
-        "variants": {v.name: {"revision": revisions.get(v.revision), "env": v.env} for v in variants},
-        "this_tree": this_tree(),
-        "sink": seen,
-        "off_path_us": off_path,
-        "results": results,
-    }
-    (args.out / "tracing.json").write_text(json.dumps(record, indent=2) + "\n")
-    table = markdown(results, levels)
+    table = markdown(results, run.levels)
     table += (
         f"\nThe code tracing adds, with tracing off: {off_path['per_request']} µs per request, "
         f"{off_path['per_batch_of_8']} µs per batch of 8 images.\n"
     )
-    trees = ", ".join(f"{v.name} = {revisions.get(v.revision, record['this_tree'])}" for v in variants)
-    (args.out / "tracing.md").write_text(f"`{record['command']}`\n\n{trees}\n\n{table}")
+    run.write("tracing", results, table, sink=seen, off_path_us=off_path)
     print(table)
     return 0
 
