@@ -3,15 +3,15 @@
 `OTEL_*` variables: the exporter and its protocol, endpoint, headers and timeout, the sampler, the
 service name and resource attributes, the batch processor's queue.
 
-Off, the SDK is never imported: no span exists, no exporter thread runs, and the hot path reads one
-context variable (`recording()`: None). On, a request is a server span (the HTTP middleware, the
-gRPC port) whose W3C `traceparent` / `tracestate` come from the client when it sends them and go back
-in the answer; its stages are child spans with the times the detector measured (`decode`,
-`letterbox`, `queue.wait`, `inference`, `postprocess`, a sliced image's `tile`s and `merge`), made
-on the event loop after the fact, so that no context has to cross into the worker threads. A batch
-serves many traces: each backend batch is a span of its own (a root) with a link to every traced
-image it ran, and each image's `inference` span links back to it. A batch is sampled when one of
-the images it ran is (`_linked_roots`): sampling off exports nothing.
+Off, the SDK is never imported: no span exists, no exporter thread runs, and the hot path reads a
+context variable (`recording()`: None) where it would trace. On, a request is a server span (the
+HTTP middleware, the gRPC port) whose W3C `traceparent` / `tracestate` come from the client when it
+sends them and go back in the answer; its stages are child spans with the times the detector
+measured (`decode`, `letterbox`, `queue.wait`, `inference`, `postprocess`, a sliced image's `tile`s
+and `merge`), made on the event loop after the fact, so that no context has to cross into the
+worker threads. A batch serves many traces: each backend batch is a span of its own (a root) with a
+link to every traced image it ran, and each image's `inference` span links back to it. A batch is
+sampled when one of the images it ran is (`_linked_roots`): sampling off exports nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from service.logs import TRACE_IDS
+from service.logs import REQUEST_ID, TRACE_IDS
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -68,6 +68,15 @@ def wanted(setting: bool | None, environ: Mapping[str, str] | None = None) -> bo
 CURRENT: ContextVar[RequestTrace | None] = ContextVar("yolor_trace", default=None)
 
 
+def detach() -> None:
+    """At the start of a task that outlives the request that started it (a batcher's loop, a
+    stream, a webhook sender, a model's closing): neither its log lines nor its spans are that
+    request's (a task starts with a copy of its creator's context)."""
+    CURRENT.set(None)
+    TRACE_IDS.set(None)
+    REQUEST_ID.set(None)
+
+
 def recording() -> RequestTrace | None:
     """This task's request trace when it is sampled (its spans are recorded), else None."""
     trace = CURRENT.get()
@@ -95,17 +104,17 @@ class Tracing:
         self.provider: TracerProvider = TracerProvider(
             sampler=_linked_roots(_sampler(env)), resource=resource, shutdown_on_exit=False
         )
-        exporter = _exporter(env)
-        if exporter is not None:  # its queue is bounded (OTEL_BSP_MAX_QUEUE_SIZE): spans over it are dropped
-            queue = int(env.get("OTEL_BSP_MAX_QUEUE_SIZE", "2048"))
-            size = None if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in env else min(EXPORT_BATCH_SPANS, queue)
-            delay = None if "OTEL_BSP_SCHEDULE_DELAY" in env else EXPORT_DELAY_MS  # None: the variable's
+        exporters = _exporters(env)
+        queue = int(env.get("OTEL_BSP_MAX_QUEUE_SIZE", "2048"))
+        size = None if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in env else min(EXPORT_BATCH_SPANS, queue)
+        delay = None if "OTEL_BSP_SCHEDULE_DELAY" in env else EXPORT_DELAY_MS  # None: the variable's
+        for exporter in exporters:  # each queue bounded (OTEL_BSP_MAX_QUEUE_SIZE): spans over it are dropped
             processor = BatchSpanProcessor(exporter, schedule_delay_millis=delay, max_export_batch_size=size)
             self.provider.add_span_processor(processor)
         self.tracer: Tracer = self.provider.get_tracer("yolor-serving")
         # A monotonic time (what the service measures with) as the epoch nanoseconds spans carry.
         self._offset_ns = time.time_ns() - time.monotonic_ns()
-        exporting = "no exporter" if exporter is None else type(exporter).__module__
+        exporting = ", ".join(type(e).__module__ for e in exporters) or "no exporter"
         log.info("tracing on (%s), sampler %s", exporting, self.provider.sampler.get_description())
 
     def wall(self, monotonic_s: float) -> int:
@@ -129,7 +138,10 @@ class Tracing:
         if request_id is not None:
             attributes = {**attributes, "yolor.request_id": request_id}
         span_kind = trace.SpanKind.SERVER if kind == "server" else trace.SpanKind.CONSUMER
-        span = self.tracer.start_span(name, context=parent, kind=span_kind, attributes=attributes)
+        start = self.wall(time.monotonic())  # the clock its children's times are on
+        span = self.tracer.start_span(
+            name, context=parent, kind=span_kind, attributes=attributes, start_time=start
+        )
         request = RequestTrace(self, span, trace.set_span_in_context(span))
         request.tokens = (CURRENT.set(request), TRACE_IDS.set((request.trace_id, request.span_id)))
         return request
@@ -170,12 +182,13 @@ class RequestTrace:
         return f"{self.span.get_span_context().span_id:016x}"
 
     def headers(self) -> dict[str, str]:
-        """`traceparent` (and `tracestate`) naming the server span, for the answer."""
+        """`traceparent` (and `tracestate`: what the propagators write, baggage aside) naming the
+        server span, for the answer."""
         from opentelemetry import propagate
 
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=self.context)
-        return {k: v for k, v in carrier.items() if k in TRACE_HEADERS}
+        return {k: v for k, v in carrier.items() if k != "baggage"}
 
     def open(
         self,
@@ -220,9 +233,11 @@ class RequestTrace:
         parent: Span | None = None,
         attributes: Attributes | None = None,
         links: Sequence[SpanContext] = (),
+        error: str | None = None,
     ) -> None:
-        """A finished child span from `start` to `end` (monotonic seconds)."""
-        self.close(self.open(name, start, parent=parent, attributes=attributes, links=links), end)
+        """A finished child span from `start` to `end` (monotonic seconds); `error`: as `close`."""
+        span = self.open(name, start, parent=parent, attributes=attributes, links=links)
+        self.close(span, end, error=error)
 
     def end(self, attributes: Attributes, *, error: str | None = None) -> None:
         """End the server span (`error`: its status is an error with that description); in the
@@ -232,7 +247,7 @@ class RequestTrace:
         self.span.set_attributes(attributes)
         if error is not None:
             self.span.set_status(Status(StatusCode.ERROR, error))
-        self.span.end()
+        self.span.end(end_time=self.tracing.wall(time.monotonic()))
         if self.tokens is not None:
             with contextlib.suppress(ValueError):  # another context's (the call ended elsewhere)
                 CURRENT.reset(self.tokens[0])
@@ -257,11 +272,12 @@ def batch_span(
     from opentelemetry.context import Context
 
     tracing = traced[0].request.tracing
+    linked = {t.span.get_span_context().span_id: t.span.get_span_context() for t in traced}  # once each
     span = tracing.tracer.start_span(
         "batch",
         context=Context(),  # a root: it serves many traces
         attributes=attributes,
-        links=[_link(t.span.get_span_context()) for t in traced],
+        links=[_link(context) for context in linked.values()],
         start_time=tracing.wall(start),
     )
     span.end(end_time=tracing.wall(end))
@@ -297,13 +313,16 @@ def _sampler(env: Mapping[str, str]) -> Sampler:
     return samplers[name]
 
 
-def _exporter(env: Mapping[str, str]) -> Any:
-    """`OTEL_TRACES_EXPORTER`: `otlp` (default; `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`
-    `http/protobuf`, the default, or `grpc`), `console`, or `none` (spans for the logs' trace ids
-    and the exemplars only)."""
-    kind = env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
-    if kind == "none":
-        return None
+def _exporters(env: Mapping[str, str]) -> list[Any]:
+    """`OTEL_TRACES_EXPORTER`, a comma-separated list: `otlp` (the default), `console`, `none`
+    (spans for the logs' trace ids and the exemplars only)."""
+    kinds = [k.strip().lower() for k in env.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if k.strip()]
+    return [_exporter(kind, env) for kind in kinds if kind != "none"]
+
+
+def _exporter(kind: str, env: Mapping[str, str]) -> Any:
+    """One exporter: `otlp` (`OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` `http/protobuf`, the default, or
+    `grpc`) or `console`."""
     if kind == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 

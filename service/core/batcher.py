@@ -58,7 +58,7 @@ from service.core.batch_runner import Batch, BatchRunner, Dropped, Finish, Infer
 from service.core.errors import DeadlineExceeded, InferenceFailed, Overloaded, ServiceError, ShuttingDown
 from service.core.metrics import ModelMetrics
 from service.core.postprocess import Postprocessed
-from service.tracing import Attributes, PassTrace, batch_span
+from service.tracing import Attributes, PassTrace, batch_span, detach
 
 __all__ = ["BatchOutput", "DynamicBatcher", "Finish", "InferFn"]
 
@@ -261,6 +261,7 @@ class DynamicBatcher:
         return not not_done
 
     async def _loop(self) -> None:
+        detach()  # started by the request that loaded the model, maybe
         while True:
             await self._free.acquire()  # a worker, or a place ahead, is free
             try:
@@ -395,7 +396,15 @@ class DynamicBatcher:
         self._release(collected)
 
     def _batch_span(self, started: float, items: list[Item], ran: Ran) -> Any:
-        """The batch's span when it ran a traced image (service.tracing.batch_span), else None."""
+        """The batch's span when it ran a traced image (service.tracing.batch_span), else None;
+        never raises (its images' answers come after it)."""
+        try:
+            return self._traced_batch(started, items, ran)
+        except Exception:
+            log.exception("the span of a batch of %d failed", len(items))
+            return None
+
+    def _traced_batch(self, started: float, items: list[Item], ran: Ran) -> Any:
         traced = [
             item.trace
             for item, answer in zip(items, ran.answers, strict=True)

@@ -269,24 +269,26 @@ class Detector:
                 raise
 
         try:
-            with self.batcher.incoming(len(files), admit=True):
-                done = await asyncio.gather(*(prepare(i) for i in range(len(files))), return_exceptions=True)
-            images = [result for result in done if isinstance(result, tuple)]
-            if len(images) < len(done):  # the first bad image, in request order, answers for the request
-                raise next(result for result in done if isinstance(result, BaseException))
-            t1 = time.monotonic()
-            untiled = [(i, item.passes[0]) for i, (item, futures) in enumerate(images) if futures is None]
-            traces = [spans[i].untiled for i, _ in untiled] if spans else None
-            together = iter(submission.submit([p for _, p in untiled], params, traces))  # batched together
-            per_image = [futures if futures is not None else [next(together)] for _, futures in images]
-            outputs = await asyncio.gather(*(f for futures in per_image for f in futures))
+            try:
+                with self.batcher.incoming(len(files), admit=True):
+                    preparing = (prepare(i) for i in range(len(files)))
+                    done = await asyncio.gather(*preparing, return_exceptions=True)
+                images = [result for result in done if isinstance(result, tuple)]
+                if len(images) < len(done):  # the first bad image, in request order, answers for it
+                    raise next(result for result in done if isinstance(result, BaseException))
+                t1 = time.monotonic()
+                untiled = [(i, item.passes[0]) for i, (item, futures) in enumerate(images) if futures is None]
+                traces = [spans[i].untiled for i, _ in untiled] if spans else None
+                together = iter(submission.submit([p for _, p in untiled], params, traces))  # one batch
+                per_image = [futures if futures is not None else [next(together)] for _, futures in images]
+                outputs = await asyncio.gather(*(f for futures in per_image for f in futures))
+            finally:
+                submission.cancel()  # after a failure, a disconnect or the deadline: the batcher skips them
+            images_out, merged = await self._merge_passes([item for item, _ in images], outputs, params)
         except BaseException as e:
             for image_spans in spans:
                 image_spans.failed(e)
             raise
-        finally:
-            submission.cancel()  # after a failure, a disconnect or the deadline: the batcher skips them
-        images_out, merged = await self._merge_passes([item for item, _ in images], outputs, params)
         done_at = time.monotonic()
         self.metrics.detect_duration.observe(done_at - started, exemplar())
         self.metrics.images.inc(len(images_out))

@@ -29,6 +29,7 @@ from service.core.detector import Detector
 from service.core.metrics import Metrics, ModelMetrics
 from service.manifest import ModelManifest, load_manifest
 from service.settings import Settings
+from service.tracing import detach
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class LoadedModel:
         return await asyncio.shield(self._closing)
 
     async def _close(self, timeout_s: float) -> bool:
+        detach()  # the admin request that unloads it may end first
         idle = await self.batcher.stop(timeout_s=timeout_s)
         if idle and self.backend.close(timeout_s=timeout_s):
             return True

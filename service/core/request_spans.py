@@ -57,6 +57,8 @@ def record_frames(
     frames: Sequence[int],
     outputs: Sequence[BatchOutput],
     detections: int,
+    *,
+    error: str | None = None,
 ) -> None:
     """One span for a group of a clip's frames, from the request for their decoding to their last
     answer, linked to the batches that ran them (a frame's own stages are not spanned: a long clip
@@ -71,7 +73,8 @@ def record_frames(
         "yolor.passes": len(outputs),
         "yolor.detections": detections,
     }
-    request.record("frames", start, max(ends), attributes=attributes, links=list(batches.values()))
+    links = list(batches.values())
+    request.record("frames", start, max(ends), attributes=attributes, links=links, error=error)
 
 
 class ImageSpans:

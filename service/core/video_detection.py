@@ -154,23 +154,30 @@ async def detect_frames(
                 break
             asked, chunk = pending.popleft()
             answered: list[BatchOutput] = []
-            found = 0
-            for frame, group in chunk:
-                outputs = [await future for future in group]
-                answered += outputs
-                metrics.video_frames.labels(state="processed").inc()
-                height, width = frame.image.shape[:2]
-                kept = frame.image if keep_images else None
-                detections, track_ids = await merged_detections(detector, outputs, params), None
-                if tracker is not None:
-                    detections, track_ids = track_frame(tracker, detections, wanted.conf)
-                    if book is not None:
-                        book.add(frame.index, track_ids, detections.class_ids)
-                metrics.detections.inc(len(detections))
-                found += len(detections)
-                yield FrameDetections(frame.index, frame.pts_s, width, height, detections, kept, track_ids)
-            if request is not None:
-                record_frames(request, asked, [frame.index for frame, _ in chunk], answered, found)
+            found, whole = 0, False
+            try:
+                for frame, group in chunk:
+                    outputs = [await future for future in group]
+                    answered += outputs
+                    metrics.video_frames.labels(state="processed").inc()
+                    height, width = frame.image.shape[:2]
+                    kept = frame.image if keep_images else None
+                    detections, track_ids = await merged_detections(detector, outputs, params), None
+                    if tracker is not None:
+                        detections, track_ids = track_frame(tracker, detections, wanted.conf)
+                        if book is not None:
+                            book.add(frame.index, track_ids, detections.class_ids)
+                    metrics.detections.inc(len(detections))
+                    found += len(detections)
+                    yield FrameDetections(
+                        frame.index, frame.pts_s, width, height, detections, kept, track_ids
+                    )
+                whole = True
+            finally:
+                if request is not None and answered:
+                    indexes = [frame.index for frame, _ in chunk]
+                    cut = None if whole else "the clip's answer ended in this group"
+                    record_frames(request, asked, indexes, answered, found, error=cut)
         if error is not None:
             raise error
     finally:

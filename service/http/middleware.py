@@ -20,7 +20,7 @@ from service.core.errors import PayloadTooLarge
 from service.core.metrics import Metrics
 from service.http.errors import error_response
 from service.logs import REQUEST_ID, start_request
-from service.tracing import TRACE_HEADERS, Tracing, exemplar
+from service.tracing import Tracing, exemplar
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def traced(path: str) -> bool:
 
 class Traces:
     """A server span per HTTP request (service.tracing), the child of the client's W3C
-    `traceparent` / `tracestate` when it sent them; the answer carries the span's own. Health,
-    readiness and /metrics are not traced."""
+    `traceparent` / `tracestate` when it sent them (or what `OTEL_PROPAGATORS` reads); the answer
+    carries the span's own. Health, readiness and /metrics are not traced."""
 
     def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
         self.app, self.tracing = app, tracing
@@ -71,32 +71,38 @@ class Traces:
         if scope["type"] != "http" or not traced(scope["path"]):
             await self.app(scope, receive, send)
             return
-        carrier = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _TRACE_HEADERS}
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         method = scope["method"]
         attributes = {"http.request.method": method, "url.path": scope["path"], "url.scheme": scope["scheme"]}
         request = self.tracing.start(method, carrier, attributes, request_id=REQUEST_ID.get())
         answer_headers = [(k.encode(), v.encode()) for k, v in request.headers().items()]
-        status = 500
+        names = {name for name, _ in answer_headers}
+        status: int | None = None  # until the answer starts
+        error: str | None = None
 
         async def send_traced(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = [(k, v) for k, v in message.get("headers", []) if k not in _TRACE_HEADERS]
+                headers = [(k, v) for k, v in message.get("headers", []) if k not in names]
                 message = {**message, "headers": [*headers, *answer_headers]}
             await send(message)
 
         try:
             await self.app(scope, receive, send_traced)
+        except BaseException as e:  # CancelledError: the client went away
+            error = type(e).__name__
+            raise
         finally:
             route = getattr(scope.get("route"), "path", None)
             if isinstance(route, str):
                 request.span.update_name(f"{method} {route}")
-            ended = {"http.response.status_code": status, **({"http.route": route} if route else {})}
-            request.end(ended, error=str(status) if status >= 500 else None)
-
-
-_TRACE_HEADERS = frozenset(h.encode() for h in TRACE_HEADERS)
+            ended = {
+                **({"http.response.status_code": status} if status is not None else {}),
+                **({"http.route": route} if route else {}),
+            }
+            failed = str(status) if status is not None and status >= 500 else None
+            request.end(ended, error=error or failed)
 
 
 class _BodyTooLarge(Exception):

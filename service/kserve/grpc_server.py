@@ -175,9 +175,9 @@ class GrpcServer:
             metadata = dict(context.invocation_metadata() or ())
             request_id = start_request(metadata.get("x-request-id"))
             traced = self._trace(name, metadata, request_id)
-            answer = {"x-request-id": request_id, **(traced.headers() if traced is not None else {})}
-            await context.send_initial_metadata(tuple(answer.items()))
             try:
+                answer = {"x-request-id": request_id, **(traced.headers() if traced is not None else {})}
+                await context.send_initial_metadata(tuple(answer.items()))
                 if name not in _PUBLIC:
                     self._authorize(context, admin=name in _ADMIN)
                 return await fn(request, context)

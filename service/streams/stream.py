@@ -43,7 +43,7 @@ from service.streams.reader import FrameBuffer, SourceFrame, SourceReader, Sourc
 from service.streams.sources import Source
 from service.streams.spec import StreamSpec
 from service.streams.webhook import WebhookSender
-from service.tracing import Attributes, PassTrace, recording
+from service.tracing import Attributes, PassTrace, detach, recording
 from service.tracking import ByteTracker
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ class Stream:
         return self.reader.state
 
     async def _run(self) -> None:
+        detach()  # created by POST /streams: its frames are not that request's
         try:
             while True:  # take before waiting: a frame put while the last one ran is not missed
                 taken = self.reader.buffer.take()

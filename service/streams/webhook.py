@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from service.core.errors import ServiceError
 from service.streams.spec import WebhookSpec
+from service.tracing import detach
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class WebhookSender:
     async def _run(self) -> None:
         import httpx
 
+        detach()  # created by POST /streams: its deliveries are not that request's
         async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
             while True:
                 while not self._queue:

@@ -218,6 +218,44 @@ async def test_log_lines_carry_the_trace_of_the_request_they_belong_to(receiver)
         tracing.shutdown()
 
 
+async def test_a_batcher_started_in_a_traced_request_logs_outside_it(receiver) -> None:
+    """A model loaded on demand starts its batcher inside the request that asked for it: the
+    batcher's own log lines (a failed batch, later) must not carry that request's ids."""
+    import numpy as np
+
+    from service.core.batcher import DynamicBatcher
+    from service.core.metrics import Metrics
+
+    def broken(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("backend down")
+
+    tracing = Tracing()
+    traced = tracing.start("POST /detect", {}, {}, request_id="asked-for-the-model")
+    batcher = DynamicBatcher(
+        broken, max_batch_size=2, max_delay_s=0.0, queue_size=4, metrics=Metrics().for_model("m", 1)
+    )
+    await batcher.start()
+    traced.end({})
+    seen: list[dict[str, object]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(json.loads(JsonFormatter().format(record)))
+
+    handler = Keep()
+    logging.getLogger("service.core.batcher").addHandler(handler)
+    try:
+        (failed,) = await asyncio.gather(
+            *batcher.submit([np.zeros((3, 4, 4), np.float32)], time.monotonic() + 5), return_exceptions=True
+        )
+    finally:
+        logging.getLogger("service.core.batcher").removeHandler(handler)
+        await batcher.stop(1.0)
+        tracing.shutdown()
+    assert isinstance(failed, Exception) and seen
+    assert all("trace_id" not in line and "request_id" not in line for line in seen), seen
+
+
 @pytest.mark.parametrize(
     ("sampler", "parent_flags", "exported"),
     [
@@ -312,7 +350,7 @@ def test_grpc_calls_take_and_return_the_traceparent(tmp_path, monkeypatch) -> No
     assert infer.attributes["rpc.grpc.status_code"] == 0 and infer.attributes["yolor.model"] == "yolor"
     assert sorted(s.name for s in children(spans, infer)) == ["inference"] * 2 + ["queue.wait"] * 2
     (batch,) = by_name(spans, "batch")
-    assert batch.links == [(CLIENT_TRACE, infer.span_id)] * 2
+    assert batch.links == [(CLIENT_TRACE, infer.span_id)]  # once, for both its inputs
 
 
 @pytest.mark.slow
