@@ -662,3 +662,61 @@ def test_cameras_init_container_writes_its_pods_file_or_nothing(tmp_path: Path) 
     done, _ = run(spare)
     assert done.returncode != 0
     assert written.read_text() == "created through the API"
+
+
+# --- traces (components/tracing) -----------------------------------------------------------------
+
+TRACING_COMPONENT = "../../components/tracing"
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_the_tracing_component_turns_traces_on_and_names_the_pod(overlay: str, tmp_path: Path) -> None:
+    """Both overlays list the component commented out; uncommented, the pods trace to the collector
+    named in tracing.env, as the server reads it, with the pod, namespace and node as resource
+    attributes; nothing else changes."""
+    from service.settings import Settings
+    from service.tracing import wanted
+
+    kustomization = K8S / "overlays" / overlay / "kustomization.yaml"
+    text = kustomization.read_text()
+    assert f"- {TRACING_COMPONENT}" in text and "YOLOR_TRACING" not in str(objects(overlay))
+    enabled = text.replace(f"# - {TRACING_COMPONENT}", f"- {TRACING_COMPONENT}")
+    if overlay == "cpu":
+        enabled = enabled.replace("# components:\n#   - ", "components:\n  - ")
+    assert enabled != text
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    (copy / "overlays" / overlay / "kustomization.yaml").write_text(enabled)
+    done = subprocess.run([_kubectl(), "kustomize", str(copy / "overlays" / overlay)], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    traced = [o for o in _yaml().safe_load_all(done.stdout) if o]
+    (config,) = [
+        o["data"] for o in traced if o["kind"] == "ConfigMap" and "yolor-config" in o["metadata"]["name"]
+    ]
+    assert Settings(tracing=config["YOLOR_TRACING"]).tracing is True and wanted(True, config)
+    assert config["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://") and config["OTEL_TRACES_SAMPLER_ARG"]
+    env = {e["name"]: e for e in server(traced)["env"]}
+    assert env["K8S_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    attributes = dict(pair.split("=") for pair in env["OTEL_RESOURCE_ATTRIBUTES"]["value"].split(","))
+    assert (
+        attributes["k8s.pod.name"] == "$(K8S_POD_NAME)" and attributes["k8s.node.name"] == "$(K8S_NODE_NAME)"
+    )
+    names = list(env)
+    assert names.index("K8S_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")  # $(...) needs it first
+    # Nothing else changes: without what the component adds (and the config's hashed name), the same.
+    for key in (
+        "YOLOR_TRACING",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+    ):
+        del config[key]
+    added = {"K8S_POD_NAME", "K8S_NAMESPACE", "K8S_NODE_NAME", "OTEL_RESOURCE_ATTRIBUTES"}
+    kept = [e for e in server(traced)["env"] if e["name"] not in added]
+    if kept:
+        server(traced)["env"] = kept
+    else:
+        del server(traced)["env"]
+    hashed = re.compile(r"yolor-config-[a-z0-9]+")
+    assert hashed.sub("yolor-config", str(traced)) == hashed.sub("yolor-config", str(objects(overlay)))
