@@ -74,6 +74,7 @@ print(json.dumps(statuses))
 """
 
 
+@pytest.mark.slow
 @without_gpu
 @pytest.mark.unit
 def test_python_m_cli_bench_gpu_needs_neither_pydantic_nor_fastapi(tmp_path):

@@ -30,6 +30,7 @@ async def _serve(handler, run):
         await runner.cleanup()
 
 
+@pytest.mark.slow
 def test_the_open_loop_sends_on_schedule_and_counts_latency_from_when_each_was_due():
     """A server answering one request at a time in 50 ms, offered 40/s (twice what it can do): a
     closed loop would see 50 ms; latency counted from the due time grows as the backlog does."""

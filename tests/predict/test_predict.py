@@ -204,6 +204,7 @@ class _BusyOnce:
         await self.app(scope, receive, send)
 
 
+@pytest.mark.slow
 def test_a_503_is_retried_after_its_retry_after(inputs, tmp_path):
     stub = _BusyOnce(_demo_app())
     with serving(stub) as url:  # type: ignore[arg-type]

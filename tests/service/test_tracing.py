@@ -66,6 +66,7 @@ def test_when_tracing_is_on(setting, env, on) -> None:
     assert wanted(setting, env) is on
 
 
+@pytest.mark.slow
 def test_off_imports_no_sdk_and_starts_no_thread(tmp_path) -> None:
     """Off (the default), a served request creates no span: the SDK is never imported and no
     exporter thread runs."""

@@ -120,7 +120,7 @@ def http_receiver() -> Iterator[Receiver]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, name="otlp-http", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="otlp-http", daemon=True)
     thread.start()
     receiver.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     try:

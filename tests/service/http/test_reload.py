@@ -287,6 +287,7 @@ async def test_signals_during_a_reload_make_one_more_reload_after_it(tmp_path):
     assert served == models.dirs["b"]  # the signal re-read the folder the POST switched to
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_sighup_reloads_a_running_server(tmp_path):
     """A real `yolor serve` (ONNX Runtime, the tiny graph): SIGHUP re-reads the model folder and the

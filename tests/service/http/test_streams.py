@@ -57,7 +57,8 @@ def _sse(client: httpx.Client, path: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-@pytest.mark.parametrize("tiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["whole", "tiled"])
+@pytest.mark.slow  # real time, real servers
+@pytest.mark.parametrize("tiled", [False, True], ids=["whole", "tiled"])
 def test_a_file_stream_answers_what_detect_answers_on_each_frame(tmp_path, clip, tiled):
     """Also sliced (`tile`): frames 3x the model input, cut into windows, merged as /detect merges."""
     if tiled:
@@ -218,6 +219,7 @@ def test_lines_and_zones_are_counted_exactly_on_a_clip_with_known_crossings(tmp_
     assert samples[("yolor_stream_latency_seconds_count", ())] == 30
 
 
+@pytest.mark.slow  # real time, real servers
 def test_websocket_and_mjpeg_views(tmp_path, clip):
     import cv2
     import numpy as np
@@ -381,6 +383,7 @@ def test_sigterm_ends_the_listeners_and_the_server_exits_promptly(tmp_path, clip
     assert "Traceback" not in log.read_text()
 
 
+@pytest.mark.slow
 def test_a_stream_runs_on_the_model_and_version_it_names(tmp_path, clip):
     """With a model repository (tests.support.repository: the score says which model ran)."""
     root = repository(tmp_path / "models", all_versions=True)

@@ -109,6 +109,7 @@ async def test_a_limit_reached_mid_stream_ends_with_an_error_line(tmp_path):
         assert answer.status_code == 200
 
 
+@pytest.mark.slow
 def test_a_client_that_goes_away_stops_the_decoding(tmp_path):
     """A real server; the backend takes 30 ms a batch. The client reads one line of a 240-frame
     clip and closes: the clip's decoding stops (the decoded count stays where it was, far short of

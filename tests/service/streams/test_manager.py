@@ -31,6 +31,7 @@ def resolver(host: str) -> list[str]:
     return ["93.184.216.34"]
 
 
+@pytest.mark.slow
 async def test_a_restored_stream_whose_camera_is_not_reachable_yet_is_kept_and_retried(
     tmp_path: Path,
 ) -> None:

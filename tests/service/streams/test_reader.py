@@ -68,6 +68,7 @@ def test_a_file_plays_in_real_time_and_no_frame_is_dropped(tmp_path: Path) -> No
     assert reader.stats.dropped == {} and reader.stats.decoded == 20
 
 
+@pytest.mark.slow
 def test_a_file_is_paced_at_its_frame_rate(tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     path.write_bytes(make_clip(sample_frames(20)))
@@ -80,6 +81,7 @@ def test_a_file_is_paced_at_its_frame_rate(tmp_path: Path) -> None:
     assert arrivals[-1] == pytest.approx(19 / FPS, abs=0.25)  # 1.9 s of video took ~1.9 s
 
 
+@pytest.mark.slow
 def test_the_fps_cap_hands_on_fewer_frames(tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     path.write_bytes(make_clip(sample_frames(20)))
@@ -223,6 +225,7 @@ def test_an_rtsp_camera_that_reboots_is_reconnected() -> None:
     assert reader.stats.reconnects >= 1
 
 
+@pytest.mark.slow
 def test_an_hls_playlist_over_http_is_read(tmp_path: Path) -> None:
     """An HLS stream (a playlist and its MPEG-TS segments, written by FFmpeg's own HLS muxer) served
     over HTTP: every frame read in order."""
