@@ -342,7 +342,7 @@ class Detector:
                 traced = functools.partial(self._whole_timed, data, keep_image)
                 image, upload, (opened, decoded, end) = await loop.run_in_executor(self.pool, traced)
                 spans.decoded(opened, decoded, upload)
-                spans.untiled = spans.letterboxed(decoded, end, [None], tiled=False)[0]
+                spans.letterboxed(decoded, end, [None], tiled=False)
             self.metrics.preprocess.observe(time.monotonic() - start)
             return image, None
         opening = functools.partial(self.preprocessor.open, data, keep_image=keep_image, tile=params.tile)

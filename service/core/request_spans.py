@@ -111,6 +111,8 @@ class ImageSpans:
                 parent = self.request.open("tile", start, parent=self.span, attributes=attributes)
             self._parents.append(parent)
             made.append(PassTrace(self.request, parent))
+        if not tiled:
+            self.untiled = made[0]
         return made
 
     def answered(
